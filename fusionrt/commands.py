@@ -1,0 +1,181 @@
+"""What each CLI command does; heavy packages are imported only by the command that needs them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fusionrt.runtime.errors import DataError, InputError
+from fusionrt.runtime.optional import require
+
+__all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info"]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _dump(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def cmd_data(args) -> int:
+    from fusionrt.calibration.emoji import convert_emoji_dataset
+
+    result = convert_emoji_dataset(args.source, args.out, args.test_fraction, args.seed)
+    _say(f"wrote {result['train']} and {result['test']}: {len(result['classes'])} classes, "
+         f"{sum(result['counts'].values())} samples")
+    return 0
+
+
+def cmd_train(args) -> int:
+    require("torch", "training")
+    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.export.factory import build_model
+    from fusionrt.export.train import TrainSettings, evaluate_torch, train_head
+
+    train = LabeledDataset.read(args.data)
+    held_out = LabeledDataset.read(args.eval_data) if args.eval_data else None
+    if len(train.labels) < 2:
+        raise DataError(f"{args.data}: expected 2 or more labels to train a classifier, found {list(train.labels)}.")
+    head = tuple(int(w) for w in args.head.split(",") if w.strip())
+    model = build_model(train.labels, args.text_model, args.image_backbone, args.image_weights,
+                        args.pooling, args.max_seq_len, head)
+    settings = TrainSettings(args.epochs, args.batch_size, args.lr, seed=args.seed, unfreeze=args.unfreeze)
+    _say(f"training on {len(train)} samples, {len(train.labels)} classes ({args.image_backbone} + {args.text_model})")
+    stats = train_head(model, train, settings)
+    model.save_pretrained(args.out)
+    report = {"checkpoint": args.out, **stats}
+    if held_out is not None:
+        metrics = evaluate_torch(model, held_out)
+        metrics.pop("predictions")
+        report["held_out"] = metrics
+        _say(f"held-out: accuracy {metrics['accuracy']:.4f}, macro recall {metrics['macro_recall']:.4f}, "
+             f"macro F1 {metrics['macro_f1']:.4f} ({metrics['count']} samples)")
+    (Path(args.out) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _say(f"checkpoint written to {args.out}")
+    return 0
+
+
+def _example_inputs(data_path, count: int):
+    """Real (image, text) samples for export; without a data set, two built-in scenes."""
+    if data_path:
+        from fusionrt.calibration.dataset import LabeledDataset
+
+        data = LabeledDataset.read(data_path).head(max(2, count))
+        return [s.image for s in data], [s.text for s in data]
+    from fusionrt.runtime.samples import sample_images
+
+    images = sample_images()
+    return images, ["a photo of a street scene", "a close-up of an object on a table"][: len(images)]
+
+
+def cmd_export(args) -> int:
+    require("torch", "export")
+    require("onnx", "export")
+    from fusionrt.export.bundle_writer import export_bundle
+    from fusionrt.export.model import FusionClassifier
+    from fusionrt.runtime.manifest import Profile
+
+    model = FusionClassifier.from_pretrained(args.checkpoint)
+    seq = args.seq or (1, min(64, model.config.max_seq_len), model.config.max_seq_len)
+    images, texts = _example_inputs(args.data, args.samples)
+    _say(f"exporting {args.checkpoint} to {args.out} ({args.exporter} exporter, {len(images)} parity samples)")
+    bundle = export_bundle(model, args.out, images, texts, Profile(tuple(args.batch), tuple(seq)),
+                           dynamo=args.exporter == "dynamo", tolerance=args.tolerance, overwrite=args.overwrite)
+    for check in bundle.manifest.parity["checks"]:
+        _say(f"  parity {check['component']}.{check['output']}: max |diff| {check['max_abs_diff']:.2e} "
+             f"(tolerance {check['tolerance']:.0e})")
+    _say(f"bundle written to {args.out}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from fusionrt.runtime.pipeline import Pipeline
+
+    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:
+        pred = pipe.classify(args.image, args.text)
+        if args.json:
+            _dump({**pred.to_dict(pipe.labels), "backend": pipe.backend_name, "precision": pipe.precision})
+        else:
+            print(f"{pred.label}\t{pred.score:.4f}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.runtime.evaluate import evaluate_pipeline
+    from fusionrt.runtime.pipeline import Pipeline
+
+    data = LabeledDataset.read(args.data)
+    rows = {}
+    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:
+        bundle_result = evaluate_pipeline(pipe, data)
+        rows[f"bundle ({pipe.backend_name}, {_precision_text(pipe.precision)})"] = bundle_result
+    if args.checkpoint:
+        require("torch", "evaluating the PyTorch checkpoint")
+        from fusionrt.export.model import FusionClassifier
+        from fusionrt.export.train import evaluate_torch
+
+        torch_result = evaluate_torch(FusionClassifier.from_pretrained(args.checkpoint), data)
+        rows["PyTorch (fp32)"] = torch_result
+        agree = sum(a == b for a, b in zip(torch_result["predictions"], bundle_result["predictions"]))
+        _say(f"top-1 agreement bundle vs PyTorch: {agree}/{len(data)}")
+    print(_metrics_table(rows))
+    if args.report:
+        report = {name: {k: v for k, v in r.items() if k != "predictions"} for name, r in rows.items()}
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps({"data": args.data, "results": report}, indent=2) + "\n")
+    return 0
+
+
+def _precision_text(precision) -> str:
+    from fusionrt.runtime.precision import format_precision
+
+    values = set(precision.values())
+    return values.pop() if len(values) == 1 else format_precision(precision)
+
+
+def _metrics_table(rows: dict) -> str:
+    lines = ["| model | accuracy | macro recall | macro F1 | samples |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {100 * r['accuracy']:.2f} % | {100 * r['macro_recall']:.2f} % | "
+                     f"{100 * r['macro_f1']:.2f} % | {r['count']} |")
+    return "\n".join(lines)
+
+
+def cmd_info(args) -> int:
+    from fusionrt.runtime.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle)
+    checked = bundle.verify()
+    m = bundle.manifest
+    summary = {
+        "bundle": str(bundle.root),
+        "labels": list(m.labels),
+        "precision": dict(m.precision),
+        "precision_reason": m.precision_reason,
+        "components": {name: {"files": sorted(c.files), "inputs": [t.to_dict() for t in c.inputs],
+                              "outputs": [t.to_dict() for t in c.outputs],
+                              "engines": [e.path for e in c.engines]} for name, c in m.components.items()},
+        "profile": m.profile.to_dict(),
+        "parity_max_abs_logit_diff": m.parity.get("max_abs_logit_diff"),
+        "fidelity": m.fidelity.get("summary", {}),
+        "producer": dict(m.producer),
+        "files_checked": len(checked),
+    }
+    if args.json:
+        _dump(summary)
+        return 0
+    print(f"bundle     {summary['bundle']}  ({len(checked)} files, sha256 ok)")
+    print(f"labels     {len(m.labels)}: {', '.join(m.labels)}")
+    print(f"precision  {_precision_text(m.precision)}  ({m.precision_reason})")
+    print(f"profile    batch {list(m.profile.batch)}  seq {list(m.profile.seq)}")
+    for name, comp in summary["components"].items():
+        ins = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in comp["inputs"])
+        outs = ", ".join(f"{t['name']}{t['shape']}" for t in comp["outputs"])
+        print(f"{name:14s} {ins} -> {outs}  files {comp['files']}  engines {len(comp['engines'])}")
+    if summary["parity_max_abs_logit_diff"] is not None:
+        print(f"parity     max |logit diff| ONNX vs PyTorch {summary['parity_max_abs_logit_diff']:.2e}")
+    return 0

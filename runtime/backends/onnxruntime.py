@@ -1,0 +1,88 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, checked after session creation."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from fusionrt.runtime.backends.base import Backend
+from fusionrt.runtime.errors import BackendUnavailable
+from fusionrt.runtime.optional import require
+
+__all__ = ["OnnxRuntimeBackend", "open_component", "default_providers", "FLAVOUR_FOR_PRECISION"]
+
+# ONNX Runtime's CPU kernels run U8S8 Q/DQ fast; the TensorRT EP wants the symmetric S8S8 graph.
+FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-cpu"}
+
+
+def default_providers(ort) -> list:
+    """CUDA/TensorRT when the build lists them, CPU last (ORT's GPU build lists them even when they cannot load)."""
+    available = ort.get_available_providers()
+    preferred = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return preferred or ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False):
+        super().__init__(inputs, outputs)
+        ort = require("onnxruntime", "the onnxruntime backend")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The two branches run at once; spinning worker threads would steal each other's cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        requested = list(providers) if providers else default_providers(ort)
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        self.providers = self.session.get_providers()
+        wanted = _provider_names(requested)
+        lost = [p for p in wanted if p not in self.providers]
+        if lost and not allow_fallback and providers:
+            raise BackendUnavailable(
+                f"ONNX Runtime providers {lost} were requested but did not load (session runs on {self.providers}). "
+                "Install onnxruntime-gpu with matching CUDA/cuDNN (and TensorRT 10 for the TensorRT EP), "
+                "or pass allow_fallback=True to run on what loaded."
+            )
+        self._output_names = [o.name for o in outputs]
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        values = self.session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, values))
+
+    def close(self) -> None:
+        self.session = None
+        super().close()
+
+
+def _provider_names(providers) -> list:
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+def open_component(bundle, component: str, precision: str, options: Mapping) -> OnnxRuntimeBackend:
+    """Open one bundle component at `precision` ('fp32' | 'fp16' | 'int8')."""
+    comp = bundle.manifest.components[component]
+    flavour = FLAVOUR_FOR_PRECISION[precision]
+    if options.get("providers") and any("Tensorrt" in p for p in _provider_names(options["providers"])):
+        flavour = "int8-trt" if precision == "int8" else flavour
+    if flavour not in comp.files:
+        raise BackendUnavailable(
+            f"{component}: no {flavour} model in the bundle (has {sorted(comp.files)}). "
+            "Run `fusionrt calibrate BUNDLE --data DATA` for int8, or load with precision='fp32'."
+        )
+    model = comp.files[flavour]
+    path = bundle.file(model.path, model.sha256 if options.get("verify", True) else None)
+    threads = int(options.get("threads", 0))
+    return OnnxRuntimeBackend(
+        path, comp.inputs, comp.outputs, options.get("providers"), threads, options.get("allow_fallback", False)
+    )
+
+
+def usable(_name: str = "onnxruntime") -> bool:
+    try:
+        require("onnxruntime")
+        return True
+    except BackendUnavailable:
+        return False

@@ -1,0 +1,318 @@
+"""The bundle manifest: frozen dataclasses, validated on load, written as JSON.
+
+A manifest is never edited in place: callers build a new one with `dataclasses.replace` and
+write it whole, so a reader never sees a half-updated bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fusionrt.runtime.errors import BundleError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "COMPONENTS",
+    "TensorSpec",
+    "ModelFile",
+    "EngineRecord",
+    "Component",
+    "PreprocessSpec",
+    "TokenizerSpec",
+    "Profile",
+    "Manifest",
+    "sha256_of",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+COMPONENTS = ("image_encoder", "text_encoder", "fusion_head")
+# Precision flavours a component file may exist in. int8 has one file per target: ONNX Runtime's CPU
+# kernels are fast on U8S8, TensorRT needs symmetric S8S8 with float biases.
+FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt")
+DTYPES = ("float32", "float16", "int64", "int32", "uint8")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _need(data: Mapping, key: str, where: str, kind=None):
+    if not isinstance(data, Mapping) or key not in data:
+        raise BundleError(f"manifest: expected key '{key}' in {where}, found none. Re-export the bundle with `fusionrt export`.")
+    value = data[key]
+    if kind is not None and not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise BundleError(
+            f"manifest: expected {where}.{key} to be {names}, found {type(value).__name__} ({value!r:.60}). "
+            "Re-export the bundle with `fusionrt export`."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor; `shape` holds ints for fixed axes and names (e.g. 'batch') for dynamic ones."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "TensorSpec":
+        dtype = _need(d, "dtype", where, str)
+        if dtype not in DTYPES:
+            raise BundleError(f"manifest: {where}.dtype must be one of {DTYPES}, found '{dtype}'.")
+        shape = tuple(_need(d, "shape", where, list))
+        if not all(isinstance(s, (int, str)) for s in shape):
+            raise BundleError(f"manifest: {where}.shape must hold ints and axis names, found {shape}.")
+        return cls(_need(d, "name", where, str), dtype, shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str
+    sha256: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "ModelFile":
+        return cls(_need(d, "path", where, str), _need(d, "sha256", where, str))
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """A serialized TensorRT engine and what it was built for (checked before deserializing)."""
+
+    path: str
+    sha256: str
+    product: str  # "tensorrt" | "tensorrt_rtx"
+    version: str
+    device: str  # GPU name or "sm<cc>" it targets
+    compute_capability: str  # "9.0"; "" where the builder targets several
+    precision: str
+    profile: Mapping[str, list]
+    cache_key: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "EngineRecord":
+        return cls(**{f.name: _need(d, f.name, where) for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    files: Mapping[str, ModelFile]  # flavour -> file; "fp32" always present
+    inputs: tuple
+    outputs: tuple
+    engines: tuple = ()
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping) -> "Component":
+        where = f"components.{name}"
+        files = _need(d, "files", where, dict)
+        if "fp32" not in files:
+            raise BundleError(f"manifest: {where}.files must hold an 'fp32' ONNX file, found {sorted(files)}.")
+        unknown = set(files) - set(FLAVOURS)
+        if unknown:
+            raise BundleError(f"manifest: {where}.files has unknown flavours {sorted(unknown)}; expected some of {FLAVOURS}.")
+        return cls(
+            name=name,
+            files={k: ModelFile.from_dict(v, f"{where}.files.{k}") for k, v in files.items()},
+            inputs=tuple(TensorSpec.from_dict(t, f"{where}.inputs") for t in _need(d, "inputs", where, list)),
+            outputs=tuple(TensorSpec.from_dict(t, f"{where}.outputs") for t in _need(d, "outputs", where, list)),
+            engines=tuple(EngineRecord.from_dict(e, f"{where}.engines") for e in d.get("engines", [])),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "files": {k: v.to_dict() for k, v in self.files.items()},
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "engines": [e.to_dict() for e in self.engines],
+        }
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a BGR uint8 frame becomes the image encoder's NCHW float32 input."""
+
+    height: int
+    width: int
+    mean: tuple  # per RGB channel, on the 0..1 scale
+    std: tuple
+    interpolation: str = "linear"  # "linear" upscaling; downscaling always uses area averaging
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "PreprocessSpec":
+        where = "preprocess"
+        spec = cls(
+            height=_need(d, "height", where, int),
+            width=_need(d, "width", where, int),
+            mean=tuple(_need(d, "mean", where, list)),
+            std=tuple(_need(d, "std", where, list)),
+            interpolation=d.get("interpolation", "linear"),
+        )
+        if len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0:
+            raise BundleError(f"manifest: preprocess mean/std must be 3 values with std > 0, found {spec.mean} / {spec.std}.")
+        if spec.interpolation not in ("linear", "cubic", "area"):
+            raise BundleError(f"manifest: preprocess.interpolation must be linear|cubic|area, found '{spec.interpolation}'.")
+        return spec
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    file: str
+    max_seq_len: int
+    sha256: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TokenizerSpec":
+        return cls(
+            _need(d, "file", "tokenizer", str), _need(d, "max_seq_len", "tokenizer", int), _need(d, "sha256", "tokenizer", str)
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Optimization-profile ranges (min, opt, max) for the dynamic axes."""
+
+    batch: tuple = (1, 8, 32)
+    seq: tuple = (1, 64, 128)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Profile":
+        prof = cls(tuple(_need(d, "batch", "profile", list)), tuple(_need(d, "seq", "profile", list)))
+        for axis, rng in (("batch", prof.batch), ("seq", prof.seq)):
+            if len(rng) != 3 or not (1 <= rng[0] <= rng[1] <= rng[2]):
+                raise BundleError(f"manifest: profile.{axis} must be [min, opt, max] with 1 <= min <= opt <= max, found {list(rng)}.")
+        return prof
+
+    def to_dict(self) -> dict:
+        return {"batch": list(self.batch), "seq": list(self.seq)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    labels: tuple
+    preprocess: PreprocessSpec
+    tokenizer: TokenizerSpec
+    components: Mapping[str, Component]
+    profile: Profile = Profile()
+    precision: Mapping[str, str] = field(default_factory=lambda: {c: "fp32" for c in COMPONENTS})
+    precision_reason: str = "exported FP32; run `fusionrt calibrate` for INT8"
+    parity: Mapping[str, Any] = field(default_factory=dict)
+    fidelity: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+    producer: Mapping[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    # -- reading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Manifest":
+        version = _need(d, "schema_version", "the manifest", int)
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest: schema_version {SCHEMA_VERSION} expected, found {version}. "
+                "Re-export the bundle with this fusionrt version (`fusionrt export`)."
+            )
+        components = _need(d, "components", "the manifest", dict)
+        missing = [c for c in COMPONENTS if c not in components]
+        if missing:
+            raise BundleError(f"manifest: components {missing} missing; expected {list(COMPONENTS)}. Re-export the bundle.")
+        labels = tuple(_need(d, "labels", "the manifest", list))
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise BundleError(f"manifest: expected 2 or more distinct labels, found {list(labels)}.")
+        precision = dict(d.get("precision", {c: "fp32" for c in COMPONENTS}))
+        for comp, prec in precision.items():
+            if comp not in COMPONENTS or prec not in ("fp32", "fp16", "int8"):
+                raise BundleError(f"manifest: precision entry {comp}={prec} invalid; expected components {COMPONENTS} and fp32|fp16|int8.")
+        return cls(
+            labels=labels,
+            preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "the manifest", dict)),
+            tokenizer=TokenizerSpec.from_dict(_need(d, "tokenizer", "the manifest", dict)),
+            components={c: Component.from_dict(c, components[c]) for c in COMPONENTS},
+            profile=Profile.from_dict(d.get("profile", Profile().to_dict())),
+            precision=precision,
+            precision_reason=d.get("precision_reason", ""),
+            parity=d.get("parity", {}),
+            fidelity=d.get("fidelity", {}),
+            calibration=d.get("calibration", {}),
+            producer=d.get("producer", {}),
+            schema_version=version,
+        )
+
+    @classmethod
+    def read(cls, bundle_dir: Path) -> "Manifest":
+        path = Path(bundle_dir) / MANIFEST_NAME
+        if not path.is_file():
+            raise BundleError(
+                f"no {MANIFEST_NAME} in '{bundle_dir}': expected a bundle directory written by `fusionrt export`. "
+                "Check the path or export a bundle first."
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path} is not valid JSON ({exc}). Re-export the bundle with `fusionrt export`.") from exc
+        return cls.from_dict(data)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "labels": list(self.labels),
+            "preprocess": self.preprocess.to_dict(),
+            "tokenizer": self.tokenizer.to_dict(),
+            "profile": self.profile.to_dict(),
+            "components": {k: v.to_dict() for k, v in self.components.items()},
+            "precision": dict(self.precision),
+            "precision_reason": self.precision_reason,
+            "parity": dict(self.parity),
+            "fidelity": dict(self.fidelity),
+            "calibration": dict(self.calibration),
+            "producer": dict(self.producer),
+            "files": self.files(),
+        }
+
+    def write(self, bundle_dir: Path) -> Path:
+        """Write atomically (temp file + rename) so a reader never sees half a manifest."""
+        path = Path(bundle_dir) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    # -- queries ---------------------------------------------------------------------------------
+    def files(self) -> dict:
+        """Every file the bundle's models need, relative path -> sha256."""
+        out = {self.tokenizer.file: self.tokenizer.sha256}
+        for comp in self.components.values():
+            out.update({f.path: f.sha256 for f in comp.files.values()})
+            out.update({e.path: e.sha256 for e in comp.engines})
+        return dict(sorted(out.items()))
+
+    def with_component(self, comp: Component) -> "Manifest":
+        return dataclasses.replace(self, components={**self.components, comp.name: comp})

@@ -1,0 +1,45 @@
+"""The one place optional packages are imported: lazily, with the pip extra to install on failure."""
+
+import importlib
+
+from fusionrt.runtime.errors import BackendUnavailable
+
+__all__ = ["require", "is_available"]
+
+# module name -> (pip extra or package that provides it)
+_INSTALL_HINTS = {
+    "onnxruntime": "pip install 'fusionrt[cpu]'  (or 'fusionrt[gpu]' for onnxruntime-gpu; never both)",
+    "onnxruntime.quantization": "pip install 'fusionrt[cpu]'",
+    "tensorrt": "pip install 'fusionrt[tensorrt]'  (NVIDIA TensorRT 10/11; needs an NVIDIA GPU to run engines)",
+    "tensorrt_rtx": "pip install 'fusionrt[rtx]'  (TensorRT for RTX)",
+    "cuda.bindings": "pip install 'fusionrt[tensorrt]'  (cuda-bindings)",
+    "torch": "pip install 'fusionrt[export]'",
+    "torchvision": "pip install 'fusionrt[export]'",
+    "timm": "pip install 'fusionrt[export]'",
+    "transformers": "pip install 'fusionrt[export]'",
+    "onnx": "pip install 'fusionrt[export]'",
+    "safetensors": "pip install 'fusionrt[export]'",
+    "matplotlib": "pip install 'fusionrt[bench]'",
+    "tqdm": "pip install 'fusionrt[dev]'",
+}
+
+
+def require(module: str, purpose: str = ""):
+    """Import `module` or raise BackendUnavailable naming what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        hint = _INSTALL_HINTS.get(module, f"pip install {module.split('.')[0]}")
+        why = f" for {purpose}" if purpose else ""
+        raise BackendUnavailable(
+            f"Python package '{module}' is needed{why} but could not be imported ({exc}). Install it: {hint}"
+        ) from exc
+
+
+def is_available(module: str) -> bool:
+    """True when `module` imports; never raises."""
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False

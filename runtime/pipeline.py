@@ -1,0 +1,177 @@
+"""The two-branch pipeline: preprocess + tokenize, image and text branches at once, then the fusion head."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from fusionrt.runtime.backends import backend_module, resolve_backend
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import InputError
+from fusionrt.runtime.manifest import COMPONENTS
+from fusionrt.runtime.precision import parse_precision
+from fusionrt.runtime.preprocess import preprocess_batch
+from fusionrt.runtime.tokenize import TextTokenizer
+
+__all__ = ["Pipeline", "Prediction", "Timings"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+    probs: np.ndarray = field(repr=False)
+
+    def to_dict(self, labels: Sequence[str]) -> dict:
+        return {"label": self.label, "index": self.index, "score": self.score,
+                "probs": {name: float(p) for name, p in zip(labels, self.probs)}}
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent in each stage of the last call."""
+
+    preprocess_ms: float = 0.0
+    tokenize_ms: float = 0.0
+    image_ms: float = 0.0
+    text_ms: float = 0.0
+    branches_ms: float = 0.0  # wall time of both branches together (< image + text when concurrent)
+    head_ms: float = 0.0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class Pipeline:
+    """Load with `Pipeline.load(bundle)`; use as a context manager, or call `close()`."""
+
+    def __init__(self, bundle: Bundle, backends: Mapping, backend_name: str, precision: Mapping[str, str],
+                 concurrent: bool = True):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.labels = self.manifest.labels
+        self.backends = dict(backends)
+        self.backend_name = backend_name
+        self.precision = dict(precision)
+        self.concurrent = concurrent
+        self.tokenizer = TextTokenizer(
+            bundle.file(self.manifest.tokenizer.file, self.manifest.tokenizer.sha256), self.manifest.tokenizer.max_seq_len
+        )
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrt-image") if concurrent else None
+        self.timings = Timings()
+
+    @classmethod
+    def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, **options) -> "Pipeline":
+        """Open a bundle directory.
+
+        backend: 'auto' | 'onnxruntime' | 'tensorrt' | 'tensorrt_rtx'.
+        precision: None (what the manifest chose), 'fp32' | 'fp16' | 'int8' for all parts, or a mapping /
+        'image=int8,text=int8,head=fp32' string per part.
+        options: passed to the backend (onnxruntime: providers, threads, allow_fallback, verify).
+        """
+        bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        chosen = parse_precision(precision, default=bundle.manifest.precision)
+        name = resolve_backend(backend)
+        module = backend_module(name)
+        opened = {}
+        try:
+            for comp in COMPONENTS:
+                opened[comp] = module.open_component(bundle, comp, chosen[comp], {**options, "product": name})
+        except BaseException:
+            for b in opened.values():
+                b.close()
+            raise
+        return cls(bundle, opened, name, chosen, concurrent)
+
+    # -- the stages ------------------------------------------------------------------------------
+    def prepare(self, images: Sequence, texts: Sequence[str]) -> tuple:
+        """Images + texts -> (pixels, tokens), the branch inputs; times each step."""
+        if isinstance(texts, str):
+            raise InputError("classify_batch expects a list of texts, found one str. Wrap it: [text].")
+        if len(images) != len(texts):
+            raise InputError(f"expected as many texts as images, found {len(images)} images and {len(texts)} texts.")
+        t0 = time.perf_counter()
+        pixels = preprocess_batch(images, self.manifest.preprocess)
+        t1 = time.perf_counter()
+        tokens = self.tokenizer(texts)
+        self.timings.preprocess_ms = (t1 - t0) * 1e3
+        self.timings.tokenize_ms = (time.perf_counter() - t1) * 1e3
+        return pixels, tokens
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.backends["image_encoder"].infer({"pixel_values": pixels})["image_features"]
+        self.timings.image_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def encode_text(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.backends["text_encoder"].infer(tokens)["text_features"]
+        self.timings.text_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def head(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        logits = self.backends["fusion_head"].infer(
+            {"image_features": image_features, "text_features": text_features}
+        )["logits"]
+        self.timings.head_ms = (time.perf_counter() - t0) * 1e3
+        return logits
+
+    def branches(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features=None) -> tuple:
+        """Run both encoders, at once when `concurrent`; pass `text_features` to skip the text branch."""
+        t0 = time.perf_counter()
+        if text_features is not None:
+            image_features = self.encode_image(pixels)
+            self.timings.text_ms = 0.0
+        elif self._pool is not None:
+            future = self._pool.submit(self.encode_image, pixels)
+            text_features = self.encode_text(tokens)
+            image_features = future.result()
+        else:
+            image_features = self.encode_image(pixels)
+            text_features = self.encode_text(tokens)
+        self.timings.branches_ms = (time.perf_counter() - t0) * 1e3
+        return image_features, text_features
+
+    def logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Model time only: prepared inputs -> (N, classes) logits."""
+        return self.head(*self.branches(pixels, tokens))
+
+    # -- the public calls ------------------------------------------------------------------------
+    def classify_batch(self, images: Sequence, texts: Sequence[str]) -> list:
+        """Images (paths or BGR uint8 arrays) and texts -> one Prediction per pair."""
+        pixels, tokens = self.prepare(images, texts)
+        return self.predictions(self.logits(pixels, tokens))
+
+    def classify(self, image, text: str) -> Prediction:
+        return self.classify_batch([image], [text])[0]
+
+    def predictions(self, logits: np.ndarray) -> list:
+        probs = softmax(logits.astype(np.float32))
+        out = []
+        for row in probs:
+            index = int(row.argmax())
+            out.append(Prediction(self.labels[index], index, float(row[index]), row))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for backend in self.backends.values():
+            backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

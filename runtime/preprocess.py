@@ -1,0 +1,80 @@
+"""The one image preprocessing path: BGR uint8 (OpenCV's convention) -> normalized NCHW float32.
+
+Training, export parity, calibration, fidelity and the runtime all call `preprocess_batch`, so the
+model never sees pixels prepared two different ways.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fusionrt.runtime.errors import InputError
+from fusionrt.runtime.manifest import PreprocessSpec
+
+__all__ = ["load_image", "preprocess", "preprocess_batch"]
+
+_INTERP = {"linear": 1, "cubic": 2, "area": 3}  # cv2.INTER_LINEAR / INTER_CUBIC / INTER_AREA
+
+
+def load_image(source) -> np.ndarray:
+    """Return an HxWx3 BGR uint8 array from a path or an array (grey and BGRA are converted)."""
+    import cv2
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"image file '{path}' not found. Check the path (relative paths are from the current directory).")
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise InputError(f"image file '{path}' could not be decoded: expected PNG/JPEG/BMP/TIFF/WebP. Re-save it in one of those formats.")
+    elif isinstance(source, np.ndarray):
+        image = source
+    else:
+        raise InputError(f"expected an image path or a numpy HxWx3 BGR uint8 array, found {type(source).__name__}.")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise InputError(f"expected a uint8 image, found dtype {image.dtype}. Convert with `np.clip(img, 0, 255).astype(np.uint8)`.")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise InputError(f"expected an HxWx3 BGR image, found shape {image.shape}.")
+    if image.shape[2] == 4:
+        # Transparent pixels become white, which is what a viewer shows for them.
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        blended = image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return np.round(blended).astype(np.uint8)
+    return image
+
+
+def preprocess(image, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """One image -> a (3, H, W) float32 array (written into `out` when given; the caller owns it)."""
+    import cv2
+
+    bgr = load_image(image)
+    h, w = bgr.shape[:2]
+    if (h, w) != (spec.height, spec.width):
+        shrinking = h > spec.height or w > spec.width
+        interp = cv2.INTER_AREA if shrinking else _INTERP[spec.interpolation]
+        bgr = cv2.resize(bgr, (spec.width, spec.height), interpolation=interp)
+    rgb = bgr[:, :, ::-1].astype(np.float32) * (1.0 / 255.0)
+    rgb -= np.asarray(spec.mean, dtype=np.float32)
+    rgb /= np.asarray(spec.std, dtype=np.float32)
+    chw = rgb.transpose(2, 0, 1)
+    if out is None:
+        return np.ascontiguousarray(chw)
+    out[...] = chw
+    return out
+
+
+def preprocess_batch(images: Sequence, spec: PreprocessSpec) -> np.ndarray:
+    """Images (paths or BGR arrays) -> an (N, 3, H, W) float32 array."""
+    if len(images) == 0:
+        raise InputError("expected at least one image, found an empty list.")
+    batch = np.empty((len(images), 3, spec.height, spec.width), dtype=np.float32)
+    for i, image in enumerate(images):
+        preprocess(image, spec, out=batch[i])
+    return batch

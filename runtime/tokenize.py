@@ -1,0 +1,56 @@
+"""Tokenization with the `tokenizers` library from the bundle's tokenizer.json (no transformers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fusionrt.runtime.errors import BundleError, InputError
+
+__all__ = ["TextTokenizer"]
+
+
+class TextTokenizer:
+    """Turns texts into `input_ids` and `attention_mask` (int64, padded to the longest text in the batch).
+
+    Padding and truncation are set here explicitly: some shipped tokenizer.json files pad to a
+    fixed length, which would waste the text encoder's time on padding.
+    """
+
+    def __init__(self, path: Path, max_seq_len: int):
+        from tokenizers import Tokenizer
+
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises its own Exception subclass
+            raise BundleError(f"tokenizer file '{path}' could not be read ({exc}); expected a Hugging Face tokenizer.json.") from exc
+        self.max_seq_len = max_seq_len
+        pad_token = self._tok.padding["pad_token"] if self._tok.padding else "[PAD]"
+        pad_id = self._tok.token_to_id(pad_token)
+        self.pad_id = 0 if pad_id is None else pad_id
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_seq_len)
+
+    def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> dict:
+        """Return {'input_ids', 'attention_mask'} as (N, L) int64; L = longest text, or `pad_to`."""
+        if isinstance(texts, str):
+            texts = [texts]
+        for t in texts:
+            if not isinstance(t, str):
+                raise InputError(f"expected text as str, found {type(t).__name__}.")
+            if not t.strip():
+                raise InputError("expected a non-empty text, found an empty or blank string. Pass a description or label text.")
+        encodings = self._tok.encode_batch(list(texts))
+        length = max(len(e.ids) for e in encodings)
+        if pad_to is not None:
+            if pad_to < length:
+                raise InputError(f"pad_to={pad_to} is shorter than the longest tokenized text ({length}).")
+            length = pad_to
+        ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), length), dtype=np.int64)
+        for i, enc in enumerate(encodings):
+            ids[i, : len(enc.ids)] = enc.ids
+            mask[i, : len(enc.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask}

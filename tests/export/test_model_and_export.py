@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.export.bundle_writer import export_bundle
+from fusionrt.export.model import FusionClassifier
+from fusionrt.export.train import TrainSettings, evaluate_torch, train_head
+from fusionrt.runtime.errors import BundleError, CheckpointError
+from fusionrt.runtime.evaluate import evaluate_pipeline
+from fusionrt.runtime.pipeline import Pipeline
+
+from ..conftest import tiny_image_encoder, tiny_model
+
+
+def test_checkpoint_round_trip_gives_same_logits(trained_checkpoint):
+    model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
+    again = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.randint(1000, 2000, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(model(pixels, ids, torch.ones_like(ids)), again(pixels, ids, torch.ones_like(ids)))
+    assert not any(p.suffix in (".pt", ".pth", ".bin") for p in trained_checkpoint.rglob("*"))  # no pickle
+
+
+def test_bad_checkpoints_are_refused(tmp_path, trained_checkpoint):
+    with pytest.raises(CheckpointError, match="lacks fusion_config.json"):
+        FusionClassifier.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="'custom': pass your nn.Module"):
+        FusionClassifier.from_pretrained(trained_checkpoint)
+    wrong = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.raises(CheckpointError, match="do not match the config"):
+        FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=wrong)
+
+
+@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet50", 2048), ("timm:tf_efficientnet_lite0", 1280)])
+def test_image_backbones_by_name(name, dim):
+    from fusionrt.export.encoders import build_image_encoder
+
+    net, got = build_image_encoder(name)
+    assert got == dim
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, dim)
+
+
+def test_training_is_seeded_and_learns(shape_data):
+    train, test = (LabeledDataset.read(p) for p in shape_data)
+    settings = TrainSettings(epochs=30, batch_size=16, lr=3e-3, seed=3)
+    a, b = tiny_model(seed=1), tiny_model(seed=1)
+    assert train_head(a, train, settings) == train_head(b, train, settings)
+    for x, y in zip(a.head.parameters(), b.head.parameters()):
+        assert torch.equal(x, y)
+    assert evaluate_torch(a, test)["accuracy"] >= 0.75  # colour is easy to see: chance is 1/3
+
+
+def test_bundle_matches_pytorch(tiny_bundle, trained_checkpoint, shape_data):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["parity"]["max_abs_logit_diff"] <= 1e-4
+    test = LabeledDataset.read(shape_data[1])
+    model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
+    theirs = evaluate_torch(model, test)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
+        ours = evaluate_pipeline(pipe, test, batch_size=5)  # uneven batches exercise the dynamic axis
+        pred = pipe.classify(test[0].image, test[0].text)
+    assert ours["predictions"] == theirs["predictions"]
+    assert ours["accuracy"] == theirs["accuracy"]
+    assert pred.label in manifest["labels"] and 0 < pred.score <= 1 and np.isclose(pred.probs.sum(), 1, atol=1e-5)
+
+
+def test_export_refuses_to_clobber(tiny_bundle, trained_checkpoint, shape_data, tmp_path):
+    model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
+    with pytest.raises(BundleError, match="already holds a bundle"):
+        export_bundle(model, tiny_bundle, ["a", "b"], ["x", "y"])
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not a bundle"):
+        export_bundle(model, tmp_path, ["a", "b"], ["x", "y"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_dynamo_exporter_also_passes_parity(trained_checkpoint, shape_data, tmp_path):
+    model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
+    data = LabeledDataset.read(shape_data[1]).head(3)
+    bundle = export_bundle(model, tmp_path / "b", [s.image for s in data], [s.text for s in data], dynamo=True)
+    assert bundle.manifest.parity["max_abs_logit_diff"] <= 1e-4
+    assert bundle.manifest.producer["exporter"] == "dynamo"

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BundleError
+from fusionrt.runtime.manifest import Manifest
+
+
+def test_manifest_round_trip(tiny_bundle):
+    manifest = Manifest.read(tiny_bundle)
+    again = Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))
+    assert again == manifest
+    assert set(manifest.files()) == {"tokenizer.json", "image_encoder.onnx", "text_encoder.onnx", "fusion_head.onnx"}
+
+
+def test_manifest_records_what_issue_asks(tiny_bundle):
+    data = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert data["labels"] == ["blue", "green", "red"]
+    assert data["preprocess"]["height"] == 32
+    assert data["tokenizer"]["file"] == "tokenizer.json"
+    text = data["components"]["text_encoder"]
+    assert text["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
+    assert data["profile"] == {"batch": [1, 8, 32], "seq": [1, 64, 128]}
+    assert data["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert {"torch", "onnx", "onnxruntime", "fusionrt"} <= set(data["producer"])
+    assert all(len(sha) == 64 for sha in data["files"].values())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.pop("labels"), "expected key 'labels'"),
+        (lambda d: d.update(schema_version=99), "schema_version 1 expected, found 99"),
+        (lambda d: d["components"].pop("fusion_head"), "components ['fusion_head'] missing"),
+        (lambda d: d["components"]["image_encoder"]["inputs"][0].update(dtype="float99"), "dtype must be one of"),
+        (lambda d: d.update(profile={"batch": [8, 1, 32], "seq": [1, 1, 1]}), "profile.batch must be"),
+        (lambda d: d.update(precision={"image_encoder": "int4"}), "precision entry image_encoder=int4"),
+    ],
+)
+def test_bad_manifest_is_refused_with_reason(tiny_bundle, tmp_path, edit, message):
+    data = json.loads((tiny_bundle / "manifest.json").read_text())
+    edit(data)
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Manifest.read(tmp_path)
+
+
+def test_not_json_and_missing_manifest(tmp_path):
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Bundle.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("{ not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle.open(tmp_path)
+    with pytest.raises(BundleError, match="does not exist"):
+        Bundle.open(tmp_path / "nope")
+
+
+def test_changed_file_fails_sha_check(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "fusion_head.onnx").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="does not match the sha256"):
+        Bundle.open(copy).verify()
+    (copy / "fusion_head.onnx").unlink()
+    with pytest.raises(BundleError, match="is missing"):
+        Bundle.open(copy).verify()
