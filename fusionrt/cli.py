@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("calibrate", help="INT8 Q/DQ models (ONNX Runtime CPU and TensorRT), fidelity report, precision policy")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True, help="labelled CSV/JSONL; calibration samples are spread evenly over it")
+    p.add_argument("--eval-data", help="held-out CSV/JSONL for the fidelity report (default: the rest of --data)")
+    p.add_argument("--method", choices=["percentile", "entropy", "minmax"], default="percentile")
+    p.add_argument("--samples", type=int, default=128)
+    p.add_argument("--precision", default="auto", help="auto | int8 | image=int8,text=int8,head=fp32")
+    p.add_argument("--min-agreement", type=float, default=0.99)
+    p.add_argument("--max-accuracy-drop", type=float, default=0.01)
+
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from fusionrt.runtime.errors import DataError, InputError
 from fusionrt.runtime.optional import require
 
-__all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info"]
+__all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info", "cmd_calibrate"]
 
 
 def _say(text: str) -> None:
@@ -178,4 +178,16 @@ def cmd_info(args) -> int:
         print(f"{name:14s} {ins} -> {outs}  files {comp['files']}  engines {len(comp['engines'])}")
     if summary["parity_max_abs_logit_diff"] is not None:
         print(f"parity     max |logit diff| ONNX vs PyTorch {summary['parity_max_abs_logit_diff']:.2e}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    require("onnxruntime.quantization", "calibration")
+    from fusionrt.calibration.calibrate import calibrate_bundle
+    from fusionrt.calibration.fidelity import fidelity_markdown
+    from fusionrt.calibration.policy import Thresholds
+
+    report = calibrate_bundle(args.bundle, args.data, args.eval_data, args.method, args.samples, args.precision,
+                              Thresholds(args.min_agreement, args.max_accuracy_drop))
+    print(fidelity_markdown(report))
     return 0

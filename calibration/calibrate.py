@@ -1,0 +1,144 @@
+"""`fusionrt calibrate`: ranges from real data, two Q/DQ targets, a fidelity report and a precision policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.calibration.fidelity import combinations, cosine_stats, fidelity_markdown, head_outcome
+from fusionrt.calibration.policy import Thresholds, choose_policy
+from fusionrt.calibration.quantize import collect_ranges, preprocess_for_quantization, quantize_component
+from fusionrt.calibration.reader import MIN_HELD_OUT, CalibrationSource, OrtReader, select_calibration
+from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import DataError
+from fusionrt.runtime.manifest import COMPONENTS, ModelFile, sha256_of
+from fusionrt.runtime.precision import format_precision, parse_precision
+from fusionrt.runtime.progress import progress
+
+__all__ = ["calibrate_bundle", "TARGETS"]
+
+TARGETS = ("int8-cpu", "int8-trt")
+_OUTPUT = {"image_encoder": "image_features", "text_encoder": "text_features"}
+
+
+def _run(backend_files: dict, component: str, feeds: list) -> np.ndarray:
+    comp_spec, path = backend_files[component]
+    with OnnxRuntimeBackend(path, comp_spec.inputs, comp_spec.outputs, ["CPUExecutionProvider"]) as b:
+        name = comp_spec.outputs[0].name
+        names = {s.name for s in comp_spec.inputs}
+        return np.concatenate([b.infer({k: v for k, v in f.items() if k in names})[name] for f in feeds])
+
+
+def _batched(array: np.ndarray, sizes: list) -> list:
+    return np.split(array, np.cumsum(sizes)[:-1])
+
+
+def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile", samples: int = 128,
+                     precision: str = "auto", thresholds: Thresholds = Thresholds(), batch_size: int = 8) -> dict:
+    """Calibrate, quantize, measure fidelity and choose the precision policy; updates the bundle; returns the report."""
+    bundle = Bundle.open(bundle_dir)
+    m = bundle.manifest
+    calib, rest = select_calibration(LabeledDataset.read(data), samples)
+    held_out = LabeledDataset.read(eval_data) if eval_data else rest
+    if len(held_out) < MIN_HELD_OUT:
+        raise DataError(f"the held-out split has {len(held_out)} samples, expected at least {MIN_HELD_OUT}: pass --eval-data "
+                        "with a labelled split that calibration does not use, or a larger --data.")
+    requested = None if precision == "auto" else parse_precision(precision)
+    calib_feeds = list(CalibrationSource(bundle, calib, batch_size))
+    eval_feeds = list(CalibrationSource(bundle, held_out, batch_size))
+    sizes = [len(f["pixel_values"]) for f in eval_feeds]
+    fp32_files = {c: (m.components[c], bundle.file(m.components[c].files["fp32"].path)) for c in COMPONENTS}
+
+    # FP32 features: the head's calibration inputs, and the fidelity reference.
+    fp32 = {c: _run(fp32_files, c, eval_feeds) for c in _OUTPUT}
+    calib_feats = {c: _run(fp32_files, c, calib_feeds) for c in _OUTPUT}
+    head_calib_feeds = [{"image_features": i, "text_features": t} for i, t in zip(
+        _batched(calib_feats["image_encoder"], [len(f["pixel_values"]) for f in calib_feeds]),
+        _batched(calib_feats["text_encoder"], [len(f["pixel_values"]) for f in calib_feeds]))]
+
+    (bundle.root / "calibration").mkdir(exist_ok=True)
+    (bundle.root / "reports").mkdir(exist_ok=True)
+    written = {}
+    with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as tmp:
+        for comp in progress(COMPONENTS, "quantizing", total=len(COMPONENTS)):
+            prepared = preprocess_for_quantization(fp32_files[comp][1], Path(tmp) / f"{comp}.prep.onnx")
+            feeds = head_calib_feeds if comp == "fusion_head" else [
+                {s.name: f[s.name] for s in m.components[comp].inputs} for f in calib_feeds]
+            ranges = collect_ranges(prepared, OrtReader(feeds), comp, method, Path(tmp) / f"{comp}.ranges.json")
+            shutil.copy(ranges, bundle.root / "calibration" / f"{comp}.ranges.json")
+            for target in TARGETS:
+                out = bundle.root / f"{comp}.{target.replace('-', '.')}.onnx"
+                quantize_component(prepared, comp, target, ranges, out)
+                written[(comp, target)] = out
+
+    # Fidelity on the held-out split, per target.
+    labels_true = held_out.label_indices(m.labels)
+    fp32_logits = _head_logits(fp32_files["fusion_head"], fp32["image_encoder"], fp32["text_encoder"])
+    fp32_outcome = head_outcome(fp32_logits, fp32_logits, labels_true, len(m.labels))
+    branches, outcomes, rows = {}, {}, []
+    for target in TARGETS:
+        q_files = {c: (m.components[c], written[(c, target)]) for c in COMPONENTS}
+        q_feats = {c: _run(q_files, c, eval_feeds) for c in _OUTPUT}
+        branches[target] = {c: cosine_stats(fp32[c], q_feats[c]) for c in _OUTPUT}
+        for config in combinations(COMPONENTS):
+            feats = {c: q_feats[c] if config[c] == "int8" else fp32[c] for c in _OUTPUT}
+            head = q_files["fusion_head"] if config["fusion_head"] == "int8" else fp32_files["fusion_head"]
+            outcome = head_outcome(_head_logits(head, feats["image_encoder"], feats["text_encoder"]), fp32_logits,
+                                   labels_true, len(m.labels))
+            key = tuple(config[c] for c in COMPONENTS)
+            if key != ("fp32",) * 3:
+                outcomes.setdefault(key, {})[target] = outcome
+                rows.append({"config": format_precision(config), "target": target, **outcome})
+
+    if requested is None:
+        chosen_key, reason = choose_policy(outcomes, fp32_outcome["accuracy"], COMPONENTS, thresholds)
+    else:
+        chosen_key = tuple(requested[c] for c in COMPONENTS)
+        reason = "chosen by the user (--precision)"
+    chosen = dict(zip(COMPONENTS, chosen_key))
+    report = {
+        "calibration": {"method": method, "samples": len(calib), "data": str(data)},
+        "held_out": {"count": len(held_out), "data": str(eval_data or f"{data} (samples not used for calibration)")},
+        "thresholds": dataclasses.asdict(thresholds),
+        "fp32": fp32_outcome,
+        "branches": branches,
+        "end_to_end": rows,
+        "policy": {"chosen": format_precision(chosen), "reason": reason},
+    }
+    chosen_rows = {t: o for t, o in outcomes.get(chosen_key, {}).items()}
+    report["summary"] = {
+        "precision": format_precision(chosen),
+        "fp32_accuracy": fp32_outcome["accuracy"],
+        **{f"{t}_{k}": v for t, o in chosen_rows.items() for k, v in o.items()},
+        **{f"{t}_{c}_cosine_min": branches[t][c]["min"] for t in TARGETS for c in _OUTPUT},
+    }
+    (bundle.root / "reports" / "fidelity.json").write_text(json.dumps(report, indent=2) + "\n")
+    (bundle.root / "reports" / "fidelity.md").write_text(fidelity_markdown(report))
+
+    components = {}
+    for comp in COMPONENTS:
+        files = dict(m.components[comp].files)
+        for target in TARGETS:
+            path = written[(comp, target)]
+            files[target] = ModelFile(path.name, sha256_of(path))
+        components[comp] = dataclasses.replace(m.components[comp], files=files)
+    bundle.save(dataclasses.replace(
+        m, components=components, precision=chosen, precision_reason=reason,
+        fidelity={"summary": report["summary"], "report": "reports/fidelity.json"},
+        calibration={**report["calibration"], "ranges": {c: f"calibration/{c}.ranges.json" for c in COMPONENTS}},
+    ))
+    return report
+
+
+def _head_logits(head_file, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+    spec, path = head_file
+    with OnnxRuntimeBackend(path, spec.inputs, spec.outputs, ["CPUExecutionProvider"]) as b:
+        return b.infer({"image_features": image_features.astype(np.float32),
+                        "text_features": text_features.astype(np.float32)})["logits"]

@@ -1,0 +1,54 @@
+"""FP32 vs INT8 fidelity on a held-out split: per-branch cosine similarity, end-to-end agreement and metrics."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from fusionrt.runtime.metrics import classification_metrics
+from fusionrt.runtime.pipeline import softmax
+
+__all__ = ["cosine_stats", "head_outcome", "fidelity_markdown"]
+
+
+def cosine_stats(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+    cos = (ref * cand).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-12)
+    return {"mean": float(cos.mean()), "min": float(cos.min())}
+
+
+def head_outcome(logits: np.ndarray, fp32_logits: np.ndarray, labels_true, num_classes: int) -> dict:
+    """Agreement with FP32, max |Δprob| and (when labels exist) the metrics of one configuration."""
+    pred, ref = logits.argmax(1), fp32_logits.argmax(1)
+    out = {
+        "top1_agreement": float((pred == ref).mean()),
+        "max_abs_dprob": float(np.abs(softmax(logits) - softmax(fp32_logits)).max()),
+    }
+    if labels_true is not None:
+        out.update({k: v for k, v in classification_metrics(labels_true, pred, num_classes).items() if k != "count"})
+    return out
+
+
+def combinations(parts) -> list:
+    """Every int8/fp32 choice for `parts` (tuples of (component, precision))."""
+    return [dict(zip(parts, choice)) for choice in itertools.product(("int8", "fp32"), repeat=len(parts))]
+
+
+def fidelity_markdown(report: dict) -> str:
+    lines = [f"# INT8 fidelity ({report['held_out']['count']} held-out samples, calibration: "
+             f"{report['calibration']['method']} on {report['calibration']['samples']} samples)", ""]
+    lines += ["| branch | target | cosine mean | cosine min |", "|---|---|---|---|"]
+    for target, branches in report["branches"].items():
+        for branch, stats in branches.items():
+            lines.append(f"| {branch} | {target} | {stats['mean']:.5f} | {stats['min']:.5f} |")
+    lines += ["", "| configuration | target | top-1 agreement | max abs dprob | accuracy | macro recall | macro F1 |",
+              "|---|---|---|---|---|---|---|"]
+    fp32 = report["fp32"]
+    lines.append(f"| fp32 | - | 100.00 % | 0 | {100 * fp32['accuracy']:.2f} % | {100 * fp32['macro_recall']:.2f} % | "
+                 f"{100 * fp32['macro_f1']:.2f} % |")
+    for row in report["end_to_end"]:
+        lines.append(f"| {row['config']} | {row['target']} | {100 * row['top1_agreement']:.2f} % | {row['max_abs_dprob']:.4f} | "
+                     f"{100 * row['accuracy']:.2f} % | {100 * row['macro_recall']:.2f} % | {100 * row['macro_f1']:.2f} % |")
+    lines += ["", f"**Chosen:** {report['policy']['chosen']} — {report['policy']['reason']}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""INT8 as explicit Q/DQ ONNX with ONNX Runtime's quantization tool: one calibration pass, two targets.
+
+- `int8-trt`: symmetric int8 activations and weights (zero point 0), per-channel weights, per-tensor
+  activations, float biases (QuantizeBias=False): what TensorRT 10/11 and TensorRT-RTX parse.
+- `int8-cpu`: what ONNX Runtime's CPU kernels run fastest: U8S8 static Q/DQ for convolutions and the
+  head; dynamic INT8 (weights only) for the BERT text encoder.
+Activation ranges are collected once per component and kept in the bundle (`calibration/*.ranges.json`);
+both targets are quantized from them. BERT's Softmax, LayerNorm, GELU and residual Adds stay float:
+only MatMul/Gemm (and Conv) are quantized.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from fusionrt.runtime.errors import DataError
+from fusionrt.runtime.optional import require
+
+__all__ = ["METHODS", "QUANTIZED_OPS", "collect_ranges", "quantize_component"]
+
+METHODS = ("minmax", "percentile", "entropy")
+QUANTIZED_OPS = {
+    "image_encoder": ["Conv", "MatMul", "Gemm"],
+    "text_encoder": ["MatMul", "Gemm"],
+    "fusion_head": ["MatMul", "Gemm"],
+}
+
+
+def _q():
+    return require("onnxruntime.quantization", "INT8 calibration")
+
+
+def preprocess_for_quantization(src: Path, dst: Path) -> Path:
+    """Shape inference + basic graph optimization (folds BatchNorm into Conv). Symbolic shape inference is
+    skipped: it fails on BERT graphs."""
+    q = _q()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+def collect_ranges(model: Path, reader, component: str, method: str, out: Path) -> Path:
+    """Run the calibrator over `reader` and write the activation ranges as JSON to `out`."""
+    q = _q()
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    if method not in METHODS:
+        raise DataError(f"calibration method '{method}' unknown: expected one of {METHODS}.")
+    calibration_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                          "entropy": CalibrationMethod.Entropy}[method]
+    # quantize_static does not pass num_bins through; creating the calibrator here does.
+    options = {"percentile": {"num_bins": 2048, "percentile": 99.999},
+               "entropy": {"num_bins": 2048, "num_quantized_bins": 255}}.get(method, {})
+    with tempfile.TemporaryDirectory(prefix="fusionrt-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(model), QUANTIZED_OPS[component], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=calibration_method, extra_options=options,
+        )
+        # One batch per pass: ORT stacks everything it is handed at once, which fails on batches of
+        # different shapes (text lengths) and holds every activation of the whole set in memory.
+        for feed in reader:
+            calibrator.collect_data(OneBatch(feed))
+            calibrator.clear_collected_data()
+        save_tensors_data(calibrator.compute_data(), out)
+        del calibrator
+    return out
+
+
+def activation_matmuls(model: Path) -> list:
+    """MatMuls whose inputs are both activations (attention's Q·Kᵀ and softmax·V): their softmax-shaped
+    inputs lose most of their resolution in per-tensor int8, so they stay float; weight GEMMs are quantized."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    weights |= {n.output[0] for n in graph.node if n.op_type in ("Constant", "Transpose") and
+                all(i in weights for i in n.input)}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
+
+
+class OneBatch:
+    """A CalibrationDataReader over a single feed."""
+
+    def __init__(self, feed: dict):
+        self._feeds = [feed]
+
+    def get_next(self):
+        return self._feeds.pop() if self._feeds else None
+
+
+def quantize_component(model: Path, component: str, target: str, ranges: Path, out: Path) -> Path:
+    """Write the `target` ('int8-cpu' | 'int8-trt') Q/DQ model of `component` from the collected `ranges`."""
+    q = _q()
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    ops = QUANTIZED_OPS[component]
+    if target == "int8-cpu" and component == "text_encoder":
+        q.quantize_dynamic(str(model), str(out), op_types_to_quantize=ops, weight_type=q.QuantType.QInt8,
+                           per_channel=False)
+        return out
+    method = load_tensors_data(ranges).calibration_method
+    symmetric = target == "int8-trt"
+    q.quantize_static(
+        str(model), str(out), calibration_data_reader=None, quant_format=q.QuantFormat.QDQ,
+        op_types_to_quantize=ops, per_channel=True, nodes_to_exclude=activation_matmuls(model),
+        activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
+        weight_type=q.QuantType.QInt8, calibrate_method=method, calibration_cache_path=str(ranges),
+        extra_options={
+            "ActivationSymmetric": symmetric,
+            "WeightSymmetric": True,
+            "QuantizeBias": not symmetric,  # TensorRT's parser rejects INT32 bias Q/DQ
+            "AddQDQPairToWeight": False,
+        },
+    )
+    return out

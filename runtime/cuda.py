@@ -1,0 +1,179 @@
+"""A thin cuda-python (cuda-bindings) layer: calls that raise, and GPU resources that free themselves
+on `close()` / context exit (never only in `__del__`).
+
+Imported only by the TensorRT backend and the GPU check; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusionrt.runtime.errors import BackendUnavailable
+from fusionrt.runtime.optional import require
+
+__all__ = ["cudart", "cuda_call", "Stream", "Event", "PinnedBuffer", "DeviceBuffer", "Graph", "device_count",
+           "compute_capability"]
+
+
+def cudart():
+    return require("cuda.bindings.runtime", "CUDA (pip install cuda-bindings)")
+
+
+def cuda_call(result):
+    """cuda-python returns (err, *values): raise on error, return the values (one value unwrapped)."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    rt = cudart()
+    if int(err) != int(rt.cudaError_t.cudaSuccess):
+        _, name = rt.cudaGetErrorName(err)
+        _, text = rt.cudaGetErrorString(err)
+        raise BackendUnavailable(f"CUDA call failed: {name.decode() if isinstance(name, bytes) else name}: "
+                                 f"{text.decode() if isinstance(text, bytes) else text}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def device_count() -> int:
+    """Number of visible GPUs; 0 where the driver is missing (cudaGetDeviceCount returns an error, not a raise)."""
+    try:
+        err, count = cudart().cudaGetDeviceCount()
+    except BackendUnavailable:
+        return 0
+    return int(count) if int(err) == 0 else 0
+
+
+def compute_capability(device: int = 0) -> tuple:
+    rt = cudart()
+    props = cuda_call(rt.cudaGetDeviceProperties(device))
+    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    return (int(props.major), int(props.minor)), name
+
+
+class _Resource:
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Stream(_Resource):
+    """A non-blocking CUDA stream we own, or a caller's stream handle we only borrow (never destroyed)."""
+
+    def __init__(self, handle: int | None = None):
+        rt = cudart()
+        self.owned = handle is None
+        self.handle = cuda_call(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)) if self.owned \
+            else rt.cudaStream_t(int(handle))
+
+    @property
+    def ptr(self) -> int:
+        return int(self.handle)
+
+    def synchronize(self) -> None:
+        cuda_call(cudart().cudaStreamSynchronize(self.handle))
+
+    def wait(self, event: "Event") -> None:
+        """Work queued on this stream after this call waits for `event` (cudaStreamWaitEvent)."""
+        cuda_call(cudart().cudaStreamWaitEvent(self.handle, event.handle, 0))
+
+    def close(self) -> None:
+        if self.owned and self.handle is not None:
+            cuda_call(cudart().cudaStreamDestroy(self.handle))
+        self.handle = None
+
+
+class Event(_Resource):
+    def __init__(self, timing: bool = True):
+        rt = cudart()
+        flags = rt.cudaEventDefault if timing else rt.cudaEventDisableTiming
+        self.handle = cuda_call(rt.cudaEventCreateWithFlags(flags))
+
+    def record(self, stream: Stream) -> "Event":
+        cuda_call(cudart().cudaEventRecord(self.handle, stream.handle))
+        return self
+
+    def synchronize(self) -> None:
+        cuda_call(cudart().cudaEventSynchronize(self.handle))
+
+    def elapsed_ms(self, start: "Event") -> float:
+        return float(cuda_call(cudart().cudaEventElapsedTime(start.handle, self.handle)))
+
+    def close(self) -> None:
+        if self.handle is not None:
+            cuda_call(cudart().cudaEventDestroy(self.handle))
+        self.handle = None
+
+
+class PinnedBuffer(_Resource):
+    """Page-locked host memory viewed as a numpy array (`.array`); the buffer owns it until `close()`."""
+
+    def __init__(self, shape, dtype):
+        self.dtype, self.shape = np.dtype(dtype), tuple(shape)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.ptr = int(cuda_call(cudart().cudaMallocHost(max(self.nbytes, 1))))
+        import ctypes
+
+        raw = (ctypes.c_byte * max(self.nbytes, 1)).from_address(self.ptr)
+        self.array = np.frombuffer(raw, dtype=self.dtype, count=int(np.prod(self.shape))).reshape(self.shape)
+
+    def close(self) -> None:
+        if self.ptr:
+            self.array = None
+            cuda_call(cudart().cudaFreeHost(self.ptr))
+        self.ptr = 0
+
+
+class DeviceBuffer(_Resource):
+    def __init__(self, nbytes: int):
+        self.nbytes = int(nbytes)
+        self.ptr = int(cuda_call(cudart().cudaMalloc(max(self.nbytes, 1))))
+
+    def copy_from_host(self, host: PinnedBuffer, stream: Stream, nbytes: int | None = None) -> None:
+        rt = cudart()
+        cuda_call(rt.cudaMemcpyAsync(self.ptr, host.ptr, nbytes or host.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                     stream.handle))
+
+    def copy_to_host(self, host: PinnedBuffer, stream: Stream, nbytes: int | None = None) -> None:
+        rt = cudart()
+        cuda_call(rt.cudaMemcpyAsync(host.ptr, self.ptr, nbytes or host.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                                     stream.handle))
+
+    def copy_from_device(self, other: "DeviceBuffer", stream: Stream, nbytes: int | None = None) -> None:
+        rt = cudart()
+        cuda_call(rt.cudaMemcpyAsync(self.ptr, other.ptr, nbytes or other.nbytes,
+                                     rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle))
+
+    def close(self) -> None:
+        if self.ptr:
+            cuda_call(cudart().cudaFree(self.ptr))
+        self.ptr = 0
+
+
+class Graph(_Resource):
+    """Capture the work a callable enqueues on `stream` into a CUDA graph; `launch()` replays it."""
+
+    def __init__(self, stream: Stream, enqueue):
+        rt = cudart()
+        self.stream = stream
+        cuda_call(rt.cudaStreamBeginCapture(stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+        try:
+            enqueue()
+        finally:
+            self.graph = cuda_call(rt.cudaStreamEndCapture(stream.handle))
+        self.exec = cuda_call(rt.cudaGraphInstantiate(self.graph, 0))
+
+    def launch(self) -> None:
+        cuda_call(cudart().cudaGraphLaunch(self.exec, self.stream.handle))
+
+    def close(self) -> None:
+        rt = cudart()
+        if getattr(self, "exec", None) is not None:
+            cuda_call(rt.cudaGraphExecDestroy(self.exec))
+            self.exec = None
+        if getattr(self, "graph", None) is not None:
+            cuda_call(rt.cudaGraphDestroy(self.graph))
+            self.graph = None

@@ -1,0 +1,124 @@
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from fusionrt.calibration.calibrate import calibrate_bundle
+from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.calibration.policy import Thresholds, choose_policy
+from fusionrt.calibration.reader import CalibrationSource, select_calibration
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import DataError
+from fusionrt.runtime.pipeline import Pipeline
+
+from ..conftest import write_shape_dataset
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_bundle, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calib")
+    train, test = write_shape_dataset(folder / "data", per_class=16, seed=5)
+    bundle = folder / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    report = calibrate_bundle(bundle, train, test, method="minmax", samples=16)
+    return bundle, report, train, test
+
+
+def _ops(path):
+    return onnx.load(str(path)).graph
+
+
+def test_two_targets_written_and_recorded(calibrated):
+    bundle, report, _, _ = calibrated
+    m = Bundle.open(bundle).manifest
+    for comp in m.components.values():
+        assert {"fp32", "int8-cpu", "int8-trt"} <= set(comp.files)
+    assert Bundle.open(bundle).verify()
+    assert (bundle / "reports" / "fidelity.json").is_file() and (bundle / "reports" / "fidelity.md").is_file()
+    assert json.loads((bundle / "calibration" / "image_encoder.ranges.json").read_text())
+    assert m.fidelity["summary"]["precision"] == report["policy"]["chosen"]
+    assert m.precision_reason == report["policy"]["reason"]
+
+
+def test_tensorrt_target_is_symmetric_int8_with_float_bias(calibrated):
+    bundle = calibrated[0]
+    graph = _ops(bundle / "image_encoder.int8.trt.onnx")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    q_nodes = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert q_nodes and any(n.op_type == "DequantizeLinear" for n in graph.node)
+    for node in q_nodes:
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+    assert not any(v.dtype == np.int32 for v in inits.values())  # no INT32 bias Q/DQ (TensorRT's parser rejects it)
+    conv_weights = [inits[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and
+                    n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert conv_weights and all(w.dtype == np.int8 for w in conv_weights)
+
+
+def test_cpu_target_is_u8s8_and_dynamic_for_text(calibrated):
+    bundle = calibrated[0]
+    image = _ops(bundle / "image_encoder.int8.cpu.onnx")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in image.initializer}
+    zero_points = [inits[n.input[2]] for n in image.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
+    text_ops = {n.op_type for n in _ops(bundle / "text_encoder.int8.cpu.onnx").node}
+    assert "DynamicQuantizeLinear" in text_ops or "MatMulInteger" in text_ops
+    trt_text_ops = [n.op_type for n in _ops(bundle / "text_encoder.int8.trt.onnx").node]
+    assert "QuantizeLinear" in trt_text_ops
+    for op in ("Softmax",):  # kept in float: no Q/DQ right around it
+        assert op in trt_text_ops
+
+
+def test_fidelity_report_figures(calibrated):
+    _, report, _, test = calibrated
+    assert report["held_out"]["count"] == len(LabeledDataset.read(test))
+    for target in ("int8-cpu", "int8-trt"):
+        for branch in ("image_encoder", "text_encoder"):
+            stats = report["branches"][target][branch]
+            assert -1 <= stats["min"] <= stats["mean"] <= 1 + 1e-9
+    rows = report["end_to_end"]
+    assert len(rows) == 14  # 7 INT8 configurations x 2 targets
+    assert all(0 <= r["top1_agreement"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_runtime_loads_int8(calibrated):
+    bundle, _, _, test = calibrated
+    data = LabeledDataset.read(test)
+    with Pipeline.load(bundle, precision="int8") as pipe:
+        preds = pipe.classify_batch([s.image for s in data], [s.text for s in data])
+        assert pipe.precision == {"image_encoder": "int8", "text_encoder": "int8", "fusion_head": "int8"}
+    assert len(preds) == len(data)
+    with Pipeline.load(bundle) as pipe:  # what the manifest chose
+        assert pipe.precision == dict(Bundle.open(bundle).manifest.precision)
+
+
+def test_policy_falls_back_the_part_that_breaks_thresholds():
+    ok = {"top1_agreement": 0.995, "accuracy": 0.90}
+    bad = {"top1_agreement": 0.90, "accuracy": 0.80}
+    parts = ("image_encoder", "text_encoder", "fusion_head")
+    outcomes = {
+        ("int8", "int8", "int8"): {"cpu": bad, "trt": bad},
+        ("fp32", "int8", "int8"): {"cpu": ok, "trt": ok},
+        ("int8", "fp32", "int8"): {"cpu": ok, "trt": bad},
+        ("fp32", "fp32", "int8"): {"cpu": ok, "trt": ok},
+    }
+    chosen, reason = choose_policy(outcomes, 0.905, parts, Thresholds())
+    assert chosen == ("fp32", "int8", "int8") and "image_encoder kept FP32" in reason
+    chosen, reason = choose_policy({("int8", "int8", "int8"): {"cpu": bad}}, 0.905, parts)
+    assert chosen == ("fp32", "fp32", "fp32") and "kept FP32" in reason
+
+
+def test_calibration_source_is_ordered_reiterable_and_refuses_small_sets(tiny_bundle, shape_data):
+    data = LabeledDataset.read(shape_data[0])
+    calib, rest = select_calibration(data, 16)
+    assert len(calib) == 16 and len(rest) == len(data) - 16
+    assert {s.label for s in calib} == set(data.labels)  # strided, not the first rows of one class
+    assert select_calibration(data, 16)[0] == calib
+    source = CalibrationSource(Bundle.open(tiny_bundle), calib, batch_size=5)
+    first, second = list(source), list(source)
+    assert len(source) == len(first) == 4
+    assert all(np.array_equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(first, second))
+    with pytest.raises(DataError, match="at least 16 real samples"):
+        select_calibration(data.head(10), 16)
