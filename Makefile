@@ -42,6 +42,13 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision int8
 	$(BIN)/fusionrt info $(DEMO)/bundle
 
+# Short CPU benchmark of the demo bundle (run `make demo` first): FP32 vs INT8, batch 1 and 8,
+# sequential vs concurrent branches.
+bench: $(STAMP)
+	@test -f $(DEMO)/bundle/manifest.json || { echo "run 'make demo' first: bench times the demo bundle"; exit 2; }
+	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision fp32,int8 --batch 1,8 \
+		--duration 4 --out $(DEMO)/bench
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 

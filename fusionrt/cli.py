@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=0.99)
     p.add_argument("--max-accuracy-drop", type=float, default=0.01)
 
+    p = sub.add_parser("bench", help="latency/throughput of a bundle per precision x batch, sequential vs concurrent")
+    p.add_argument("bundle")
+    p.add_argument("--data", help="labelled CSV/JSONL whose samples are the inputs (default: built-in scenes)")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--precision", default="fp32,int8")
+    p.add_argument("--batch", default="1,8")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds timed per row")
+    p.add_argument("--out", help="folder for bench.json and bench.md")
+
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from fusionrt.runtime.errors import DataError, InputError
 from fusionrt.runtime.optional import require
 
-__all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info", "cmd_calibrate"]
+__all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info", "cmd_calibrate", "cmd_bench"]
 
 
 def _say(text: str) -> None:
@@ -190,4 +190,21 @@ def cmd_calibrate(args) -> int:
     report = calibrate_bundle(args.bundle, args.data, args.eval_data, args.method, args.samples, args.precision,
                               Thresholds(args.min_agreement, args.max_accuracy_drop))
     print(fidelity_markdown(report))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from fusionrt.benchmarks.harness import bench_bundle
+    from fusionrt.benchmarks.report import machine_info, markdown_table
+
+    images, texts = _example_inputs(args.data, 16)
+    rows = bench_bundle(args.bundle, images, texts, tuple(args.precision.split(",")),
+                        tuple(int(b) for b in args.batch.split(",")), args.duration, args.backend)
+    table = markdown_table(rows)
+    info = machine_info()
+    print(f"{info['cpu']} ({info['cores']} cores, VNNI {'yes' if info['vnni'] else 'no'})\n{table}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+        (Path(args.out) / "bench.md").write_text(table + "\n")
     return 0
