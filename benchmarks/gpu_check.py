@@ -85,7 +85,6 @@ def borrowed_stream_check(cu, torch) -> dict:
     ts = torch.cuda.Stream()
     x = torch.randn(1 << 20, device="cuda")
     with cu.PinnedBuffer((1 << 20,), np.float32) as host:
-        dev = cu.DeviceBuffer(4 << 20)
         with torch.cuda.stream(ts):
             y = x * 2
         dev_ptr = y.data_ptr()
@@ -96,7 +95,6 @@ def borrowed_stream_check(cu, torch) -> dict:
         borrowed.close()  # borrowed: must not destroy torch's stream
         torch.cuda.synchronize()
         out["torch_stream_borrowed"] = bool(np.allclose(host.array, (x * 2).cpu().numpy()))
-        dev.close()
     try:
         import cupy
 

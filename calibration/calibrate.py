@@ -112,7 +112,7 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
         "end_to_end": rows,
         "policy": {"chosen": format_precision(chosen), "reason": reason},
     }
-    chosen_rows = {t: o for t, o in outcomes.get(chosen_key, {}).items()}
+    chosen_rows = outcomes.get(chosen_key, {})
     report["summary"] = {
         "precision": format_precision(chosen),
         "fp32_accuracy": fp32_outcome["accuracy"],

@@ -34,7 +34,7 @@ def _q():
 def preprocess_for_quantization(src: Path, dst: Path) -> Path:
     """Shape inference + basic graph optimization (folds BatchNorm into Conv). Symbolic shape inference is
     skipped: it fails on BERT graphs."""
-    q = _q()
+    _q()  # clear error with the install hint when onnxruntime is missing
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
@@ -43,7 +43,7 @@ def preprocess_for_quantization(src: Path, dst: Path) -> Path:
 
 def collect_ranges(model: Path, reader, component: str, method: str, out: Path) -> Path:
     """Run the calibrator over `reader` and write the activation ranges as JSON to `out`."""
-    q = _q()
+    _q()  # clear error with the install hint when onnxruntime is missing
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
     if method not in METHODS:
