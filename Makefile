@@ -39,8 +39,11 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 		--method percentile --samples 128
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv --checkpoint $(DEMO)/checkpoint \
 		--report $(DEMO)/report.json --precision fp32
-	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision int8
+	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv
 	$(BIN)/fusionrt info $(DEMO)/bundle
+	@echo "CPU speed, FP32 vs the calibrated policy (short run; 'make bench' for the full table):"
+	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision fp32,int8 --batch 1,8 \
+		--duration 2 --out $(DEMO)/bench
 
 # Short CPU benchmark of the demo bundle (run `make demo` first): FP32 vs INT8, batch 1 and 8,
 # sequential vs concurrent branches.

@@ -1,4 +1,5 @@
-"""`fusionrt calibrate`: ranges from real data, two Q/DQ targets, a fidelity report and a precision policy."""
+"""`fusionrt calibrate`: ranges from real data, two Q/DQ targets plus an FP16 fallback, a fidelity report and a
+precision policy."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from fusionrt.calibration.dataset import LabeledDataset
 from fusionrt.calibration.fidelity import combinations, cosine_stats, fidelity_markdown, head_outcome
+from fusionrt.calibration.half import write_fp16
 from fusionrt.calibration.policy import Thresholds, choose_policy
 from fusionrt.calibration.quantize import collect_ranges, preprocess_for_quantization, quantize_component
 from fusionrt.calibration.reader import MIN_HELD_OUT, CalibrationSource, OrtReader, select_calibration
@@ -77,25 +79,30 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
                 out = bundle.root / f"{comp}.{target.replace('-', '.')}.onnx"
                 quantize_component(prepared, comp, target, ranges, out)
                 written[(comp, target)] = out
+            written[(comp, "fp16")] = write_fp16(fp32_files[comp][1], bundle.root / f"{comp}.fp16.onnx")
 
-    # Fidelity on the held-out split, per target.
+    # Fidelity on the held-out split, per target: INT8 parts use that target's Q/DQ model; FP16 is one file.
     labels_true = held_out.label_indices(m.labels)
     fp32_logits = _head_logits(fp32_files["fusion_head"], fp32["image_encoder"], fp32["text_encoder"])
     fp32_outcome = head_outcome(fp32_logits, fp32_logits, labels_true, len(m.labels))
-    branches, outcomes, rows = {}, {}, []
+    fp16_files = {c: (m.components[c], written[(c, "fp16")]) for c in COMPONENTS}
+    fp16 = {c: _run(fp16_files, c, eval_feeds) for c in _OUTPUT}
+    branches = {"fp16": {c: cosine_stats(fp32[c], fp16[c]) for c in _OUTPUT}}
+    outcomes, rows = {}, []
     for target in TARGETS:
         q_files = {c: (m.components[c], written[(c, target)]) for c in COMPONENTS}
         q_feats = {c: _run(q_files, c, eval_feeds) for c in _OUTPUT}
         branches[target] = {c: cosine_stats(fp32[c], q_feats[c]) for c in _OUTPUT}
+        features = {"int8": q_feats, "fp16": fp16, "fp32": fp32}
+        heads = {"int8": q_files["fusion_head"], "fp16": fp16_files["fusion_head"], "fp32": fp32_files["fusion_head"]}
         for config in combinations(COMPONENTS):
-            feats = {c: q_feats[c] if config[c] == "int8" else fp32[c] for c in _OUTPUT}
-            head = q_files["fusion_head"] if config["fusion_head"] == "int8" else fp32_files["fusion_head"]
-            outcome = head_outcome(_head_logits(head, feats["image_encoder"], feats["text_encoder"]), fp32_logits,
-                                   labels_true, len(m.labels))
             key = tuple(config[c] for c in COMPONENTS)
-            if key != ("fp32",) * 3:
-                outcomes.setdefault(key, {})[target] = outcome
-                rows.append({"config": format_precision(config), "target": target, **outcome})
+            if key == ("fp32",) * 3:
+                continue
+            logits = _head_logits(heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
+                                  features[config["text_encoder"]]["text_encoder"])
+            outcomes.setdefault(key, {})[target] = outcome = head_outcome(logits, fp32_logits, labels_true, len(m.labels))
+            rows.append({"config": format_precision(config), "target": target, **outcome})
 
     if requested is None:
         chosen_key, reason = choose_policy(outcomes, fp32_outcome["accuracy"], COMPONENTS, thresholds)
@@ -117,7 +124,7 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
         "precision": format_precision(chosen),
         "fp32_accuracy": fp32_outcome["accuracy"],
         **{f"{t}_{k}": v for t, o in chosen_rows.items() for k, v in o.items()},
-        **{f"{t}_{c}_cosine_min": branches[t][c]["min"] for t in TARGETS for c in _OUTPUT},
+        **{f"{t}_{c}_cosine_min": branches[t][c]["min"] for t in branches for c in _OUTPUT},
     }
     (bundle.root / "reports" / "fidelity.json").write_text(json.dumps(report, indent=2) + "\n")
     (bundle.root / "reports" / "fidelity.md").write_text(fidelity_markdown(report))
@@ -125,9 +132,9 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     components = {}
     for comp in COMPONENTS:
         files = dict(m.components[comp].files)
-        for target in TARGETS:
-            path = written[(comp, target)]
-            files[target] = ModelFile(path.name, sha256_of(path))
+        for flavour in (*TARGETS, "fp16"):
+            path = written[(comp, flavour)]
+            files[flavour] = ModelFile(path.name, sha256_of(path))
         components[comp] = dataclasses.replace(m.components[comp], files=files)
     bundle.save(dataclasses.replace(
         m, components=components, precision=chosen, precision_reason=reason,

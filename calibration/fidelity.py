@@ -9,7 +9,7 @@ import numpy as np
 from fusionrt.runtime.metrics import classification_metrics
 from fusionrt.runtime.pipeline import softmax
 
-__all__ = ["cosine_stats", "head_outcome", "fidelity_markdown"]
+__all__ = ["cosine_stats", "head_outcome", "combinations", "fidelity_markdown"]
 
 
 def cosine_stats(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -30,15 +30,23 @@ def head_outcome(logits: np.ndarray, fp32_logits: np.ndarray, labels_true, num_c
     return out
 
 
-def combinations(parts) -> list:
-    """Every int8/fp32 choice for `parts` (tuples of (component, precision))."""
-    return [dict(zip(parts, choice)) for choice in itertools.product(("int8", "fp32"), repeat=len(parts))]
+def combinations(parts, precisions=("int8", "fp16", "fp32")) -> list:
+    """Every choice of precision for each of `parts`, as dicts part -> precision."""
+    return [dict(zip(parts, choice)) for choice in itertools.product(precisions, repeat=len(parts))]
+
+
+def _shown(config: str, chosen: str) -> bool:
+    """The rows a reader needs: each precision throughout, each part alone in INT8, and the chosen one."""
+    precisions = [part.split("=")[1] for part in config.split(",")]
+    uniform = len(set(precisions)) == 1
+    one_int8 = precisions.count("int8") == 1 and precisions.count("fp32") == len(precisions) - 1
+    return uniform or one_int8 or config == chosen
 
 
 def fidelity_markdown(report: dict) -> str:
-    lines = [f"# INT8 fidelity ({report['held_out']['count']} held-out samples, calibration: "
+    lines = [f"# INT8 and FP16 fidelity vs FP32 ({report['held_out']['count']} held-out samples, calibration: "
              f"{report['calibration']['method']} on {report['calibration']['samples']} samples)", ""]
-    lines += ["| branch | target | cosine mean | cosine min |", "|---|---|---|---|"]
+    lines += ["| branch | model | cosine mean | cosine min |", "|---|---|---|---|"]
     for target, branches in report["branches"].items():
         for branch, stats in branches.items():
             lines.append(f"| {branch} | {target} | {stats['mean']:.5f} | {stats['min']:.5f} |")
@@ -47,8 +55,9 @@ def fidelity_markdown(report: dict) -> str:
     fp32 = report["fp32"]
     lines.append(f"| fp32 | - | 100.00 % | 0 | {100 * fp32['accuracy']:.2f} % | {100 * fp32['macro_recall']:.2f} % | "
                  f"{100 * fp32['macro_f1']:.2f} % |")
-    for row in report["end_to_end"]:
+    for row in (r for r in report["end_to_end"] if _shown(r["config"], report["policy"]["chosen"])):
         lines.append(f"| {row['config']} | {row['target']} | {100 * row['top1_agreement']:.2f} % | {row['max_abs_dprob']:.4f} | "
                      f"{100 * row['accuracy']:.2f} % | {100 * row['macro_recall']:.2f} % | {100 * row['macro_f1']:.2f} % |")
-    lines += ["", f"**Chosen:** {report['policy']['chosen']} — {report['policy']['reason']}", ""]
+    lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}.", "",
+              f"**Chosen:** {report['policy']['chosen']} — {report['policy']['reason']}", ""]
     return "\n".join(lines)

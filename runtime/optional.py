@@ -10,6 +10,7 @@ __all__ = ["require", "is_available"]
 _INSTALL_HINTS = {
     "onnxruntime": "pip install 'fusionrt[cpu]'  (or 'fusionrt[gpu]' for onnxruntime-gpu; never both)",
     "onnxruntime.quantization": "pip install 'fusionrt[cpu]'",
+    "onnxruntime.transformers.float16": "pip install 'fusionrt[cpu]'",
     "tensorrt": "pip install 'fusionrt[tensorrt]'  (NVIDIA TensorRT 10/11; needs an NVIDIA GPU to run engines)",
     "tensorrt_rtx": "pip install 'fusionrt[rtx]'  (TensorRT for RTX)",
     "cuda.bindings": "pip install 'fusionrt[tensorrt]'  (cuda-bindings)",

@@ -62,10 +62,15 @@ def minilm_dir() -> Path:
 def tiny_image_encoder():
     import torch
 
+    # stem, depthwise, pointwise, last: the layer kinds calibration treats differently
     return torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
         torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 1),
         torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),

@@ -65,8 +65,13 @@ def open_component(bundle, component: str, precision: str, options: Mapping) -> 
     """Open one bundle component at `precision` ('fp32' | 'fp16' | 'int8')."""
     comp = bundle.manifest.components[component]
     flavour = FLAVOUR_FOR_PRECISION[precision]
-    if options.get("providers") and any("Tensorrt" in p for p in _provider_names(options["providers"])):
+    providers = _provider_names(options.get("providers") or [])
+    if any("Tensorrt" in p for p in providers):
         flavour = "int8-trt" if precision == "int8" else flavour
+    elif precision == "fp16" and (providers == ["CPUExecutionProvider"] or (not providers and not _has_gpu_provider())):
+        # FP16 is a GPU precision: ONNX Runtime's x86 CPU kernels have no FP16 math and would only add
+        # casts. The FP32 file gives the same answers (it is the fidelity reference), faster.
+        flavour = "fp32"
     if flavour not in comp.files:
         raise BackendUnavailable(
             f"{component}: no {flavour} model in the bundle (has {sorted(comp.files)}). "
@@ -78,6 +83,11 @@ def open_component(bundle, component: str, precision: str, options: Mapping) -> 
     return OnnxRuntimeBackend(
         path, comp.inputs, comp.outputs, options.get("providers"), threads, options.get("allow_fallback", False)
     )
+
+
+def _has_gpu_provider() -> bool:
+    ort = require("onnxruntime", "the onnxruntime backend")
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def usable(_name: str = "onnxruntime") -> bool:

@@ -34,7 +34,7 @@ def test_two_targets_written_and_recorded(calibrated):
     bundle, report, _, _ = calibrated
     m = Bundle.open(bundle).manifest
     for comp in m.components.values():
-        assert {"fp32", "int8-cpu", "int8-trt"} <= set(comp.files)
+        assert {"fp32", "fp16", "int8-cpu", "int8-trt"} <= set(comp.files)
     assert Bundle.open(bundle).verify()
     assert (bundle / "reports" / "fidelity.json").is_file() and (bundle / "reports" / "fidelity.md").is_file()
     assert json.loads((bundle / "calibration" / "image_encoder.ranges.json").read_text())
@@ -55,6 +55,33 @@ def test_tensorrt_target_is_symmetric_int8_with_float_bias(calibrated):
     conv_weights = [inits[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and
                     n.input[0] in inits and inits[n.input[0]].ndim == 4]
     assert conv_weights and all(w.dtype == np.int8 for w in conv_weights)
+
+
+def test_sensitive_layers_stay_float(calibrated):
+    bundle = calibrated[0]
+    graph = _ops(bundle / "image_encoder.int8.trt.onnx")
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    quantized = [all(i in dequantized for i in n.input[:2]) for n in convs]
+    # stem, depthwise and last conv in float; the pointwise conv between them in int8
+    assert quantized == [False, False, True, False]
+    text = _ops(bundle / "text_encoder.int8.trt.onnx")
+    shapes = {i.name: tuple(i.dims) for i in text.initializer}
+    for node in (n for n in text.node if n.op_type == "DequantizeLinear" and len(shapes.get(n.input[0], ())) == 2):
+        rows, cols = shapes[node.input[0]]
+        assert rows == cols  # only attention's square projections: the FFN stays float for TensorRT
+
+
+def test_fp16_model_keeps_float32_io_and_normalization(calibrated):
+    bundle = calibrated[0]
+    graph = _ops(bundle / "text_encoder.fp16.onnx")
+    half = onnx.TensorProto.FLOAT16
+    assert any(i.data_type == half for i in graph.initializer)
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    produced = {o: n for n in graph.node for o in n.output}
+    for node in (n for n in graph.node if n.op_type in ("Softmax", "LayerNormalization")):
+        source = produced.get(node.input[0])
+        assert source is not None and source.op_type == "Cast"  # fed float32 through a cast
 
 
 def test_cpu_target_is_u8s8_and_dynamic_for_text(calibrated):
@@ -79,7 +106,7 @@ def test_fidelity_report_figures(calibrated):
             stats = report["branches"][target][branch]
             assert -1 <= stats["min"] <= stats["mean"] <= 1 + 1e-9
     rows = report["end_to_end"]
-    assert len(rows) == 14  # 7 INT8 configurations x 2 targets
+    assert len(rows) == 52  # 3 precisions ** 3 parts, less all-FP32, x 2 targets
     assert all(0 <= r["top1_agreement"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows)
 
 
@@ -108,6 +135,20 @@ def test_policy_falls_back_the_part_that_breaks_thresholds():
     assert chosen == ("fp32", "int8", "int8") and "image_encoder kept FP32" in reason
     chosen, reason = choose_policy({("int8", "int8", "int8"): {"cpu": bad}}, 0.905, parts)
     assert chosen == ("fp32", "fp32", "fp32") and "kept FP32" in reason
+
+
+def test_policy_prefers_fp16_over_fp32_for_a_fallen_part():
+    ok = {"top1_agreement": 1.0, "accuracy": 0.90}
+    bad = {"top1_agreement": 0.95, "accuracy": 0.85}
+    parts = ("image_encoder", "text_encoder", "fusion_head")
+    outcomes = {
+        ("int8", "int8", "int8"): {"cpu": bad},
+        ("fp16", "int8", "int8"): {"cpu": ok},
+        ("fp32", "int8", "int8"): {"cpu": ok},
+        ("fp16", "fp16", "fp16"): {"cpu": ok},
+    }
+    chosen, reason = choose_policy(outcomes, 0.90, parts)
+    assert chosen == ("fp16", "int8", "int8") and "image_encoder kept FP16" in reason
 
 
 def test_calibration_source_is_ordered_reiterable_and_refuses_small_sets(tiny_bundle, shape_data):
