@@ -33,7 +33,7 @@ setup(
         "tensorrt": ["tensorrt>=10", "cuda-bindings>=12.6"],
         "rtx": ["tensorrt-rtx-cu13>=1.0", "cuda-bindings>=12.6"],
         "export": EXPORT,
-        "bench": ["matplotlib>=3.7", "tqdm>=4.60"],
+        "bench": ["matplotlib>=3.7", "tqdm>=4.60", "scikit-image>=0.22"],
         "dev": ["pytest>=7", "tqdm>=4.60", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["fusionrt=fusionrt.cli:main"]},

@@ -1,12 +1,30 @@
-"""Benchmark output: machine info and a Markdown table."""
+"""Benchmark output: machine info, the Markdown table and the plot."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 from importlib import metadata
 
-__all__ = ["machine_info", "markdown_table"]
+from fusionrt.runtime.optional import require
+
+__all__ = ["machine_info", "markdown_table", "plot_rows"]
+
+PACKAGES = ("fusionrt", "onnxruntime", "onnxruntime-gpu", "numpy", "torch", "tensorrt", "tensorrt_rtx", "cuda-bindings")
+
+
+def _gpus() -> list:
+    """GPU name and driver from nvidia-smi, when there is one."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [dict(zip(("name", "driver", "memory"), (f.strip() for f in line.split(",")))) for line in out.splitlines() if line]
 
 
 def machine_info() -> dict:
@@ -22,23 +40,58 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for name in ("fusionrt", "onnxruntime", "onnxruntime-gpu", "numpy", "torch"):
+    for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
     return {"cpu": model, "cores": os.cpu_count(), "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-            "amx": "amx_int8" in flags, "packages": versions}
+            "amx": "amx_int8" in flags, "gpus": _gpus(), "packages": versions}
 
 
-def markdown_table(rows: list, baseline_key=("fp32", "sequential")) -> str:
-    """Rows as a table; each row's speed-up is against the same batch's FP32 sequential row."""
-    base = {r["batch"]: r["mean_ms"] for r in rows if (r["precision"], r["branches"]) == baseline_key}
-    lines = ["| backend | precision | batch | branches | pairs/s | p50 ms | p95 ms | p99 ms | image ms | text ms | head ms "
-             "| prepare ms | vs fp32 seq |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _label(r: dict) -> str:
+    return f"{r['backend']} {r['precision']}{' (speed-only)' if r.get('speed_only') else ''}"
+
+
+def markdown_table(rows: list) -> str:
+    """Rows as a table; the last column is each row's speed-up against the baseline named in the header."""
+    vs = rows[0]["speedup_vs"] if rows else "baseline"
+    lines = [f"| backend / precision | batch | seq | branches | pairs/s | p50 ms | p95 ms | p99 ms | image p50 | text p50 "
+             f"| head p50 | prepare ms | vs {vs} |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{base[r['batch']] / r['mean_ms']:.2f}x" if r["batch"] in base else "-"
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['branches']} | {r['throughput']:.1f} | "
-                     f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['image_ms']:.2f} | {r['text_ms']:.2f} | "
-                     f"{r['head_ms']:.2f} | {r['prepare_ms']:.2f} | {ratio} |")
+        ratio = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+        lines.append(f"| {_label(r)} | {r['batch']} | {r['seq']} | {r['branches']} | {r['throughput']:.1f} | "
+                     f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['image_ms']['p50']:.2f} | "
+                     f"{r['text_ms']['p50']:.2f} | {r['head_ms']['p50']:.2f} | {r['prepare_ms']:.2f} | {ratio} |")
+    if any(r.get("speed_only") for r in rows):
+        lines += ["", "speed-only: INT8 calibrated on synthetic data (reference architecture); its accuracy is not measured."]
     return "\n".join(lines)
+
+
+def plot_rows(rows: list, path) -> None:
+    """bench.png: p50 latency and throughput against batch, one line per backend / precision / branches."""
+    matplotlib = require("matplotlib", "bench.png")
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for r in rows:
+        series.setdefault(f"{_label(r)}, {r['branches']}", []).append(r)
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, points in series.items():
+        points = sorted(points, key=lambda r: r["batch"])
+        batches = [r["batch"] for r in points]
+        lat.plot(batches, [r["p50_ms"] for r in points], marker="o", label=name)
+        thr.plot(batches, [r["throughput"] for r in points], marker="o", label=name)
+    batches = sorted({r["batch"] for r in rows})
+    for ax, title, unit in ((lat, "latency (p50)", "ms per batch"), (thr, "throughput", "pairs/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_xlabel("batch")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    thr.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)

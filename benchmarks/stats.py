@@ -6,16 +6,22 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["latency_stats", "speedup"]
+__all__ = ["latency_stats", "percentiles", "speedup"]
+
+
+def percentiles(times_ms: Sequence[float]) -> dict:
+    """p50/p95/p99 with linear interpolation (numpy's default)."""
+    if len(times_ms) == 0:
+        raise ValueError("expected at least one timed call, found none")
+    p50, p95, p99 = np.percentile(np.asarray(times_ms, dtype=np.float64), [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
 def latency_stats(times_ms: Sequence[float], batch: int) -> dict:
-    """p50/p95/p99 (linear interpolation, numpy's default) and throughput in pairs/s from per-call times."""
-    if len(times_ms) == 0:
-        raise ValueError("expected at least one timed call, found none")
+    """End-to-end p50/p95/p99, mean and throughput in pairs/s from per-call times."""
+    p = percentiles(times_ms)
     t = np.asarray(times_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(t, [50, 95, 99])
-    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "mean_ms": float(t.mean()),
+    return {"p50_ms": p["p50"], "p95_ms": p["p95"], "p99_ms": p["p99"], "mean_ms": float(t.mean()),
             "throughput": float(batch * 1000.0 / t.mean()), "calls": int(t.size)}
 
 

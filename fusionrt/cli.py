@@ -91,14 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=0.99)
     p.add_argument("--max-accuracy-drop", type=float, default=0.01)
 
-    p = sub.add_parser("bench", help="latency/throughput of a bundle per precision x batch, sequential vs concurrent")
-    p.add_argument("bundle")
+    p = sub.add_parser("bench", help="throughput and latency per backend x precision x batch, beside PyTorch eager")
+    p.add_argument("bundle", nargs="?", help="a bundle (or use --arch)")
+    p.add_argument("--arch", help="a reference architecture with seeded random weights instead of a bundle: "
+                                  "resnet50+bert-base (exports and speed-only INT8 are cached)")
+    p.add_argument("--checkpoint", help="the bundle's PyTorch checkpoint: adds the PyTorch eager baseline rows")
     p.add_argument("--data", help="labelled CSV/JSONL whose samples are the inputs (default: built-in scenes)")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--precision", default="fp32,int8")
+    p.add_argument("--backend", default=None,
+                   help="comma list of onnxruntime, tensorrt, tensorrt_rtx, torch (default: onnxruntime, plus torch "
+                        "with --arch or --checkpoint)")
+    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, fp16, int8")
     p.add_argument("--batch", default="1,8")
+    p.add_argument("--seq", type=int, help="pad every text to this many tokens (default: the longest input text)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds timed per row")
-    p.add_argument("--out", help="folder for bench.json and bench.md")
+    p.add_argument("--device", default="cpu", help="device of the PyTorch baseline: cpu | cuda")
+    p.add_argument("--cache", help="cache folder for --arch builds (default: ~/.cache/fusionrt/arch)")
+    p.add_argument("--out", help="folder for bench.json, bench.md and bench.png")
+
+    p = sub.add_parser("camera", help="classify a camera, video file or stream live: overlay, annotated video, JSONL")
+    p.add_argument("bundle")
+    p.add_argument("--source", required=True, help="camera index (0), video file, or stream URL (rtsp://...)")
+    p.add_argument("--text", required=True, help="the text paired with every frame")
+    p.add_argument("--headless", action="store_true", help="no window (servers, CI): write --out and/or --jsonl")
+    p.add_argument("--out", help="annotated video to write (.mp4)")
+    p.add_argument("--jsonl", help="one JSON line per classified frame")
+    p.add_argument("--policy", choices=["latest", "all"],
+                   help="latest: drop stale frames (default for cameras/streams); all: every frame (default for files)")
+    p.add_argument("--max-frames", type=int, help="stop after this many classified frames")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default=None)
+    p.add_argument("--text-cache", type=int, default=64, help="texts whose features are kept (0: off)")
 
     return parser
 

@@ -194,17 +194,48 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from fusionrt.benchmarks.harness import bench_bundle
-    from fusionrt.benchmarks.report import machine_info, markdown_table
+    from fusionrt.benchmarks.harness import bench
+    from fusionrt.benchmarks.report import machine_info, markdown_table, plot_rows
 
+    if bool(args.bundle) == bool(args.arch):
+        raise InputError("bench: expected a BUNDLE or --arch NAME (one of them), "
+                         f"found {'both' if args.bundle else 'neither'}.")
+    bundle, checkpoint = args.bundle, args.checkpoint
+    if args.arch:
+        from fusionrt.benchmarks.arch import reference_bundle
+
+        bundle, checkpoint = reference_bundle(args.arch, args.cache, say=_say)
+    backends = args.backend.split(",") if args.backend else ["onnxruntime"] + (["torch"] if checkpoint else [])
+    torch_model = None
+    if "torch" in backends:
+        if not checkpoint:
+            raise InputError("--backend torch needs the bundle's weights in PyTorch: pass --checkpoint DIR (or use --arch).")
+        require("torch", "the PyTorch baseline")
+        from fusionrt.export.model import FusionClassifier
+
+        torch_model = FusionClassifier.from_pretrained(checkpoint)
     images, texts = _example_inputs(args.data, 16)
-    rows = bench_bundle(args.bundle, images, texts, tuple(args.precision.split(",")),
-                        tuple(int(b) for b in args.batch.split(",")), args.duration, args.backend)
+    rows = bench(bundle, images, texts, tuple(backends), tuple(args.precision.split(",")),
+                 tuple(int(b) for b in args.batch.split(",")), args.duration, args.seq, torch_model, args.device)
     table = markdown_table(rows)
     info = machine_info()
-    print(f"{info['cpu']} ({info['cores']} cores, VNNI {'yes' if info['vnni'] else 'no'})\n{table}")
+    gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in info["gpus"]) or "no GPU"
+    print(f"{info['cpu']} ({info['cores']} cores, VNNI {'yes' if info['vnni'] else 'no'}), {gpus}\n{table}")
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "bench.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
-        (Path(args.out) / "bench.md").write_text(table + "\n")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        source = {"arch": args.arch} if args.arch else {"bundle": str(bundle), "checkpoint": checkpoint}
+        (out / "bench.json").write_text(json.dumps({"machine": info, "source": source, "rows": rows}, indent=2) + "\n")
+        (out / "bench.md").write_text(table + "\n")
+        plot_rows(rows, out / "bench.png")
+        _say(f"wrote {out / 'bench.json'}, bench.md and bench.png")
+    return 0
+
+
+def cmd_camera(args) -> int:
+    from fusionrt.camera import run_camera
+    from fusionrt.runtime.pipeline import Pipeline
+
+    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache) as pipe:
+        run_camera(pipe, args.source, args.text, args.headless, args.out, args.jsonl, args.policy, args.max_frames, say=_say)
     return 0

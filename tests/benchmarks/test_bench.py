@@ -1,0 +1,108 @@
+import json
+
+import pytest
+
+import numpy as np
+
+from fusionrt.benchmarks.harness import add_speedups, bench, prepared_inputs
+from fusionrt.benchmarks.torch_runner import TorchRunner
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.pipeline import Pipeline
+from fusionrt.benchmarks.report import markdown_table
+from fusionrt.benchmarks.stats import latency_stats, percentiles, speedup
+from fusionrt.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_percentiles_and_throughput():
+    stats = latency_stats(list(range(1, 101)), batch=8)
+    assert stats["p50_ms"] == pytest.approx(50.5)
+    assert stats["p95_ms"] == pytest.approx(95.05)
+    assert stats["p99_ms"] == pytest.approx(99.01)
+    assert stats["throughput"] == pytest.approx(8 * 1000 / 50.5)
+    assert percentiles([4.0]) == {"p50": 4.0, "p95": 4.0, "p99": 4.0}
+    assert speedup(30.0, 10.0) == 3.0
+    with pytest.raises(ValueError):
+        latency_stats([], 1)
+
+
+def _row(backend, precision, batch, branches, mean_ms, **extra):
+    branch = {"p50": 1.0, "p95": 1.0, "p99": 1.0}
+    return dict(backend=backend, precision=precision, batch=batch, seq=16, branches=branches, mean_ms=mean_ms,
+                p50_ms=mean_ms, p95_ms=mean_ms, p99_ms=mean_ms, throughput=batch * 1e3 / mean_ms, image_ms=branch,
+                text_ms=branch, head_ms=branch, prepare_ms=1.0, **extra)
+
+
+def test_speedups_are_against_torch_fp32_of_the_same_batch():
+    rows = add_speedups([_row("torch", "fp32", 1, "sequential", 60.0), _row("onnxruntime", "fp32", 1, "sequential", 30.0),
+                         _row("onnxruntime", "int8", 1, "concurrent", 20.0), _row("torch", "fp32", 8, "sequential", 400.0),
+                         _row("onnxruntime", "int8", 8, "sequential", 100.0)])
+    assert [r["speedup"] for r in rows] == [1.0, 2.0, 3.0, 1.0, 4.0]
+    assert {r["speedup_vs"] for r in rows} == {"torch fp32"}
+    table = markdown_table(rows)
+    assert "vs torch fp32" in table.splitlines()[0] and table.splitlines()[4].endswith("| 3.00x |")
+
+
+def test_without_baseline_speedups_are_against_fp32_sequential():
+    rows = add_speedups([_row("onnxruntime", "fp32", 1, "sequential", 30.0),
+                         _row("onnxruntime", "int8", 1, "concurrent", 10.0, speed_only=True),
+                         _row("onnxruntime", "int8", 2, "concurrent", 10.0)])
+    assert [r["speedup"] for r in rows] == [1.0, 3.0, None]
+    table = markdown_table(rows)
+    assert "int8 (speed-only)" in table and "accuracy is not measured" in table and table.count("| - |") == 1
+
+
+def test_bench_rows_with_pytorch_baseline(tiny_bundle, trained_checkpoint, shape_data):
+    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.export.model import FusionClassifier
+    from ..conftest import tiny_image_encoder
+
+    model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
+    data = LabeledDataset.read(shape_data[1])
+    rows = bench(tiny_bundle, [s.image for s in data], [s.text for s in data], ("onnxruntime",), ("fp32",), (1, 2),
+                 duration_s=0.2, seq=12, torch_model=model)
+    assert [(r["backend"], r["branches"]) for r in rows if r["batch"] == 1] == [
+        ("torch", "sequential"), ("onnxruntime", "sequential"), ("onnxruntime", "concurrent")]
+    for r in rows:
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0 and r["calls"] >= 5
+        assert r["seq"] == 12 and r["prepare_ms"] > 0 and r["speedup"] > 0 and r["speed_only"] is False
+        for branch in ("image_ms", "text_ms", "head_ms"):
+            assert 0 < r[branch]["p50"] <= r[branch]["p95"] <= r[branch]["p99"]
+    assert [r["speedup"] for r in rows if r["backend"] == "torch"] == [1.0, 1.0]
+    # the same inputs for every row: the baseline and the bundle agree on them
+    pixels, tokens, _ = prepared_inputs(Bundle.open(tiny_bundle), [s.image for s in data], [s.text for s in data], 2, 12)
+    with Pipeline.load(tiny_bundle, precision="fp32") as pipe:
+        np.testing.assert_allclose(pipe.logits(pixels, tokens), TorchRunner(model).logits(pixels, tokens), atol=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "expected a BUNDLE or --arch"),
+    (["--arch", "resnet9000+bert"], "unknown: expected one of"),
+    (["BUNDLE", "--backend", "onnxruntime,torch"], "needs the bundle's weights in PyTorch"),
+    (["BUNDLE", "--seq", "999"], "--seq 999: expected 1.."),
+])
+def test_bench_bad_input(argv, message, tiny_bundle, tmp_path, capsys):
+    argv = [str(tiny_bundle) if a == "BUNDLE" else a for a in argv]
+    assert main(["bench", *argv, "--cache", str(tmp_path), "--duration", "0.1"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_arch_is_built_once_cached_and_labelled_speed_only(tmp_path, capsys):
+    argv = ["bench", "--arch", "resnet18+bert-tiny", "--cache", str(tmp_path), "--precision", "fp32,int8", "--batch", "1",
+            "--seq", "16", "--duration", "0.1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    (done,) = tmp_path.glob("resnet18+bert-tiny-*/complete.json")
+    manifest = json.loads((done.parent / "bundle" / "manifest.json").read_text())
+    assert manifest["calibration"]["speed_only"] is True
+    data = json.loads((tmp_path / "out" / "bench.json").read_text())
+    rows = data["rows"]
+    assert {r["backend"] for r in rows} == {"torch", "onnxruntime"} and data["source"] == {"arch": "resnet18+bert-tiny"}
+    assert {"cpu", "cores", "vnni", "gpus", "packages"} <= set(data["machine"])
+    assert "| torch fp32 | 1 | 16 | sequential |" in (tmp_path / "out" / "bench.md").read_text()
+    assert (tmp_path / "out" / "bench.png").read_bytes().startswith(PNG)
+    assert "vs torch fp32" in capsys.readouterr().out
+    assert all(r["speed_only"] == (r["precision"] == "int8") for r in rows)
+    stamp = done.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert done.stat().st_mtime_ns == stamp and "building" not in capsys.readouterr().err
