@@ -15,6 +15,7 @@ from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import COMPONENTS
 from fusionrt.runtime.precision import parse_precision
 from fusionrt.runtime.preprocess import preprocess_batch
+from fusionrt.runtime.text_cache import TextFeatureCache
 from fusionrt.runtime.tokenize import TextTokenizer
 
 __all__ = ["Pipeline", "Prediction", "Timings"]
@@ -67,14 +68,18 @@ class Pipeline:
         )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrt-image") if concurrent else None
         self.timings = Timings()
+        self.text_cache: TextFeatureCache | None = None
 
     @classmethod
-    def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, **options) -> "Pipeline":
+    def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, text_cache: int = 64,
+             **options) -> "Pipeline":
         """Open a bundle directory.
 
         backend: 'auto' | 'onnxruntime' | 'tensorrt' | 'tensorrt_rtx'.
         precision: None (what the manifest chose), 'fp32' | 'fp16' | 'int8' for all parts, or a mapping /
         'image=int8,text=int8,head=fp32' string per part.
+        text_cache: how many texts' features `classify*` and `stream` keep (LRU); 0 turns the cache off.
+            `logits` and `branches` never use it (benchmarks time the text branch).
         options: passed to the backend (onnxruntime: providers, threads, allow_fallback, verify).
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -89,7 +94,9 @@ class Pipeline:
             for b in opened.values():
                 b.close()
             raise
-        return cls(bundle, opened, name, chosen, concurrent)
+        pipe = cls(bundle, opened, name, chosen, concurrent)
+        pipe.text_cache = TextFeatureCache(text_cache) if text_cache else None
+        return pipe
 
     # -- the stages ------------------------------------------------------------------------------
     def prepare(self, images: Sequence, texts: Sequence[str]) -> tuple:
@@ -146,11 +153,22 @@ class Pipeline:
         """Model time only: prepared inputs -> (N, classes) logits."""
         return self.head(*self.branches(pixels, tokens))
 
+    def cached_logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Like `logits`, but the text branch runs only for texts the cache has not seen."""
+        if self.text_cache is None:
+            return self.logits(pixels, tokens)
+        keys = self.text_cache.keys(tokens)
+        known = self.text_cache.lookup(keys)
+        image_features, text_features = self.branches(pixels, tokens, text_features=known)
+        if known is None:
+            self.text_cache.store(keys, text_features)
+        return self.head(image_features, text_features)
+
     # -- the public calls ------------------------------------------------------------------------
     def classify_batch(self, images: Sequence, texts: Sequence[str]) -> list:
         """Images (paths or BGR uint8 arrays) and texts -> one Prediction per pair."""
         pixels, tokens = self.prepare(images, texts)
-        return self.predictions(self.logits(pixels, tokens))
+        return self.predictions(self.cached_logits(pixels, tokens))
 
     def classify(self, image, text: str) -> Prediction:
         return self.classify_batch([image], [text])[0]
@@ -162,6 +180,20 @@ class Pipeline:
             index = int(row.argmax())
             out.append(Prediction(self.labels[index], index, float(row[index]), row))
         return out
+
+    def stream(self, frames, text, policy: str = "latest", queue_size: int = 2):
+        """Predictions over `frames` (BGR arrays or image paths) as a generator of FramePrediction; see
+        `fusionrt.runtime.stream`. `text` is a str or a callable returning the current text."""
+        from fusionrt.runtime.stream import stream
+
+        return stream(self, frames, text, policy, queue_size)
+
+    def start_stream(self, frames, text, on_prediction, policy: str = "latest", queue_size: int = 2):
+        """The callback form of `stream`: runs on a thread, calls `on_prediction(FramePrediction)`; returns a
+        StreamHandle (stop(), join(), a context manager)."""
+        from fusionrt.runtime.stream import StreamHandle
+
+        return StreamHandle(self, frames, text, on_prediction, policy, queue_size)
 
     def close(self) -> None:
         if self._pool is not None:
