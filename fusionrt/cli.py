@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="cache folder for --arch builds (default: ~/.cache/fusionrt/arch)")
     p.add_argument("--out", help="folder for bench.json, bench.md and bench.png")
 
+    p = sub.add_parser("build", help="TensorRT engines for a bundle (TensorRT 10/11 on the GPU; TensorRT-RTX also on a CPU)")
+    p.add_argument("bundle")
+    p.add_argument("--target", choices=["tensorrt", "tensorrt-rtx"], default="tensorrt")
+    p.add_argument("--precision", default="auto", help="auto (the manifest's policy) | fp32 | fp16 | int8 | image=int8,...")
+    p.add_argument("--batch", type=_range, help="MIN:OPT:MAX batch sizes (default: the manifest's profile)")
+    p.add_argument("--seq", type=_range, help="MIN:OPT:MAX text lengths (default: the manifest's profile)")
+    p.add_argument("--compute-capability", help="X.Y to build for without that GPU (TensorRT-RTX only), e.g. 8.9")
+    p.add_argument("--workspace", type=int, help="builder workspace limit, MiB")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cache key says nothing changed")
+    p.add_argument("--verbose", action="store_true", help="TensorRT's INFO log")
+
     p = sub.add_parser("camera", help="classify a camera, video file or stream live: overlay, annotated video, JSONL")
     p.add_argument("bundle")
     p.add_argument("--source", required=True, help="camera index (0), video file, or stream URL (rtsp://...)")
@@ -123,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-cache", type=int, default=64, help="texts whose features are kept (0: off)")
 
     return parser
+
+
+def _range(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(":"))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, found '{text}'")
+    return values
 
 
 def main(argv=None) -> int:

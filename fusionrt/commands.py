@@ -239,3 +239,17 @@ def cmd_camera(args) -> int:
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache) as pipe:
         run_camera(pipe, args.source, args.text, args.headless, args.out, args.jsonl, args.policy, args.max_frames, say=_say)
     return 0
+
+
+def cmd_build(args) -> int:
+    from fusionrt.runtime.backends.trt_build import build_engines
+
+    results = build_engines(args.bundle, args.target.replace("-", "_"), args.precision, args.batch, args.seq,
+                            args.compute_capability, args.force, args.workspace, args.verbose)
+    for r in results:
+        size = Path(args.bundle, r.record.path).stat().st_size / 2**20
+        what = "unchanged, skipped" if r.skipped else f"built in {r.seconds:.1f} s"
+        qdq = r.layers.get("QUANTIZE", 0) + r.layers.get("DEQUANTIZE", 0)
+        print(f"{r.component:14s} {r.record.precision:5s} {r.record.path}  {size:.1f} MiB  {what}"
+              + (f"  ({qdq} Q/DQ layers)" if qdq else ""))
+    return 0

@@ -69,6 +69,7 @@ class Pipeline:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrt-image") if concurrent else None
         self.timings = Timings()
         self.text_cache: TextFeatureCache | None = None
+        self._fused = None
 
     @classmethod
     def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, text_cache: int = 64,
@@ -80,7 +81,8 @@ class Pipeline:
         'image=int8,text=int8,head=fp32' string per part.
         text_cache: how many texts' features `classify*` and `stream` keep (LRU); 0 turns the cache off.
             `logits` and `branches` never use it (benchmarks time the text branch).
-        options: passed to the backend (onnxruntime: providers, threads, allow_fallback, verify).
+        options: passed to the backend (onnxruntime: providers, threads, allow_fallback, verify; tensorrt:
+            stream (your CUDA stream handle: results land on it), cuda_graphs, verify).
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         chosen = parse_precision(precision, default=bundle.manifest.precision)
@@ -96,6 +98,12 @@ class Pipeline:
             raise
         pipe = cls(bundle, opened, name, chosen, concurrent)
         pipe.text_cache = TextFeatureCache(text_cache) if text_cache else None
+        fuse = getattr(module, "fuse", None)  # GPU backends: both branches on their own streams, one sync
+        try:
+            pipe._fused = fuse(opened, options) if fuse is not None and concurrent else None
+        except BaseException:
+            pipe.close()
+            raise
         return pipe
 
     # -- the stages ------------------------------------------------------------------------------
@@ -151,6 +159,8 @@ class Pipeline:
 
     def logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
         """Model time only: prepared inputs -> (N, classes) logits."""
+        if self._fused is not None:
+            return self._fused.logits(pixels, tokens, self.timings)
         return self.head(*self.branches(pixels, tokens))
 
     def cached_logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -196,6 +206,9 @@ class Pipeline:
         return StreamHandle(self, frames, text, on_prediction, policy, queue_size)
 
     def close(self) -> None:
+        if self._fused is not None:
+            self._fused.close()
+            self._fused = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -89,7 +89,9 @@ def tiny_model(labels=tuple(sorted(COLORS)), seed: int = 0):
         intermediate_size=64, max_position_embeddings=64,
     ))
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    config = FusionConfig(labels=labels, image_backbone="custom", image_size=(32, 32), max_seq_len=32, head_hidden=(16,))
+    # the head is wide enough (1M weights) that its weights, not TensorRT's kernels, set its engine size
+    config = FusionConfig(labels=labels, image_backbone="custom", image_size=(32, 32), max_seq_len=32,
+                          head_hidden=(1024, 1024))
     return FusionClassifier(config, bert, tiny_image_encoder(), tokenizer).eval()
 
 
@@ -121,3 +123,18 @@ def tiny_bundle(tmp_path_factory, trained_checkpoint, shape_data):
     out = tmp_path_factory.mktemp("bundle") / "b"
     export_bundle(model, out, [s.image for s in data], [s.text for s in data], dynamo=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def calibrated(tiny_bundle, tmp_path_factory):
+    """A copy of the tiny bundle, calibrated: (bundle, report, train.csv, test.csv)."""
+    import shutil
+
+    from fusionrt.calibration.calibrate import calibrate_bundle
+
+    folder = tmp_path_factory.mktemp("calib")
+    train, test = write_shape_dataset(folder / "data", per_class=16, seed=5)
+    bundle = folder / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    report = calibrate_bundle(bundle, train, test, method="minmax", samples=16)
+    return bundle, report, train, test

@@ -61,9 +61,31 @@ def _provider_names(providers) -> list:
     return [p[0] if isinstance(p, tuple) else p for p in providers]
 
 
+def gpu_providers(device: str, bundle, precision: str) -> list:
+    """Providers for device 'cuda' or 'tensorrt' (TensorRT EP, engines cached under the bundle's
+    engines/onnxruntime-tensorrt-ep/, then CUDA for what TensorRT does not take), CPU last for ops neither runs."""
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "tensorrt":
+        cache = bundle.root / "engines" / "onnxruntime-tensorrt-ep"
+        cache.mkdir(parents=True, exist_ok=True)
+        trt_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                       "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+                       "trt_fp16_enable": precision == "fp16"}
+        return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    raise BackendUnavailable(f"onnxruntime device '{device}' unknown: expected cpu, cuda or tensorrt.")
+
+
 def open_component(bundle, component: str, precision: str, options: Mapping) -> OnnxRuntimeBackend:
-    """Open one bundle component at `precision` ('fp32' | 'fp16' | 'int8')."""
+    """Open one bundle component at `precision` ('fp32' | 'fp16' | 'int8').
+
+    options: device ('cpu' | 'cuda' | 'tensorrt': the providers to require) or providers (an explicit list),
+    threads, allow_fallback (run on what loaded instead of raising), verify (check sha256, default True)."""
     comp = bundle.manifest.components[component]
+    if options.get("device") and not options.get("providers"):
+        options = {**options, "providers": gpu_providers(options["device"], bundle, precision)}
     flavour = FLAVOUR_FOR_PRECISION[precision]
     providers = _provider_names(options.get("providers") or [])
     if any("Tensorrt" in p for p in providers):

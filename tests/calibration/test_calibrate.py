@@ -1,29 +1,15 @@
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 
-from fusionrt.calibration.calibrate import calibrate_bundle
 from fusionrt.calibration.dataset import LabeledDataset
 from fusionrt.calibration.policy import Thresholds, choose_policy
 from fusionrt.calibration.reader import CalibrationSource, select_calibration
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.pipeline import Pipeline
-
-from ..conftest import write_shape_dataset
-
-
-@pytest.fixture(scope="module")
-def calibrated(tiny_bundle, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("calib")
-    train, test = write_shape_dataset(folder / "data", per_class=16, seed=5)
-    bundle = folder / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    report = calibrate_bundle(bundle, train, test, method="minmax", samples=16)
-    return bundle, report, train, test
 
 
 def _ops(path):

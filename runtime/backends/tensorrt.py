@@ -1,0 +1,259 @@
+"""TensorRT backend for TensorRT 10.x, 11.x and TensorRT-RTX engines, on cuda-python.
+
+Each component owns an engine, one execution context, one CUDA stream, and device + pinned host buffers sized
+for its profile's largest shapes (no allocation per call). Called one by one (`infer`), a component copies in,
+runs and copies out on its own stream. The pipeline's fused path (`TensorRTFusion`) enqueues the image and text
+branches on their two streams at once and the head on a third stream (the caller's, when one is passed) after
+`cudaStreamWaitEvent` on both; the head reads the encoders' device outputs directly; one host sync per call;
+optionally the whole sequence is captured as a CUDA graph per (batch, sequence) bucket."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from fusionrt.runtime import cuda
+from fusionrt.runtime.backends.base import Backend
+from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
+from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
+
+__all__ = ["TensorRTBackend", "TensorRTFusion", "open_component", "fuse", "check_engine", "usable"]
+
+
+def _gpu() -> tuple:
+    """(compute capability 'X.Y', GPU name) of device 0."""
+    if cuda.device_count() == 0:
+        raise BackendUnavailable("no CUDA GPU found: TensorRT engines run on an NVIDIA GPU. Use backend='onnxruntime' "
+                                 "on this machine.")
+    (major, minor), name = cuda.compute_capability(0)
+    return f"{major}.{minor}", name
+
+
+def check_engine(record, api: TrtApi, gpu_cc: str, gpu_name: str) -> None:
+    """Raise EngineMismatch, saying what to run, when `record` was built for another product, version or GPU.
+    Checked before deserializing: a mismatched plan fails inside TensorRT with a far less helpful message."""
+    from packaging.version import Version
+
+    found = []
+    if record.product != api.product:
+        found.append(f"product {record.product} (running {api.product})")
+    if Version(record.version) != api.version:
+        found.append(f"version {record.version} (running {api.version})")
+    if record.compute_capability and record.compute_capability != gpu_cc:
+        found.append(f"compute capability {record.compute_capability} (this GPU, {gpu_name}, is {gpu_cc})")
+    if found:
+        target = "tensorrt-rtx" if api.product == "tensorrt_rtx" else "tensorrt"
+        raise EngineMismatch(f"engine {record.path} was built for {', '.join(found)}. Rebuild it here: "
+                             f"fusionrt build BUNDLE --target {target} --precision {record.precision}")
+
+
+def _select(comp, precision: str, api: TrtApi, gpu_cc: str, gpu_name: str):
+    mine = [e for e in comp.engines if e.precision == precision and e.product == api.product]
+    for record in mine:
+        try:
+            check_engine(record, api, gpu_cc, gpu_name)
+            return record
+        except EngineMismatch:
+            continue
+    if mine:
+        check_engine(mine[0], api, gpu_cc, gpu_name)  # raises, naming the difference
+    raise BackendUnavailable(f"{comp.name}: the bundle has no {precision} engine for {api.product} {api.version} "
+                             f"(it has {[(e.product, e.version, e.precision) for e in comp.engines] or 'none'}). "
+                             f"Run: fusionrt build BUNDLE --precision {precision}")
+
+
+class _Tensor:
+    """One I/O tensor: a device buffer and a pinned host buffer, both sized for the profile's largest shape."""
+
+    def __init__(self, name: str, dtype, max_shape: tuple):
+        self.name, self.dtype, self.max_shape = name, np.dtype(dtype), tuple(max_shape)
+        self.host = cuda.PinnedBuffer(self.max_shape, self.dtype)
+        self.device = cuda.DeviceBuffer(self.host.nbytes)
+        self.shape = self.max_shape
+
+    def view(self, shape) -> np.ndarray:
+        return self.host.array.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def close(self) -> None:
+        self.device.close()
+        self.host.close()
+
+
+class TensorRTBackend(Backend):
+    def __init__(self, api: TrtApi, path: Path, record, inputs: tuple, outputs: tuple, stream: cuda.Stream):
+        super().__init__(inputs, outputs)
+        trt = api.trt
+        self.name, self.api, self.record, self.stream = api.product, api, record, stream
+        self.tensors: dict = {}
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise EngineMismatch(f"{api.product} {api.version} could not deserialize {path} (see its log): rebuild it "
+                                 "with `fusionrt build` on this machine.")
+        self.context = self.engine.create_execution_context()
+        try:
+            self._allocate(trt)
+        except BaseException:
+            self.close()
+            raise
+
+    def _allocate(self, trt) -> None:
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.input_names]
+        for name in self.input_names:  # the largest shapes of profile 0, to size the buffers once
+            self.context.set_input_shape(name, tuple(self.engine.get_tensor_profile_shape(name, 0)[2]))
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            self.tensors[name] = _Tensor(name, trt.nptype(self.engine.get_tensor_dtype(name)), shape)
+            self.context.set_tensor_address(name, self.tensors[name].device.ptr)
+
+    # -- the steps, enqueued on `self.stream` (the fused path calls them directly) --------------------
+    def set_shapes(self, shapes: Mapping[str, tuple]) -> None:
+        """Set the input shapes (host side, nothing enqueued); output shapes follow."""
+        for name, shape in shapes.items():
+            tensor = self.tensors[name]
+            if any(s > m for s, m in zip(shape, tensor.max_shape)):
+                raise InputError(f"input '{name}': shape {list(shape)} exceeds the engine's profile maximum "
+                                 f"{list(tensor.max_shape)}; rebuild with a larger --batch/--seq range.")
+            tensor.shape = tuple(shape)
+            self.context.set_input_shape(name, tuple(shape))
+        for name in self.output_names:
+            self.tensors[name].shape = tuple(self.context.get_tensor_shape(name))
+
+    def set_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Set the shapes and copy `feeds` into the pinned buffers (host side, nothing enqueued)."""
+        self.set_shapes({name: array.shape for name, array in feeds.items()})
+        for name, array in feeds.items():
+            self.tensors[name].view(array.shape)[...] = array
+
+    def enqueue_copy_in(self, names=None) -> None:
+        for name in names if names is not None else self.input_names:
+            t = self.tensors[name]
+            t.device.copy_from_host(t.host, self.stream, t.nbytes)
+
+    def enqueue_run(self) -> None:
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise BackendUnavailable(f"{self.api.product}: enqueue failed for {self.record.path} (see its log).")
+
+    def enqueue_copy_out(self) -> None:
+        for name in self.output_names:
+            t = self.tensors[name]
+            t.device.copy_to_host(t.host, self.stream, t.nbytes)
+
+    def outputs(self) -> dict:
+        return {name: self.tensors[name].view(self.tensors[name].shape).copy() for name in self.output_names}
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        for name in self.input_names:  # the fused path may have pointed the head at the encoders' outputs
+            self.context.set_tensor_address(name, self.tensors[name].device.ptr)
+        self.set_inputs(feeds)
+        self.enqueue_copy_in()
+        self.enqueue_run()
+        self.enqueue_copy_out()
+        self.stream.synchronize()
+        return self.outputs()
+
+    def close(self) -> None:
+        if getattr(self, "stream", None) is not None and self.stream.handle is not None:
+            self.stream.synchronize()
+        for tensor in self.tensors.values():
+            tensor.close()
+        self.tensors = {}
+        self.context = self.engine = self._runtime = None  # TensorRT frees them when the last reference goes
+        if getattr(self, "stream", None) is not None:
+            self.stream.close()
+        super().close()
+
+
+class TensorRTFusion:
+    """Both branches at once on two streams, the head after both (events), one host sync; CUDA graphs optional."""
+
+    def __init__(self, image: TensorRTBackend, text: TensorRTBackend, head: TensorRTBackend, graphs: bool = False):
+        self.image, self.text, self.head, self.use_graphs = image, text, head, graphs
+        self.events = {k: cuda.Event() for k in ("fork", "image0", "image1", "text0", "text1", "head1")}
+        self.graphs: dict = {}
+        self._seen: set = set()
+
+    def _enqueue(self) -> None:
+        ev, main = self.events, self.head.stream
+        ev["fork"].record(main)  # the branches start after the caller's earlier work on `main`
+        for backend, start, end in ((self.image, "image0", "image1"), (self.text, "text0", "text1")):
+            backend.stream.wait(ev["fork"])
+            ev[start].record(backend.stream)
+            backend.enqueue_copy_in()
+            backend.enqueue_run()
+            ev[end].record(backend.stream)
+        main.wait(ev["image1"])
+        main.wait(ev["text1"])
+        for name, source in (("image_features", self.image), ("text_features", self.text)):
+            self.head.context.set_tensor_address(name, source.tensors[name].device.ptr)  # no host round trip
+        self.head.enqueue_run()
+        self.head.enqueue_copy_out()
+        ev["head1"].record(main)
+
+    def logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], timings) -> np.ndarray:
+        self.image.set_inputs({"pixel_values": pixels})
+        self.text.set_inputs(dict(tokens))
+        n = len(pixels)
+        self.head.set_shapes({name: (n, source.tensors[name].max_shape[1]) for name, source in
+                              (("image_features", self.image), ("text_features", self.text))})
+        key = (n, tokens["input_ids"].shape[1])
+        if not self.use_graphs:
+            self._enqueue()
+        elif key in self.graphs:
+            self.graphs[key].launch()
+        elif key in self._seen:  # captured on the second call: TensorRT's first enqueue does lazy set-up
+            self.graphs[key] = cuda.Graph(self.head.stream, self._enqueue)
+            self.graphs[key].launch()
+        else:
+            self._seen.add(key)
+            self._enqueue()
+        self.head.stream.synchronize()
+        ev = self.events
+        timings.image_ms = ev["image1"].elapsed_ms(ev["image0"])
+        timings.text_ms = ev["text1"].elapsed_ms(ev["text0"])
+        timings.branches_ms = max(ev["image1"].elapsed_ms(ev["fork"]), ev["text1"].elapsed_ms(ev["fork"]))
+        timings.head_ms = ev["head1"].elapsed_ms(ev["fork"]) - timings.branches_ms
+        return self.head.outputs()["logits"]
+
+    def close(self) -> None:
+        for graph in self.graphs.values():
+            graph.close()
+        for event in self.events.values():
+            event.close()
+        self.graphs, self.events = {}, {}
+
+
+def open_component(bundle, component: str, precision: str, options: Mapping) -> TensorRTBackend:
+    """options: product ('tensorrt' | 'tensorrt_rtx'), stream (a caller's CUDA stream handle, used by the head),
+    verify (check the engine's sha256, default True)."""
+    api = load_api(options.get("product", "tensorrt"))
+    gpu_cc, gpu_name = _gpu()
+    comp = bundle.manifest.components[component]
+    record = _select(comp, precision, api, gpu_cc, gpu_name)
+    path = bundle.file(record.path, record.sha256 if options.get("verify", True) else None)
+    borrowed = options.get("stream") if component == "fusion_head" else None
+    stream = cuda.Stream(int(borrowed) if borrowed is not None else None)
+    try:
+        return TensorRTBackend(api, path, record, comp.inputs, comp.outputs, stream)
+    except BaseException:
+        stream.close()
+        raise
+
+
+def fuse(backends: Mapping[str, TensorRTBackend], options: Mapping) -> TensorRTFusion:
+    return TensorRTFusion(backends["image_encoder"], backends["text_encoder"], backends["fusion_head"],
+                          graphs=bool(options.get("cuda_graphs", False)))
+
+
+def usable(product: str = "tensorrt") -> bool:
+    return importlib.util.find_spec(product) is not None and cuda.device_count() > 0

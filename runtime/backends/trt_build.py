@@ -1,0 +1,172 @@
+"""`fusionrt build`: TensorRT engines for a bundle's three components, one code path for TensorRT 10.x,
+11.x and TensorRT-RTX (differences in `trt_compat`).
+
+Engines are plain plans under `engines/<product>-<version>-<gpu>/`, built with the bundle's optimization
+profile; a cache key (ONNX sha256 + product + version + GPU + precision + profile) skips an unchanged build;
+TensorRT's timing cache is kept beside the engines. Each engine is recorded in the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BackendUnavailable, BundleError
+from fusionrt.runtime.manifest import COMPONENTS, EngineRecord, Profile, sha256_of
+from fusionrt.runtime.precision import parse_precision
+
+__all__ = ["BuildResult", "build_engines", "input_ranges", "engine_folder"]
+
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    component: str
+    record: EngineRecord
+    skipped: bool  # the cache key matched an engine already built
+    layers: dict  # layer type -> count in the parsed network (empty when skipped)
+    seconds: float
+
+
+def input_ranges(spec, profile: Profile) -> tuple:
+    """(min, opt, max) shapes of one input: named axes take the profile's batch or sequence range."""
+    shapes = []
+    for i in range(3):
+        dims = []
+        for axis in spec.shape:
+            if isinstance(axis, int):
+                dims.append(axis)
+            elif axis == "batch":
+                dims.append(profile.batch[i])
+            elif axis in ("seq", "sequence"):
+                dims.append(profile.seq[i])
+            else:
+                raise BundleError(f"input '{spec.name}': dynamic axis '{axis}' has no profile range; expected 'batch' or 'sequence'.")
+        shapes.append(tuple(dims))
+    return tuple(shapes)
+
+
+def _target(api: TrtApi, compute_capability: str | None) -> tuple:
+    """(device tag, compute capability string) of the build target."""
+    if compute_capability and api.builds_without_gpu:
+        return f"sm{compute_capability.replace('.', '')}", compute_capability
+    from fusionrt.runtime import cuda
+
+    if cuda.device_count() == 0:
+        hint = ("pass --compute-capability 8.9 (or another it targets) to build without a GPU" if api.builds_without_gpu
+                else "TensorRT builds on the GPU the engine will run on; build there, or use --target tensorrt-rtx "
+                     "--compute-capability X.Y to build TensorRT-RTX engines on a CPU")
+        raise BackendUnavailable(f"no CUDA GPU found: {hint}.")
+    (major, minor), name = cuda.compute_capability(0)
+    if compute_capability and compute_capability != f"{major}.{minor}":
+        raise BackendUnavailable(f"{api.product} builds for the GPU it runs on ({name}, {major}.{minor}), not "
+                                 f"{compute_capability}: drop --compute-capability or build on such a GPU.")
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"{slug}-sm{major}{minor}", f"{major}.{minor}"
+
+
+def engine_folder(api: TrtApi, device: str) -> str:
+    return f"engines/{api.product}-{api.version}-{device}"
+
+
+def _cache_key(onnx_sha: str, api: TrtApi, device: str, precision: str, profile: Profile) -> str:
+    blob = json.dumps([onnx_sha, api.product, str(api.version), device, precision, profile.to_dict()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _layer_counts(network) -> dict:
+    counts = {}
+    for i in range(network.num_layers):
+        name = network.get_layer(i).type.name
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _build_one(api: TrtApi, logger, onnx_path: Path, comp, precision: str, profile: Profile, cc, folder: Path,
+               workspace_mib: int | None) -> tuple:
+    trt = api.trt
+    builder = trt.Builder(logger)
+    network = api.create_network(builder)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BundleError(f"{api.product} {api.version} could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    api.set_precision(config, precision)
+    api.set_target(config, None if cc is None else cc)
+    if workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    optimization = builder.create_optimization_profile()
+    for spec in comp.inputs:
+        optimization.set_shape(spec.name, *input_ranges(spec, profile))
+    config.add_optimization_profile(optimization)
+    cache_file = folder / TIMING_CACHE
+    timing = None
+    if api.has_timing_cache:
+        timing = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        config.set_timing_cache(timing, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BackendUnavailable(f"{api.product} {api.version} failed to build {onnx_path.name} at {precision} "
+                                 "(its log above says why).")
+    if timing is not None:
+        _write_atomic(cache_file, bytes(timing.serialize()))
+    return bytes(plan), _layer_counts(network)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_engines(bundle_dir, product: str = "tensorrt", precision: str = "auto", batch: tuple | None = None,
+                  seq: tuple | None = None, compute_capability: str | None = None, force: bool = False,
+                  workspace_mib: int | None = None, verbose: bool = False) -> list:
+    """Build (or skip, when unchanged) one engine per component; returns a BuildResult per component."""
+    api = load_api(product)
+    bundle = Bundle.open(bundle_dir)
+    m = bundle.manifest
+    profile = Profile(tuple(batch or m.profile.batch), tuple(seq or m.profile.seq))
+    Profile.from_dict(profile.to_dict())  # validates the ranges
+    precisions = parse_precision(None if precision == "auto" else precision, default=m.precision)
+    device, cc = _target(api, compute_capability)
+    rel_folder = engine_folder(api, device)
+    folder = bundle.root / rel_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    logger = api.trt.Logger(api.trt.Logger.INFO if verbose else api.trt.Logger.WARNING)
+    results, components = [], dict(m.components)
+    for name in COMPONENTS:
+        comp, prec = components[name], precisions[name]
+        flavour = api.onnx_flavour(prec)
+        if flavour not in comp.files:
+            raise BundleError(f"{name}: a {prec} engine for {api.product} {api.version} is built from the bundle's "
+                              f"'{flavour}' model, which it lacks (has {sorted(comp.files)}): run `fusionrt calibrate` first.")
+        source = comp.files[flavour]
+        key = _cache_key(source.sha256, api, device, prec, profile)
+        rel = f"{rel_folder}/{name}.{prec}.plan"
+        known = next((e for e in comp.engines if e.path == rel), None)
+        if not force and known and known.cache_key == key and (bundle.root / rel).is_file() \
+                and sha256_of(bundle.root / rel) == known.sha256:
+            results.append(BuildResult(name, known, True, {}, 0.0))
+            continue
+        started = time.perf_counter()
+        plan, layers = _build_one(api, logger, bundle.file(source.path, source.sha256), comp, prec, profile, cc,
+                                  folder, workspace_mib)
+        _write_atomic(bundle.root / rel, plan)
+        record = EngineRecord(rel, sha256_of(bundle.root / rel), api.product, str(api.version), device, cc or "",
+                              prec, profile.to_dict(), key)
+        engines = tuple(e for e in comp.engines if e.path != rel) + (record,)
+        components[name] = dataclasses.replace(comp, engines=engines)
+        results.append(BuildResult(name, record, False, layers, time.perf_counter() - started))
+    if any(not r.skipped for r in results):
+        bundle.save(dataclasses.replace(m, components=components))
+    return results

@@ -1,0 +1,96 @@
+"""The few differences between TensorRT 10.x, TensorRT 11.x and TensorRT-RTX, in one place.
+
+| | TensorRT 10.x | TensorRT 11.x | TensorRT-RTX |
+|---|---|---|---|
+| network typing | weak (builder flags pick precisions) | strongly typed, always | strongly typed (flag) |
+| FP16 | fp32 ONNX + BuilderFlag.FP16 | FP16 ONNX (LayerNorm/Softmax in FP32) | FP16 ONNX |
+| INT8 | Q/DQ ONNX + BuilderFlag.INT8 | Q/DQ ONNX | Q/DQ ONNX |
+| timing cache | yes | yes | no-op (deprecated in 1.2): kernels are JIT-compiled on the GPU |
+| build without a GPU | no | no | yes, for a named compute capability |
+
+Versions are compared with packaging.version, never as strings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from fusionrt.runtime.errors import BackendUnavailable
+from fusionrt.runtime.optional import require
+
+__all__ = ["PRODUCTS", "TrtApi", "load_api"]
+
+PRODUCTS = ("tensorrt", "tensorrt_rtx")
+
+
+@dataclass(frozen=True)
+class TrtApi:
+    product: str
+    trt: ModuleType
+    version: object  # packaging.version.Version
+
+    @property
+    def strongly_typed(self) -> bool:
+        from packaging.version import Version
+
+        return self.product == "tensorrt_rtx" or self.version >= Version("11")
+
+    @property
+    def has_timing_cache(self) -> bool:
+        return self.product == "tensorrt"
+
+    @property
+    def builds_without_gpu(self) -> bool:
+        return self.product == "tensorrt_rtx"
+
+    def onnx_flavour(self, precision: str) -> str:
+        """Which bundle ONNX file a `precision` engine is built from."""
+        if precision == "int8":
+            return "int8-trt"
+        if precision == "fp16" and self.strongly_typed:
+            return "fp16"
+        return "fp32"
+
+    def create_network(self, builder):
+        flags = 0
+        creation = self.trt.NetworkDefinitionCreationFlag
+        # 11.x: always strongly typed (the flag is deprecated); RTX: ask for it; 10.x: weak, builder flags decide.
+        if self.product == "tensorrt_rtx":
+            flags = 1 << int(creation.STRONGLY_TYPED)
+        return builder.create_network(flags)
+
+    def set_precision(self, config, precision: str) -> None:
+        if self.strongly_typed:
+            return  # the ONNX's own types rule
+        flag = self.trt.BuilderFlag
+        if precision == "fp16":
+            config.set_flag(flag.FP16)
+        elif precision == "int8":
+            config.set_flag(flag.INT8)  # explicit quantization: the Q/DQ nodes say where
+
+    def set_target(self, config, compute_capability: str | None) -> None:
+        """TensorRT-RTX builds for a named compute capability ('8.9') when there is no GPU; the others build
+        for the GPU they run on."""
+        if self.product != "tensorrt_rtx":
+            return
+        targets = self.trt.ComputeCapability
+        if compute_capability is None:
+            choice = targets.CURRENT
+        else:
+            name = "SM" + compute_capability.replace(".", "")
+            if not hasattr(targets, name):
+                known = sorted(n[2:] for n in dir(targets) if n.startswith("SM"))
+                raise BackendUnavailable(f"{self.product} {self.version} cannot target compute capability "
+                                         f"{compute_capability}: it targets sm{', sm'.join(known)}.")
+            choice = getattr(targets, name)
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(choice, 0)
+
+
+def load_api(product: str) -> TrtApi:
+    from packaging.version import Version
+
+    if product not in PRODUCTS:
+        raise BackendUnavailable(f"TensorRT product '{product}' unknown: expected one of {PRODUCTS}.")
+    trt = require(product, "TensorRT engines")
+    return TrtApi(product, trt, Version(trt.__version__))

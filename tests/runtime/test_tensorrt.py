@@ -1,0 +1,196 @@
+"""TensorRT engines: built here on the CPU with TensorRT-RTX (its builder needs no GPU); running them needs one."""
+
+import dataclasses
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from packaging.version import Version
+
+from fusionrt.cli import main
+from fusionrt.runtime.backends.tensorrt import check_engine
+from fusionrt.runtime.backends.trt_compat import TrtApi
+from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch
+from fusionrt.runtime.manifest import EngineRecord
+from fusionrt.runtime.optional import is_available
+from fusionrt.runtime.pipeline import Pipeline
+
+CC = "8.9"  # a TensorRT-RTX target; the builder compiles for it without that GPU
+
+
+def _gpu_count() -> int:
+    if not is_available("cuda.bindings.runtime"):
+        return 0
+    from fusionrt.runtime import cuda
+
+    return cuda.device_count()
+
+
+needs_rtx = pytest.mark.skipif(not is_available("tensorrt_rtx"), reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
+
+
+@pytest.fixture(scope="module")
+def built(calibrated, tmp_path_factory):
+    """The calibrated tiny bundle with TensorRT-RTX engines at fp32, fp16 and int8."""
+    from fusionrt.runtime.backends.trt_build import build_engines
+
+    bundle = tmp_path_factory.mktemp("engines") / "bundle"
+    shutil.copytree(calibrated[0], bundle)
+    results = {p: build_engines(bundle, "tensorrt_rtx", p, compute_capability=CC) for p in ("fp32", "fp16", "int8")}
+    return bundle, results
+
+
+@needs_rtx
+def test_engines_for_every_component_and_precision_are_recorded(built):
+    bundle, results = built
+    m = Bundle.open(bundle).manifest
+    for precision, per_component in results.items():
+        assert [r.component for r in per_component] == ["image_encoder", "text_encoder", "fusion_head"]
+        for r in per_component:
+            assert not r.skipped and r.record.precision == precision and r.record.product == "tensorrt_rtx"
+            assert r.record.path.startswith(f"engines/tensorrt_rtx-{r.record.version}-sm89/")
+            assert (bundle / r.record.path).stat().st_size > 0 and r.record in m.components[r.component].engines
+            assert r.record.compute_capability == CC and r.record.profile == m.profile.to_dict()
+    assert Bundle.open(bundle).verify()  # every engine's sha256 is in the manifest
+
+
+@needs_rtx
+def test_int8_network_holds_qdq_layers_and_its_engine_is_smaller(built):
+    bundle, results = built
+    for r in results["int8"]:
+        assert r.layers.get("QUANTIZE", 0) > 0 and r.layers.get("DEQUANTIZE", 0) > 0, r.component
+    for r in results["fp32"]:
+        assert "QUANTIZE" not in r.layers
+    size = {p: {r.component: (bundle / r.record.path).stat().st_size for r in rs} for p, rs in results.items()}
+    assert size["int8"]["fusion_head"] < 0.5 * size["fp32"]["fusion_head"]  # all its weights are int8
+    assert sum(size["int8"].values()) < sum(size["fp32"].values())
+    assert sum(size["fp16"].values()) < 0.7 * sum(size["fp32"].values())
+
+
+@needs_rtx
+def test_fp16_engine_is_built_from_the_fp16_onnx_on_strongly_typed_products(built):
+    _, results = built
+    # the FP16 ONNX keeps LayerNorm/Softmax in float32 through casts; the fp32 one has none
+    assert results["fp16"][1].layers.get("CAST", 0) > results["fp32"][1].layers.get("CAST", 0)
+
+
+@needs_rtx
+def test_unchanged_build_is_skipped_and_a_new_profile_rebuilds(built, capsys):
+    bundle, results = built
+    stamps = {r.record.path: (bundle / r.record.path).stat().st_mtime_ns for r in results["int8"]}
+    assert main(["build", str(bundle), "--target", "tensorrt-rtx", "--compute-capability", CC, "--precision", "int8"]) == 0
+    assert capsys.readouterr().out.count("unchanged, skipped") == 3
+    assert {p: (bundle / p).stat().st_mtime_ns for p in stamps} == stamps
+    assert main(["build", str(bundle), "--target", "tensorrt-rtx", "--compute-capability", CC, "--precision", "int8",
+                 "--batch", "1:2:4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("built in") == 3 and "Q/DQ layers" in out
+    record = next(e for e in Bundle.open(bundle).manifest.components["fusion_head"].engines if e.precision == "int8")
+    assert record.profile["batch"] == [1, 2, 4]
+
+
+@needs_rtx
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "tensorrt-rtx"], "pass --compute-capability"),
+    (["--target", "tensorrt-rtx", "--compute-capability", "9.0"], "cannot target compute capability 9.0"),
+    (["--target", "tensorrt-rtx", "--compute-capability", CC, "--batch", "4:2:1"], "expected MIN:OPT:MAX"),
+])
+def test_build_errors_are_clear(calibrated, argv, message, capsys):
+    if _gpu_count():
+        pytest.skip("with a GPU these builds target it")
+    with pytest.raises(SystemExit) if "--batch" in argv else _no_raise():
+        assert main(["build", str(calibrated[0]), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_build_needs_the_int8_models_from_calibrate(tiny_bundle, capsys):
+    if not is_available("tensorrt_rtx"):
+        pytest.skip("tensorrt-rtx-cu13 is not installed")
+    assert main(["build", str(tiny_bundle), "--target", "tensorrt-rtx", "--compute-capability", CC, "--precision", "int8"]) == 2
+    assert "run `fusionrt calibrate` first" in capsys.readouterr().err
+
+
+def _fake_api(product: str, version: str) -> TrtApi:
+    flags = SimpleNamespace(FP16="FP16", INT8="INT8")
+    return TrtApi(product, SimpleNamespace(BuilderFlag=flags), Version(version))
+
+
+def test_version_differences_live_in_one_place():
+    v10, v11, rtx = _fake_api("tensorrt", "10.13.3"), _fake_api("tensorrt", "11.1.0"), _fake_api("tensorrt_rtx", "1.7.1")
+    assert [a.onnx_flavour("fp16") for a in (v10, v11, rtx)] == ["fp32", "fp16", "fp16"]
+    assert {a.onnx_flavour("int8") for a in (v10, v11, rtx)} == {"int8-trt"}
+    assert [a.has_timing_cache for a in (v10, v11, rtx)] == [True, True, False]
+    assert [a.builds_without_gpu for a in (v10, v11, rtx)] == [False, False, True]
+    assert _fake_api("tensorrt", "10.9").version < _fake_api("tensorrt", "10.13").version  # not string order
+    config = SimpleNamespace(flags=[], set_flag=lambda f: config.flags.append(f))
+    v10.set_precision(config, "fp16")
+    v10.set_precision(config, "int8")
+    v11.set_precision(config, "fp16")
+    assert config.flags == ["FP16", "INT8"]  # builder flags on 10.x only; 11.x reads the types from the ONNX
+
+
+def test_engine_checked_against_library_and_gpu_before_deserializing():
+    record = EngineRecord("engines/x/image_encoder.int8.plan", "0" * 64, "tensorrt", "10.13.3", "nvidia-h200-sm90", "9.0",
+                          "int8", {"batch": [1, 8, 32], "seq": [1, 64, 128]}, "k")
+    check_engine(record, _fake_api("tensorrt", "10.13.3"), "9.0", "NVIDIA H200")  # a match: no error
+    with pytest.raises(EngineMismatch, match=r"version 10.13.3 \(running 11.1.0\).*fusionrt build BUNDLE --target tensorrt"):
+        check_engine(record, _fake_api("tensorrt", "11.1.0"), "9.0", "NVIDIA H200")
+    with pytest.raises(EngineMismatch, match=r"compute capability 9.0 \(this GPU, Jetson Orin, is 8.7\)"):
+        check_engine(record, _fake_api("tensorrt", "10.13.3"), "8.7", "Jetson Orin")
+    other = dataclasses.replace(record, product="tensorrt_rtx", version="1.7.1")
+    with pytest.raises(EngineMismatch, match="product tensorrt_rtx"):
+        check_engine(other, _fake_api("tensorrt", "10.13.3"), "9.0", "NVIDIA H200")
+
+
+@pytest.mark.skipif(_gpu_count() > 0, reason="checks the no-GPU message")
+@needs_rtx
+def test_running_engines_without_a_gpu_says_so(built):
+    with pytest.raises(BackendUnavailable, match="no CUDA GPU found"):
+        Pipeline.load(built[0], backend="tensorrt_rtx", precision="fp32")
+
+
+@pytest.mark.skipif(_gpu_count() == 0, reason="needs an NVIDIA GPU with TensorRT or TensorRT-RTX (none here)")
+def test_engines_match_onnxruntime_on_a_gpu(calibrated, tmp_path):
+    from fusionrt.runtime.backends.trt_build import build_engines
+
+    product = "tensorrt" if is_available("tensorrt") else "tensorrt_rtx"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(calibrated[0], bundle)
+    try:
+        build_engines(bundle, product, "fp32")
+    except BackendUnavailable as exc:  # e.g. TensorRT-RTX has no target for this GPU (sm90)
+        pytest.skip(str(exc))
+    from fusionrt.calibration.dataset import LabeledDataset
+
+    data = LabeledDataset.read(calibrated[3])
+    images, texts = [s.image for s in data], [s.text for s in data]
+    with Pipeline.load(bundle, backend="onnxruntime", precision="fp32") as ref:
+        expected = ref.logits(*ref.prepare(images, texts))
+    for graphs in (False, True):
+        with Pipeline.load(bundle, backend=product, precision="fp32", cuda_graphs=graphs) as pipe:
+            pixels, tokens = pipe.prepare(images, texts)
+            for _ in range(3):  # plain, capture, replay
+                np.testing.assert_allclose(pipe.logits(pixels, tokens), expected, atol=1e-3)
+            assert pipe.timings.image_ms > 0 and pipe.timings.text_ms > 0
+
+
+def test_onnxruntime_gpu_provider_that_did_not_load_is_an_error(tiny_bundle):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _gpu_count():
+        pytest.skip("CUDA loads here")
+    with pytest.raises(BackendUnavailable, match=r"CUDAExecutionProvider.*did not load.*allow_fallback"):
+        Pipeline.load(tiny_bundle, backend="onnxruntime", device="cuda")
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", device="cuda", allow_fallback=True) as pipe:
+        assert pipe.backends["image_encoder"].providers == ["CPUExecutionProvider"]
+        assert pipe.classify(np.zeros((32, 32, 3), np.uint8), "a red circle").label
