@@ -36,7 +36,7 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 		--image-backbone timm:tf_efficientnet_lite0 --image-weights efficientnet-lite0 --text-model minilm
 	$(BIN)/fusionrt export $(DEMO)/checkpoint --out $(DEMO)/bundle --data $(DEMO)/data/test.csv --overwrite
 	$(BIN)/fusionrt calibrate $(DEMO)/bundle --data $(DEMO)/data/train.csv --eval-data $(DEMO)/data/test.csv \
-		--method percentile --samples 128
+		--method percentile --samples 384
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv --checkpoint $(DEMO)/checkpoint \
 		--report $(DEMO)/report.json --precision fp32
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv

@@ -88,7 +88,8 @@ def _synthetic_dataset(folder: Path, classes: int, seed: int) -> Path:
 
 
 def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=print) -> tuple:
-    """(bundle dir, checkpoint dir) for `name`, built once per (arch, seed, torch version) and cached."""
+    """(bundle dir, checkpoint dir) for `name`, built once per (arch, seed, torch version, quantization recipe)
+    and cached."""
     torch = require("torch", "--arch")
     from fusionrt.calibration.calibrate import calibrate_bundle
     from fusionrt.export.bundle_writer import export_bundle
@@ -96,7 +97,9 @@ def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=pr
     from fusionrt.runtime.bundle import Bundle
     from fusionrt.runtime.manifest import Profile
 
-    folder = Path(cache or default_cache()) / f"{name}-seed{seed}-torch{torch.__version__.split('+')[0]}"
+    from fusionrt.calibration.quantize import RECIPE
+
+    folder = Path(cache or default_cache()) / f"{name}-seed{seed}-torch{torch.__version__.split('+')[0]}-q{RECIPE}"
     bundle_dir, checkpoint_dir, done = folder / "bundle", folder / "checkpoint", folder / "complete.json"
     if done.is_file():
         return bundle_dir, checkpoint_dir

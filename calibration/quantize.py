@@ -19,9 +19,10 @@ from pathlib import Path
 from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.optional import require
 
-__all__ = ["METHODS", "QUANTIZED_OPS", "collect_ranges", "keep_float", "quantize_component"]
+__all__ = ["METHODS", "RECIPE", "QUANTIZED_OPS", "collect_ranges", "keep_float", "quantize_component"]
 
 METHODS = ("minmax", "percentile", "entropy")
+RECIPE = 2  # bumped whenever what is quantized changes (keys cached quantized models)
 EARLY_CONV_SHARE = 0.25  # EfficientNet-Lite0: image cosine vs FP32 0.992 (none) -> 0.998 (a quarter of the dense convs)
 QUANTIZED_OPS = {
     "image_encoder": ["Conv", "MatMul", "Gemm"],
@@ -83,14 +84,15 @@ def activation_matmuls(model: Path) -> list:
     return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
 
 
-def keep_float(model: Path, component: str, target: str = "int8-trt") -> list:
+def keep_float(model: Path, component: str) -> list:
     """Nodes left in float because per-tensor int8 activations cannot hold their inputs' range:
     - image: the early convs (the stem and the first quarter of the others, where activations are still close to
       raw pixels), the last conv (its output is the feature vector itself) and depthwise convs (one filter per
       channel: ranges differ by orders of magnitude between channels, one per-tensor scale crushes most);
     - text: attention's activation x activation MatMuls and the FFN (the down projection's GELU input and the
-      up projection's LayerNorm input carry the outlier channels BERT models are known for); the dynamic CPU
-      flavour keeps only the down projection float. Attention's Q/K/V/output projections are INT8."""
+      up projection's LayerNorm input carry the outlier channels BERT models are known for); attention's
+      Q/K/V/output projections are INT8;
+    - head: the layer that reads the concatenated features."""
     import onnx
 
     graph = onnx.load(str(model), load_external_data=False).graph
@@ -102,12 +104,13 @@ def keep_float(model: Path, component: str, target: str = "int8-trt") -> list:
         return sorted(depthwise | set(early) | set(dense[-1:]))
     if component == "text_encoder":
         shapes = {init.name: tuple(init.dims) for init in graph.initializer}
-        # dynamic INT8 (int8-cpu) re-scales per call and holds the FFN's up projection; static does not
-        ffn = (lambda rows, cols: rows > cols) if target == "int8-cpu" else (lambda rows, cols: rows != cols)
-        down = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(
-            len(shapes.get(i, ())) == 2 and ffn(*shapes[i]) for i in n.input)]
-        return activation_matmuls(model) + down
-    return []
+        ffn = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(
+            len(shapes.get(i, ())) == 2 and shapes[i][0] != shapes[i][1] for i in n.input)]
+        return activation_matmuls(model) + ffn
+    # head: the first layer reads the concatenated image and text features, whose ranges differ by orders of
+    # magnitude; one per-tensor scale over both would crush the text half. The layers after it are INT8.
+    concats = {n.output[0] for n in graph.node if n.op_type == "Concat"}
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in concats for i in n.input)]
 
 
 class OneBatch:
@@ -126,7 +129,7 @@ def quantize_component(model: Path, component: str, target: str, ranges: Path, o
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     ops = QUANTIZED_OPS[component]
-    excluded = keep_float(model, component, target)
+    excluded = keep_float(model, component)
     if target == "int8-cpu" and component == "text_encoder":
         q.quantize_dynamic(str(model), str(out), op_types_to_quantize=ops, weight_type=q.QuantType.QInt8,
                            per_channel=True, nodes_to_exclude=excluded)

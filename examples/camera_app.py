@@ -6,10 +6,11 @@ Press q (or Ctrl-C) to stop. Needs opencv-python (not -headless) for the window.
 """
 
 import argparse
+import sys
 
 import cv2
 
-from fusionrt import Pipeline
+from fusionrt import FusionRTError, Pipeline
 from fusionrt.runtime.overlay import annotate
 from fusionrt.runtime.video import VideoSource
 
@@ -56,4 +57,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FusionRTError as exc:  # a bad bundle or source: one clear line, no traceback
+        sys.exit(f"camera_app: {exc}")

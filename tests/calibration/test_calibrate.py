@@ -55,7 +55,12 @@ def test_sensitive_layers_stay_float(calibrated):
     shapes = {i.name: tuple(i.dims) for i in text.initializer}
     for node in (n for n in text.node if n.op_type == "DequantizeLinear" and len(shapes.get(n.input[0], ())) == 2):
         rows, cols = shapes[node.input[0]]
-        assert rows == cols  # only attention's square projections: the FFN stays float for TensorRT
+        assert rows == cols  # only attention's square projections: the FFN stays float
+    head = _ops(bundle / "fusion_head.int8.trt.onnx")
+    dequantized = {n.output[0] for n in head.node if n.op_type == "DequantizeLinear"}
+    gemms = [n for n in head.node if n.op_type in ("Gemm", "MatMul")]
+    # the layer reading the concatenated features stays float; the layers after it are INT8
+    assert [all(i in dequantized for i in n.input[:2]) for n in gemms] == [False, True, True]
 
 
 def test_fp16_model_keeps_float32_io_and_normalization(calibrated):
