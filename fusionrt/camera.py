@@ -45,7 +45,7 @@ def _show(frame: np.ndarray) -> bool:
         key = cv2.waitKey(1) & 0xFF
     except cv2.error as exc:
         raise InputError("this OpenCV has no window support (opencv-python-headless): pass --headless "
-                         f"(with --out or --jsonl), or install opencv-python ({str(exc).splitlines()[-1]}).") from exc
+                         "(with --out or --jsonl), or install opencv-python for a window.") from exc
     return key not in (ord("q"), 27)
 
 

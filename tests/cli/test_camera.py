@@ -73,3 +73,15 @@ def test_camera_bad_input(tiny_bundle, tmp_path, capsys, make, extra, message):
     source = make(tmp_path)
     assert main(["camera", str(tiny_bundle), "--source", str(source), "--text", "x", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_camera_window_without_gui_opencv_says_what_to_do(tiny_bundle, tmp_path, capsys):
+    if not _gui_line().endswith("NONE"):
+        pytest.skip("this OpenCV can open windows")
+    video = write_video(tmp_path / "in.mp4", 2)
+    assert main(["camera", str(tiny_bundle), "--source", str(video), "--text", "x"]) == 2
+    assert "pass --headless" in capsys.readouterr().err
+
+
+def _gui_line() -> str:
+    return next((line for line in cv2.getBuildInformation().splitlines() if line.strip().startswith("GUI:")), "NONE")
