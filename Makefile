@@ -41,8 +41,8 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 		--report $(DEMO)/report.json --precision fp32
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv
 	$(BIN)/fusionrt info $(DEMO)/bundle
-	@echo "CPU speed, FP32 vs the calibrated policy (short run; 'make bench' for the full table):"
-	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision fp32,int8 --batch 1,8 \
+	@echo "CPU speed, FP32 vs every part INT8 vs the calibrated policy (short run; 'make bench' for the full table):"
+	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision fp32,int8,auto --batch 1,8 \
 		--duration 2 --out $(DEMO)/bench
 
 # Short CPU benchmark (about 5 minutes on 2 cores the first time, when the reference model is exported and

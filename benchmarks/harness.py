@@ -10,6 +10,7 @@ from fusionrt.benchmarks.stats import latency_stats, percentiles, speedup
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.pipeline import Pipeline
+from fusionrt.runtime.precision import format_precision
 from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.progress import progress
 from fusionrt.runtime.tokenize import TextTokenizer
@@ -90,6 +91,9 @@ def bench(bundle, images, texts, backends=("onnxruntime",), precisions=("fp32", 
         else:
             runner = Pipeline.load(bundle, backend=backend, precision=precision, concurrent=concurrent, **(options or {}))
             fields["backend"] = runner.backend_name
+            if precision == "auto":  # the calibrated policy: say what it resolved to
+                fields["precision"] = f"auto ({format_precision(runner.precision)})"
+                fields["speed_only"] = speed_only
         with runner:
             rows.append(_row(runner, pixels, tokens, duration_s, **fields))
     return add_speedups(rows)

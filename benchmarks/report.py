@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 from importlib import metadata
@@ -28,25 +27,17 @@ def _gpus() -> list:
 
 
 def machine_info() -> dict:
-    flags, model = "", platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
-                    break
-    except OSError:
-        pass
+    from fusionrt.runtime.cpu import cpu_info
+
+    cpu = cpu_info()
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": model, "cores": os.cpu_count(), "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-            "amx": "amx_int8" in flags, "gpus": _gpus(), "packages": versions}
+    return {"cpu": cpu["model"], "cores": os.cpu_count(), "vnni": bool(cpu["vnni"]), "amx": bool(cpu["amx"]),
+            "gpus": _gpus(), "packages": versions}
 
 
 def _label(r: dict) -> str:

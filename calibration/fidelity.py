@@ -55,9 +55,16 @@ def fidelity_markdown(report: dict) -> str:
     fp32 = report["fp32"]
     lines.append(f"| fp32 | - | 100.00 % | 0 | {100 * fp32['accuracy']:.2f} % | {100 * fp32['macro_recall']:.2f} % | "
                  f"{100 * fp32['macro_f1']:.2f} % |")
-    for row in (r for r in report["end_to_end"] if _shown(r["config"], report["policy"]["chosen"])):
+    for row in (r for r in report["end_to_end"] if _shown(r["config"], report["policy"][r["target"]]["chosen"])):
         lines.append(f"| {row['config']} | {row['target']} | {100 * row['top1_agreement']:.2f} % | {row['max_abs_dprob']:.4f} | "
                      f"{100 * row['accuracy']:.2f} % | {100 * row['macro_recall']:.2f} % | {100 * row['macro_f1']:.2f} % |")
-    lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}.", "",
-              f"**Chosen:** {report['policy']['chosen']} — {report['policy']['reason']}", ""]
+    measured = report.get("measured_on", {})
+    vnni = {True: "with VNNI", False: "without VNNI"}.get(measured.get("vnni"), "VNNI unknown")
+    lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}. int8-cpu was measured with ONNX "
+              f"Runtime's integer kernels on this CPU ({measured.get('cpu') or 'unknown'}, {vnni}): its figures hold "
+              "for CPUs of the same kind. int8-trt was measured on its Q/DQ arithmetic as written, as TensorRT "
+              "computes it.", ""]
+    for target, policy in report["policy"].items():
+        lines.append(f"**Chosen for {target}:** {policy['chosen']} — {policy['reason']}  ")
+    lines.append("")
     return "\n".join(lines)

@@ -31,7 +31,8 @@ def choose_policy(outcomes: dict, fp32_accuracy: float, parts: tuple, t: Thresho
             f"no INT8 or FP16 configuration met top-1 agreement >= {t.min_agreement:.0%} and accuracy drop <= "
             f"{100 * t.max_accuracy_drop:.1f} points on every target; kept FP32")
     best = max(passing, key=lambda k: (k.count("int8"), k.count("fp16"), worst(k)))
-    why = (f"worst-target top-1 agreement {worst(best):.2%} (>= {t.min_agreement:.0%}) and accuracy drop "
+    targets = {t for o in outcomes.values() for t in o}
+    why = (f"{'worst-target ' if len(targets) > 1 else ''}top-1 agreement {worst(best):.2%} (>= {t.min_agreement:.0%}) and accuracy drop "
            f"<= {100 * t.max_accuracy_drop:.1f} points")
     fallen = [f"{part} kept {p.upper()}" for part, p in zip(parts, best) if p != "int8"]
     if fallen:

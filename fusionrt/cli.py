@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=None,
                    help="comma list of onnxruntime, tensorrt, tensorrt_rtx, torch (default: onnxruntime, plus torch "
                         "with --arch or --checkpoint)")
-    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, fp16, int8")
+    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, fp16, int8 (every part) and auto (the calibrated policy)")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--seq", type=int, help="pad every text to this many tokens (default: the longest input text)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds timed per row")

@@ -156,6 +156,7 @@ def cmd_info(args) -> int:
         "labels": list(m.labels),
         "precision": dict(m.precision),
         "precision_reason": m.precision_reason,
+        "policies": {t: {"precision": p["precision"], "reason": p["reason"]} for t, p in m.policies.items()},
         "components": {name: {"files": sorted(c.files), "inputs": [t.to_dict() for t in c.inputs],
                               "outputs": [t.to_dict() for t in c.outputs],
                               "engines": [e.path for e in c.engines]} for name, c in m.components.items()},
@@ -170,7 +171,11 @@ def cmd_info(args) -> int:
         return 0
     print(f"bundle     {summary['bundle']}  ({len(checked)} files, sha256 ok)")
     print(f"labels     {len(m.labels)}: {', '.join(m.labels)}")
-    print(f"precision  {_precision_text(m.precision)}  ({m.precision_reason})")
+    if m.policies:
+        for target in m.policies:
+            print(f"precision  {target}: {_precision_text(m.precision_for(target))}  ({m.reason_for(target)})")
+    else:
+        print(f"precision  {_precision_text(m.precision)}  ({m.precision_reason})")
     print(f"profile    batch {list(m.profile.batch)}  seq {list(m.profile.seq)}")
     for name, comp in summary["components"].items():
         ins = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in comp["inputs"])

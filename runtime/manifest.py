@@ -18,6 +18,7 @@ from fusionrt.runtime.errors import BundleError
 __all__ = [
     "SCHEMA_VERSION",
     "COMPONENTS",
+    "INT8_TARGETS",
     "TensorSpec",
     "ModelFile",
     "EngineRecord",
@@ -35,6 +36,7 @@ COMPONENTS = ("image_encoder", "text_encoder", "fusion_head")
 # Precision flavours a component file may exist in. int8 has one file per target: ONNX Runtime's CPU
 # kernels are fast on U8S8, TensorRT needs symmetric S8S8 with float biases.
 FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt")
+INT8_TARGETS = ("int8-cpu", "int8-trt")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 
 
@@ -57,6 +59,16 @@ def _need(data: Mapping, key: str, where: str, kind=None):
             "Re-export the bundle with `fusionrt export`."
         )
     return value
+
+
+def _precision_map(value, where: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise BundleError(f"manifest: {where} must map components to precisions, found {value!r:.60}.")
+    for comp, prec in value.items():
+        if comp not in COMPONENTS or prec not in ("fp32", "fp16", "int8"):
+            raise BundleError(f"manifest: {where} entry {comp}={prec} invalid; expected components {COMPONENTS} "
+                              "and fp32|fp16|int8.")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -224,6 +236,10 @@ class Manifest:
     profile: Profile = Profile()
     precision: Mapping[str, str] = field(default_factory=lambda: {c: "fp32" for c in COMPONENTS})
     precision_reason: str = "exported FP32; run `fusionrt calibrate` for INT8"
+    # per INT8 target ('int8-cpu', 'int8-trt'): {"precision": {component: precision}, "reason": str}. The two
+    # targets are different Q/DQ graphs on different hardware, so each has its own policy; `precision` is the
+    # ONNX Runtime CPU one (the default runtime).
+    policies: Mapping[str, Any] = field(default_factory=dict)
     parity: Mapping[str, Any] = field(default_factory=dict)
     fidelity: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] = field(default_factory=dict)
@@ -246,10 +262,15 @@ class Manifest:
         labels = tuple(_need(d, "labels", "the manifest", list))
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise BundleError(f"manifest: expected 2 or more distinct labels, found {list(labels)}.")
-        precision = dict(d.get("precision", {c: "fp32" for c in COMPONENTS}))
-        for comp, prec in precision.items():
-            if comp not in COMPONENTS or prec not in ("fp32", "fp16", "int8"):
-                raise BundleError(f"manifest: precision entry {comp}={prec} invalid; expected components {COMPONENTS} and fp32|fp16|int8.")
+        precision = _precision_map(d.get("precision", {c: "fp32" for c in COMPONENTS}), "precision")
+        policies = {}
+        for target, policy in dict(d.get("policies", {})).items():
+            if target not in INT8_TARGETS or not isinstance(policy, Mapping):
+                raise BundleError(f"manifest: policies entry '{target}' invalid; expected some of {INT8_TARGETS}, each "
+                                  "with precision and reason. Re-run `fusionrt calibrate`.")
+            policies[target] = {"precision": _precision_map(_need(policy, "precision", f"policies.{target}", dict),
+                                                            f"policies.{target}.precision"),
+                                "reason": str(policy.get("reason", ""))}
         return cls(
             labels=labels,
             preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "the manifest", dict)),
@@ -258,6 +279,7 @@ class Manifest:
             profile=Profile.from_dict(d.get("profile", Profile().to_dict())),
             precision=precision,
             precision_reason=d.get("precision_reason", ""),
+            policies=policies,
             parity=d.get("parity", {}),
             fidelity=d.get("fidelity", {}),
             calibration=d.get("calibration", {}),
@@ -290,6 +312,7 @@ class Manifest:
             "components": {k: v.to_dict() for k, v in self.components.items()},
             "precision": dict(self.precision),
             "precision_reason": self.precision_reason,
+            "policies": {t: {"precision": dict(p["precision"]), "reason": p["reason"]} for t, p in self.policies.items()},
             "parity": dict(self.parity),
             "fidelity": dict(self.fidelity),
             "calibration": dict(self.calibration),
@@ -313,6 +336,15 @@ class Manifest:
             out.update({f.path: f.sha256 for f in comp.files.values()})
             out.update({e.path: e.sha256 for e in comp.engines})
         return dict(sorted(out.items()))
+
+    def precision_for(self, target: str) -> dict:
+        """The calibrated policy for an INT8 target ('int8-cpu' | 'int8-trt'); `precision` where none was recorded."""
+        policy = self.policies.get(target)
+        return dict(policy["precision"]) if policy else dict(self.precision)
+
+    def reason_for(self, target: str) -> str:
+        policy = self.policies.get(target)
+        return policy["reason"] if policy else self.precision_reason
 
     def with_component(self, comp: Component) -> "Manifest":
         return dataclasses.replace(self, components={**self.components, comp.name: comp})

@@ -77,17 +77,17 @@ class Pipeline:
         """Open a bundle directory.
 
         backend: 'auto' | 'onnxruntime' | 'tensorrt' | 'tensorrt_rtx'.
-        precision: None (what the manifest chose), 'fp32' | 'fp16' | 'int8' for all parts, or a mapping /
-        'image=int8,text=int8,head=fp32' string per part.
+        precision: None (the policy calibration chose for this backend's INT8 target: int8-cpu or int8-trt),
+        'fp32' | 'fp16' | 'int8' for all parts, or a mapping / 'image=int8,text=int8,head=fp32' string per part.
         text_cache: how many texts' features `classify*` and `stream` keep (LRU); 0 turns the cache off.
             `logits` and `branches` never use it (benchmarks time the text branch).
         options: passed to the backend (onnxruntime: providers, threads, allow_fallback, verify; tensorrt:
             stream (your CUDA stream handle: results land on it), cuda_graphs, verify).
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        chosen = parse_precision(precision, default=bundle.manifest.precision)
         name = resolve_backend(backend)
         module = backend_module(name)
+        chosen = parse_precision(precision, default=bundle.manifest.precision_for(module.int8_target(options)))
         opened = {}
         try:
             for comp in COMPONENTS:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import numpy as np
 
 from fusionrt.runtime.backends.base import Backend
+from fusionrt.runtime.cpu import cpu_info
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import require
 
-__all__ = ["OnnxRuntimeBackend", "open_component", "default_providers", "FLAVOUR_FOR_PRECISION"]
+__all__ = ["OnnxRuntimeBackend", "open_component", "default_providers", "int8_target", "FLAVOUR_FOR_PRECISION"]
 
 # ONNX Runtime's CPU kernels run U8S8 Q/DQ fast; the TensorRT EP wants the symmetric S8S8 graph.
 FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-cpu"}
@@ -26,13 +28,18 @@ def default_providers(ort) -> list:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False):
+    def __init__(self, path, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False,
+                 optimize: bool = True):
+        """optimize=False runs the graph as written: Q/DQ pairs stay QuantizeLinear/DequantizeLinear around float
+        ops instead of being fused into this CPU's integer kernels (the exact arithmetic TensorRT computes;
+        calibration measures the TensorRT flavour that way)."""
         super().__init__(inputs, outputs)
         ort = require("onnxruntime", "the onnxruntime backend")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
         options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         # The two branches run at once; spinning worker threads would steal each other's cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         requested = list(providers) if providers else default_providers(ort)
@@ -78,6 +85,15 @@ def gpu_providers(device: str, bundle, precision: str) -> list:
     raise BackendUnavailable(f"onnxruntime device '{device}' unknown: expected cpu, cuda or tensorrt.")
 
 
+def _wants_tensorrt(options: Mapping) -> bool:
+    return options.get("device") == "tensorrt" or any("Tensorrt" in p for p in _provider_names(options.get("providers") or []))
+
+
+def int8_target(options: Mapping) -> str:
+    """Whose calibrated policy applies: the TensorRT EP runs the TensorRT Q/DQ flavour, the rest the CPU one."""
+    return "int8-trt" if _wants_tensorrt(options) else "int8-cpu"
+
+
 def open_component(bundle, component: str, precision: str, options: Mapping) -> OnnxRuntimeBackend:
     """Open one bundle component at `precision` ('fp32' | 'fp16' | 'int8').
 
@@ -88,7 +104,7 @@ def open_component(bundle, component: str, precision: str, options: Mapping) -> 
         options = {**options, "providers": gpu_providers(options["device"], bundle, precision)}
     flavour = FLAVOUR_FOR_PRECISION[precision]
     providers = _provider_names(options.get("providers") or [])
-    if any("Tensorrt" in p for p in providers):
+    if _wants_tensorrt(options):
         flavour = "int8-trt" if precision == "int8" else flavour
     elif precision == "fp16" and (providers == ["CPUExecutionProvider"] or (not providers and not _has_gpu_provider())):
         # FP16 is a GPU precision: ONNX Runtime's x86 CPU kernels have no FP16 math and would only add
@@ -99,12 +115,27 @@ def open_component(bundle, component: str, precision: str, options: Mapping) -> 
             f"{component}: no {flavour} model in the bundle (has {sorted(comp.files)}). "
             "Run `fusionrt calibrate BUNDLE --data DATA` for int8, or load with precision='fp32'."
         )
+    if flavour == "int8-cpu":
+        _warn_if_calibrated_on_another_kind_of_cpu(bundle)
     model = comp.files[flavour]
     path = bundle.file(model.path, model.sha256 if options.get("verify", True) else None)
     threads = int(options.get("threads", 0))
     return OnnxRuntimeBackend(
         path, comp.inputs, comp.outputs, options.get("providers"), threads, options.get("allow_fallback", False)
     )
+
+
+def _warn_if_calibrated_on_another_kind_of_cpu(bundle) -> None:
+    """ONNX Runtime's U8S8 kernels sum pairs of products in 16 bits without VNNI (saturating) and in 32 bits with
+    it, so the int8-cpu fidelity measured at calibration holds for CPUs of the same kind."""
+    measured, here = bundle.manifest.calibration.get("cpu_vnni"), cpu_info()["vnni"]
+    if measured is None or here is None or measured == here:
+        return
+    warnings.warn(
+        f"{bundle.root}: the INT8 policy was measured on a CPU {'with' if measured else 'without'} VNNI; this CPU "
+        f"{'has it, so INT8 is likely closer to FP32 here than measured' if here else 'has none, and its U8S8 kernels saturate where the measured ones did not'}. "
+        "Re-run `fusionrt calibrate` on this kind of CPU to check it, or load with precision='fp32'.",
+        RuntimeWarning, stacklevel=2)
 
 
 def _has_gpu_provider() -> bool:

@@ -20,7 +20,7 @@ from fusionrt.runtime.backends.base import Backend
 from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
 from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
 
-__all__ = ["TensorRTBackend", "TensorRTFusion", "open_component", "fuse", "check_engine", "usable"]
+__all__ = ["TensorRTBackend", "TensorRTFusion", "open_component", "fuse", "check_engine", "usable", "int8_target"]
 
 
 def _gpu() -> tuple:
@@ -231,6 +231,11 @@ class TensorRTFusion:
         for event in self.events.values():
             event.close()
         self.graphs, self.events = {}, {}
+
+
+def int8_target(_options: Mapping) -> str:
+    """Whose calibrated policy applies: engines are built from the TensorRT Q/DQ flavour."""
+    return "int8-trt"
 
 
 def open_component(bundle, component: str, precision: str, options: Mapping) -> TensorRTBackend:

@@ -76,6 +76,18 @@ def test_bench_rows_with_pytorch_baseline(tiny_bundle, trained_checkpoint, shape
         np.testing.assert_allclose(pipe.logits(pixels, tokens), TorchRunner(model).logits(pixels, tokens), atol=1e-4)
 
 
+def test_auto_rows_say_what_the_policy_resolved_to(calibrated):
+    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.runtime.precision import format_precision
+
+    bundle, _, _, test = calibrated
+    data = LabeledDataset.read(test)
+    rows = bench(bundle, [s.image for s in data], [s.text for s in data], ("onnxruntime",), ("int8", "auto"), (1,),
+                 duration_s=0.1)
+    policy = format_precision(Bundle.open(bundle).manifest.precision_for("int8-cpu"))
+    assert [r["precision"] for r in rows] == ["int8", "int8", f"auto ({policy})", f"auto ({policy})"]
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "expected a BUNDLE or --arch"),
     (["--arch", "resnet9000+bert"], "unknown: expected one of"),

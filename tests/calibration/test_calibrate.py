@@ -8,8 +8,10 @@ from fusionrt.calibration.dataset import LabeledDataset
 from fusionrt.calibration.policy import Thresholds, choose_policy
 from fusionrt.calibration.reader import CalibrationSource, select_calibration
 from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.cpu import cpu_info
 from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.pipeline import Pipeline
+from fusionrt.runtime.precision import format_precision
 
 
 def _ops(path):
@@ -24,8 +26,12 @@ def test_two_targets_written_and_recorded(calibrated):
     assert Bundle.open(bundle).verify()
     assert (bundle / "reports" / "fidelity.json").is_file() and (bundle / "reports" / "fidelity.md").is_file()
     assert json.loads((bundle / "calibration" / "image_encoder.ranges.json").read_text())
-    assert m.fidelity["summary"]["precision"] == report["policy"]["chosen"]
-    assert m.precision_reason == report["policy"]["reason"]
+    for target in ("int8-cpu", "int8-trt"):  # one policy per target, each recorded with its reason
+        assert m.fidelity["summary"][target]["precision"] == report["policy"][target]["chosen"]
+        assert format_precision(m.precision_for(target)) == report["policy"][target]["chosen"]
+        assert m.reason_for(target) == report["policy"][target]["reason"]
+    assert m.precision == m.precision_for("int8-cpu")  # the default runtime's
+    assert m.calibration["cpu_vnni"] == cpu_info()["vnni"]
 
 
 def test_tensorrt_target_is_symmetric_int8_with_float_bias(calibrated):
@@ -108,8 +114,51 @@ def test_runtime_loads_int8(calibrated):
         preds = pipe.classify_batch([s.image for s in data], [s.text for s in data])
         assert pipe.precision == {"image_encoder": "int8", "text_encoder": "int8", "fusion_head": "int8"}
     assert len(preds) == len(data)
-    with Pipeline.load(bundle) as pipe:  # what the manifest chose
-        assert pipe.precision == dict(Bundle.open(bundle).manifest.precision)
+    m = Bundle.open(bundle).manifest
+    with Pipeline.load(bundle) as pipe:  # what calibration chose for ONNX Runtime's CPU kernels
+        assert pipe.precision == m.precision_for("int8-cpu")
+
+
+def test_each_backend_loads_its_targets_policy(calibrated, monkeypatch, tmp_path):
+    import dataclasses
+    import shutil
+
+    from fusionrt.runtime.backends import onnxruntime as ort_backend
+
+    bundle = Bundle.open(shutil.copytree(calibrated[0], tmp_path / "bundle"))
+    policies = {"int8-cpu": {"precision": {"image_encoder": "fp32", "text_encoder": "int8", "fusion_head": "int8"},
+                             "reason": "test"},
+                "int8-trt": {"precision": {"image_encoder": "int8", "text_encoder": "fp16", "fusion_head": "int8"},
+                             "reason": "test"}}
+    bundle.save(dataclasses.replace(bundle.manifest, policies=policies))
+    assert ort_backend.int8_target({"device": "tensorrt"}) == "int8-trt"
+    assert ort_backend.int8_target({"providers": ["CPUExecutionProvider"]}) == "int8-cpu"
+    opened = []
+    real_open = ort_backend.open_component
+    monkeypatch.setattr(ort_backend, "open_component",
+                        lambda b, comp, prec, options: opened.append((comp, prec)) or real_open(b, comp, prec, {}))
+    with Pipeline.load(bundle.root, device="tensorrt") as pipe:  # the TensorRT EP: the TensorRT flavour's policy
+        assert pipe.precision == policies["int8-trt"]["precision"]
+    assert dict(opened) == policies["int8-trt"]["precision"]
+    with Pipeline.load(bundle.root) as pipe:
+        assert pipe.precision == policies["int8-cpu"]["precision"]
+
+
+def test_tensorrt_fidelity_is_measured_on_exact_qdq_arithmetic(calibrated):
+    """The int8-trt figures come from the Q/DQ graph as written (what TensorRT computes), not from this CPU's
+    fused integer kernels; the int8-cpu figures from those kernels (what ONNX Runtime runs)."""
+    from fusionrt.calibration.calibrate import _run
+    from fusionrt.calibration.fidelity import cosine_stats
+
+    bundle_dir, report, _, test = calibrated
+    bundle = Bundle.open(bundle_dir)
+    m = bundle.manifest
+    feeds = list(CalibrationSource(bundle, LabeledDataset.read(test), 8))
+    spec = m.components["image_encoder"]
+    fp32 = _run({"image_encoder": (spec, bundle.file(spec.files["fp32"].path))}, "image_encoder", feeds)
+    for target, exact in (("int8-trt", True), ("int8-cpu", False)):
+        q = _run({"image_encoder": (spec, bundle.file(spec.files[target].path))}, "image_encoder", feeds, exact=exact)
+        assert report["branches"][target]["image_encoder"] == pytest.approx(cosine_stats(fp32, q), abs=1e-7)
 
 
 def test_policy_falls_back_the_part_that_breaks_thresholds():
@@ -154,3 +203,25 @@ def test_calibration_source_is_ordered_reiterable_and_refuses_small_sets(tiny_bu
     assert all(np.array_equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(first, second))
     with pytest.raises(DataError, match="at least 16 real samples"):
         select_calibration(data.head(10), 16)
+
+
+def test_int8_cpu_on_another_kind_of_cpu_warns(calibrated, tmp_path):
+    """U8S8 kernels round differently with and without VNNI: the measured policy holds for CPUs like the one
+    that measured it, and loading it elsewhere says so."""
+    import dataclasses
+    import shutil
+    import warnings
+
+    bundle = Bundle.open(shutil.copytree(calibrated[0], tmp_path / "bundle"))
+    here = cpu_info()["vnni"]
+    if here is None:
+        pytest.skip("this OS does not say whether the CPU has VNNI")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Pipeline.load(bundle.root, precision="int8").close()  # same kind of CPU: silent
+    bundle.save(dataclasses.replace(bundle.manifest, calibration={**bundle.manifest.calibration, "cpu_vnni": not here}))
+    with pytest.warns(RuntimeWarning, match="Re-run `fusionrt calibrate` on this kind of CPU"):
+        Pipeline.load(bundle.root, precision="int8").close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Pipeline.load(bundle.root, precision="fp32").close()  # no INT8 part: nothing to say

@@ -36,6 +36,9 @@ def test_manifest_records_what_issue_asks(tiny_bundle):
         (lambda d: d["components"]["image_encoder"]["inputs"][0].update(dtype="float99"), "dtype must be one of"),
         (lambda d: d.update(profile={"batch": [8, 1, 32], "seq": [1, 1, 1]}), "profile.batch must be"),
         (lambda d: d.update(precision={"image_encoder": "int4"}), "precision entry image_encoder=int4"),
+        (lambda d: d.update(policies={"int8-gpu": {"precision": {}}}), "policies entry 'int8-gpu' invalid"),
+        (lambda d: d.update(policies={"int8-trt": {"precision": {"head": "int8"}}}),
+         "policies.int8-trt.precision entry head=int8"),
     ],
 )
 def test_bad_manifest_is_refused_with_reason(tiny_bundle, tmp_path, edit, message):
@@ -67,3 +70,16 @@ def test_changed_file_fails_sha_check(tiny_bundle, tmp_path):
     (copy / "fusion_head.onnx").unlink()
     with pytest.raises(BundleError, match="is missing"):
         Bundle.open(copy).verify()
+
+
+def test_policy_per_target_round_trips_and_falls_back_to_precision(tiny_bundle):
+    import dataclasses
+
+    manifest = Manifest.read(tiny_bundle)
+    assert manifest.precision_for("int8-trt") == dict(manifest.precision)  # not calibrated: the one precision
+    trt = {"image_encoder": "int8", "text_encoder": "fp16", "fusion_head": "int8"}
+    edited = dataclasses.replace(manifest, policies={"int8-trt": {"precision": trt, "reason": "measured"}})
+    again = Manifest.from_dict(json.loads(json.dumps(edited.to_dict())))
+    assert again == edited
+    assert again.precision_for("int8-trt") == trt and again.reason_for("int8-trt") == "measured"
+    assert again.precision_for("int8-cpu") == dict(manifest.precision)
