@@ -23,9 +23,12 @@ def minilm_folder() -> Path:
 
 
 def build_model(labels, text_model: str | Path, image_backbone: str = "resnet50", image_weights: str | None = None,
-                text_pooling: str = "mean", max_seq_len: int = 128, head_hidden=(512,), image_size=(224, 224)) -> FusionClassifier:
+                text_pooling: str = "mean", max_seq_len: int = 128, head_hidden=(512,), image_size=(224, 224),
+                seed: int = 0) -> FusionClassifier:
     """labels: class names; text_model: a local HF folder or 'minilm'; image_weights: a state-dict file,
-    'efficientnet-lite0' (with image_backbone 'timm:tf_efficientnet_lite0'), or None for random weights."""
+    'efficientnet-lite0' (with image_backbone 'timm:tf_efficientnet_lite0'), or None for random weights.
+    seed: the head's initial weights (and a random image encoder's) come from it: same seed, same model."""
+    require("torch", "building a model").manual_seed(seed)  # torch seeds itself at random in every process
     transformers = require("transformers")
     folder = minilm_folder() if str(text_model) == "minilm" else Path(text_model)
     text = load_text_model(folder)

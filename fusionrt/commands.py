@@ -41,7 +41,7 @@ def cmd_train(args) -> int:
         raise DataError(f"{args.data}: expected 2 or more labels to train a classifier, found {list(train.labels)}.")
     head = tuple(int(w) for w in args.head.split(",") if w.strip())
     model = build_model(train.labels, args.text_model, args.image_backbone, args.image_weights,
-                        args.pooling, args.max_seq_len, head)
+                        args.pooling, args.max_seq_len, head, seed=args.seed)
     settings = TrainSettings(args.epochs, args.batch_size, args.lr, seed=args.seed, unfreeze=args.unfreeze)
     _say(f"training on {len(train)} samples, {len(train.labels)} classes ({args.image_backbone} + {args.text_model})")
     stats = train_head(model, train, settings)

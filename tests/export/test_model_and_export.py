@@ -54,6 +54,21 @@ def test_training_is_seeded_and_learns(shape_data):
     assert evaluate_torch(a, test)["accuracy"] >= 0.75  # colour is easy to see: chance is 1/3
 
 
+def test_built_models_are_seeded():
+    """torch seeds itself at random in each process: the head's initial weights must come from the seed, or two
+    `fusionrt train` runs on the same data give different checkpoints."""
+    from fusionrt.export.factory import build_model
+
+    torch.manual_seed(123)
+    a = build_model(["a", "b"], "minilm", "resnet18", head_hidden=(16,), image_size=(32, 32), seed=1)
+    torch.manual_seed(456)
+    b = build_model(["a", "b"], "minilm", "resnet18", head_hidden=(16,), image_size=(32, 32), seed=1)
+    c = build_model(["a", "b"], "minilm", "resnet18", head_hidden=(16,), image_size=(32, 32), seed=2)
+    for x, y, z in zip(a.head.parameters(), b.head.parameters(), c.head.parameters()):
+        assert torch.equal(x, y) and (x.ndim == 1 or not torch.equal(x, z))
+    assert all(torch.equal(x, y) for x, y in zip(a.image_encoder.parameters(), b.image_encoder.parameters()))
+
+
 def test_bundle_matches_pytorch(tiny_bundle, trained_checkpoint, shape_data):
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert manifest["parity"]["max_abs_logit_diff"] <= 1e-4

@@ -1,0 +1,158 @@
+"""The fused TensorRT path's ordering, checked on a recording stand-in for CUDA (no GPU here): what is enqueued on
+which stream, which waits come first, when a CUDA graph is captured and replayed, and what `close` releases.
+The same path runs on real streams in the GPU test and in benchmarks/gpu_check.py."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fusionrt.runtime.backends import tensorrt as trt_backend
+from fusionrt.runtime.pipeline import Timings
+
+
+class Recorder:
+    def __init__(self):
+        self.log, self.clock = [], 0.0
+
+    def __call__(self, *entry):
+        self.log.append(entry)
+
+
+class FakeStream:
+    def __init__(self, name, rec):
+        self.name, self.rec = name, rec
+
+    def wait(self, event):
+        self.rec("wait", self.name, event.name)
+
+    def synchronize(self):
+        self.rec("sync", self.name)
+
+
+class FakeEvent:
+    def __init__(self, rec):
+        self.rec, self.name, self.at, self.closed = rec, None, None, False
+
+    def record(self, stream):
+        self.rec.clock += 1.0
+        self.at = self.rec.clock
+        self.rec("record", stream.name, self.name)
+
+    def elapsed_ms(self, start):
+        return self.at - start.at
+
+    def close(self):
+        self.closed = True
+
+
+class FakeGraph:
+    """Capture = run the enqueue function once with the log marked; launch = replay what it logged."""
+
+    def __init__(self, stream, enqueue, rec):
+        self.rec, self.closed = rec, False
+        rec("capture-begin", stream.name)
+        start = len(rec.log)
+        enqueue()
+        self.ops = rec.log[start:]
+        rec("capture-end", stream.name)
+
+    def launch(self):
+        self.rec("launch")
+        for op in self.ops:
+            if op[0] == "record":  # replayed event records move the clock like real ones
+                self.rec.clock += 1.0
+        self.rec.log.extend(self.ops)
+
+    def close(self):
+        self.closed = True
+
+
+class FakeBackend:
+    def __init__(self, name, rec, inputs, outputs):
+        self.name, self.rec = name, rec
+        self.stream = FakeStream(name, rec)
+        self.tensors = {n: SimpleNamespace(device=SimpleNamespace(ptr=f"{name}:{n}"), max_shape=(32, dim))
+                        for n, dim in {**inputs, **outputs}.items()}
+        self.addresses = {}
+        self.context = SimpleNamespace(set_tensor_address=lambda n, p: self.addresses.__setitem__(n, p))
+        self.shapes = {}
+
+    def set_inputs(self, feeds):
+        self.set_shapes({k: v.shape for k, v in feeds.items()})
+
+    def set_shapes(self, shapes):
+        self.shapes.update(shapes)
+
+    def enqueue_copy_in(self):
+        self.rec("copy-in", self.stream.name)
+
+    def enqueue_run(self):
+        self.rec("run", self.stream.name)
+
+    def enqueue_copy_out(self):
+        self.rec("copy-out", self.stream.name)
+
+    def outputs(self):
+        return {"logits": np.zeros((self.shapes["image_features"][0], 3), np.float32)}
+
+
+@pytest.fixture()
+def fused(monkeypatch):
+    rec = Recorder()
+    monkeypatch.setattr(trt_backend.cuda, "Event", lambda: FakeEvent(rec))
+    monkeypatch.setattr(trt_backend.cuda, "Graph", lambda stream, enqueue: FakeGraph(stream, enqueue, rec))
+    image = FakeBackend("image", rec, {"pixel_values": 3}, {"image_features": 16})
+    text = FakeBackend("text", rec, {"input_ids": 8, "attention_mask": 8}, {"text_features": 8})
+    head = FakeBackend("head", rec, {"image_features": 16, "text_features": 8}, {"logits": 3})
+
+    def make(graphs):
+        fusion = trt_backend.TensorRTFusion(image, text, head, graphs=graphs)
+        for name, event in fusion.events.items():
+            event.name = name
+        return fusion, rec, head
+
+    return make
+
+
+def _call(fusion, batch=2, seq=5):
+    tokens = {"input_ids": np.zeros((batch, seq), np.int64), "attention_mask": np.ones((batch, seq), np.int64)}
+    timings = Timings()
+    logits = fusion.logits(np.zeros((batch, 3, 4, 4), np.float32), tokens, timings)
+    return logits, timings
+
+
+def test_branches_fork_from_the_head_stream_and_the_head_waits_for_both(fused):
+    fusion, rec, head = fused(graphs=False)
+    logits, timings = _call(fusion)
+    log = rec.log
+    fork = log.index(("record", "head", "fork"))
+    for branch in ("image", "text"):
+        wait = log.index(("wait", branch, "fork"))
+        assert fork < wait < log.index(("copy-in", branch)) < log.index(("run", branch))
+        assert log.index(("run", branch)) < log.index(("record", branch, f"{branch}1"))
+    head_run = log.index(("run", "head"))
+    assert log.index(("wait", "head", "image1")) < head_run and log.index(("wait", "head", "text1")) < head_run
+    assert ("copy-in", "head") not in log  # the head reads the encoders' device outputs: no host round trip
+    assert head.addresses == {"image_features": "image:image_features", "text_features": "text:text_features"}
+    assert head_run < log.index(("copy-out", "head")) < log.index(("record", "head", "head1")) < log.index(("sync", "head"))
+    assert [e for e in log if e[0] == "sync"] == [("sync", "head")]  # one host sync per call
+    assert head.shapes == {"image_features": (2, 16), "text_features": (2, 8)}
+    assert logits.shape == (2, 3)
+    assert timings.image_ms > 0 and timings.text_ms > 0 and timings.head_ms > 0
+
+
+def test_cuda_graph_is_captured_on_the_second_call_per_shape_and_replayed_after(fused):
+    fusion, rec, _ = fused(graphs=True)
+    _call(fusion)  # first call: eager (TensorRT does lazy set-up on its first enqueue)
+    assert not fusion.graphs and not any(e[0] == "capture-begin" for e in rec.log)
+    _call(fusion)  # second: captured on the head stream, then launched
+    assert list(fusion.graphs) == [(2, 5)] and ("capture-begin", "head") in rec.log
+    captured = len(rec.log)
+    _call(fusion)  # third: replayed, nothing re-captured
+    assert rec.log.count(("capture-begin", "head")) == 1 and ("launch",) in rec.log[captured:]
+    _call(fusion, batch=4, seq=7)  # a new (batch, seq) bucket starts eager again
+    assert list(fusion.graphs) == [(2, 5)]
+    graphs, events = list(fusion.graphs.values()), list(fusion.events.values())
+    fusion.close()
+    assert all(g.closed for g in graphs) and all(e.closed for e in events)
