@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,17 @@ EXACT_QDQ = {"int8-cpu": False, "int8-trt": True}
 _OUTPUT = {"image_encoder": "image_features", "text_encoder": "text_features"}
 
 
-def _run(backend_files: dict, component: str, feeds: list, exact: bool = False) -> np.ndarray:
+def _run(backend_files: dict, component: str, feeds: list, exact: bool = False, seconds: dict | None = None) -> np.ndarray:
+    """`component` over every feed; `seconds[component]` gets the inference time when a dict is passed."""
     comp_spec, path = backend_files[component]
     with OnnxRuntimeBackend(path, comp_spec.inputs, comp_spec.outputs, ["CPUExecutionProvider"], optimize=not exact) as b:
         name = comp_spec.outputs[0].name
         names = {s.name for s in comp_spec.inputs}
-        return np.concatenate([b.infer({k: v for k, v in f.items() if k in names})[name] for f in feeds])
+        start = time.perf_counter()
+        out = np.concatenate([b.infer({k: v for k, v in f.items() if k in names})[name] for f in feeds])
+        if seconds is not None:
+            seconds[component] = time.perf_counter() - start
+        return out
 
 
 def _batched(array: np.ndarray, sizes: list) -> list:
@@ -64,7 +70,8 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     fp32_files = {c: (m.components[c], bundle.file(m.components[c].files["fp32"].path)) for c in COMPONENTS}
 
     # FP32 features: the head's calibration inputs, and the fidelity reference.
-    fp32 = {c: _run(fp32_files, c, eval_feeds) for c in _OUTPUT}
+    fp32_seconds = {}  # where the model time goes: the policy puts INT8 where it saves the most
+    fp32 = {c: _run(fp32_files, c, eval_feeds, seconds=fp32_seconds) for c in _OUTPUT}
     calib_feats = {c: _run(fp32_files, c, calib_feeds) for c in _OUTPUT}
     head_calib_feeds = [{"image_features": i, "text_features": t} for i, t in zip(
         _batched(calib_feats["image_encoder"], [len(f["pixel_values"]) for f in calib_feeds]),
@@ -88,7 +95,8 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
 
     # Fidelity on the held-out split, per target: INT8 parts use that target's Q/DQ model; FP16 is one file.
     labels_true = held_out.label_indices(m.labels)
-    fp32_logits = _head_logits(fp32_files["fusion_head"], fp32["image_encoder"], fp32["text_encoder"])
+    fp32_logits = _head_logits(fp32_files["fusion_head"], fp32["image_encoder"], fp32["text_encoder"],
+                               seconds=fp32_seconds)
     fp32_outcome = head_outcome(fp32_logits, fp32_logits, labels_true, len(m.labels))
     fp16_files = {c: (m.components[c], written[(c, "fp16")]) for c in COMPONENTS}
     fp16 = {c: _run(fp16_files, c, eval_feeds) for c in _OUTPUT}
@@ -116,7 +124,7 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     for target in TARGETS:
         if requested is None:
             key, reason = choose_policy({k: {target: o[target]} for k, o in outcomes.items()},
-                                        fp32_outcome["accuracy"], COMPONENTS, thresholds)
+                                        fp32_outcome["accuracy"], COMPONENTS, thresholds, fp32_seconds)
         else:
             key, reason = tuple(requested[c] for c in COMPONENTS), "chosen by the user (--precision)"
         policies[target] = {"precision": dict(zip(COMPONENTS, key)), "reason": reason,
@@ -130,6 +138,7 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
         "measured_on": {"cpu": cpu["model"], "vnni": cpu["vnni"],
                         "int8-trt": "Q/DQ run as written (exact integer arithmetic, as TensorRT computes it)"},
         "fp32": fp32_outcome,
+        "fp32_model_ms": {c: 1e3 * fp32_seconds[c] for c in COMPONENTS},  # held-out split, this CPU
         "branches": branches,
         "end_to_end": rows,
         "policy": {t: {"chosen": format_precision(p["precision"]), "reason": p["reason"]} for t, p in policies.items()},
@@ -161,8 +170,13 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     return report
 
 
-def _head_logits(head_file, image_features: np.ndarray, text_features: np.ndarray, exact: bool = False) -> np.ndarray:
+def _head_logits(head_file, image_features: np.ndarray, text_features: np.ndarray, exact: bool = False,
+                 seconds: dict | None = None) -> np.ndarray:
     spec, path = head_file
     with OnnxRuntimeBackend(path, spec.inputs, spec.outputs, ["CPUExecutionProvider"], optimize=not exact) as b:
-        return b.infer({"image_features": image_features.astype(np.float32),
-                        "text_features": text_features.astype(np.float32)})["logits"]
+        start = time.perf_counter()
+        logits = b.infer({"image_features": image_features.astype(np.float32),
+                          "text_features": text_features.astype(np.float32)})["logits"]
+        if seconds is not None:
+            seconds["fusion_head"] = time.perf_counter() - start
+        return logits

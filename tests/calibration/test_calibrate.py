@@ -191,6 +191,29 @@ def test_policy_prefers_fp16_over_fp32_for_a_fallen_part():
     assert chosen == ("fp16", "int8", "int8") and "image_encoder kept FP16" in reason
 
 
+def test_policy_puts_int8_where_the_model_time_is():
+    ok = {"top1_agreement": 0.995, "accuracy": 0.90}
+    bad = {"top1_agreement": 0.97, "accuracy": 0.90}
+    parts = ("image_encoder", "text_encoder", "fusion_head")
+    outcomes = {
+        ("int8", "int8", "int8"): {"cpu": bad},
+        ("fp16", "int8", "fp16"): {"cpu": ok},  # the text encoder in INT8
+        ("fp16", "fp16", "int8"): {"cpu": ok},  # the head in INT8
+        ("fp16", "fp16", "fp16"): {"cpu": ok},
+    }
+    seconds = {"image_encoder": 1.9, "text_encoder": 3.0, "fusion_head": 0.1}
+    chosen, reason = choose_policy(outcomes, 0.90, parts, Thresholds(), seconds)
+    assert chosen == ("fp16", "int8", "fp16") and "on 60% of the FP32 model time" in reason
+    seconds["fusion_head"], seconds["text_encoder"] = 3.0, 0.1  # a model whose time is in the head
+    assert choose_policy(outcomes, 0.90, parts, Thresholds(), seconds)[0] == ("fp16", "fp16", "int8")
+
+
+def test_report_records_where_the_fp32_time_goes(calibrated):
+    report = calibrated[1]
+    assert set(report["fp32_model_ms"]) == {"image_encoder", "text_encoder", "fusion_head"}
+    assert all(ms > 0 for ms in report["fp32_model_ms"].values())
+
+
 def test_calibration_source_is_ordered_reiterable_and_refuses_small_sets(tiny_bundle, shape_data):
     data = LabeledDataset.read(shape_data[0])
     calib, rest = select_calibration(data, 16)
