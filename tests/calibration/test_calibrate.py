@@ -161,40 +161,40 @@ def test_tensorrt_fidelity_is_measured_on_exact_qdq_arithmetic(calibrated):
         assert report["branches"][target]["image_encoder"] == pytest.approx(cosine_stats(fp32, q), abs=1e-7)
 
 
+PARTS = ("image_encoder", "text_encoder", "fusion_head")
+
+
 def test_policy_falls_back_the_part_that_breaks_thresholds():
     ok = {"top1_agreement": 0.995, "accuracy": 0.90}
     bad = {"top1_agreement": 0.90, "accuracy": 0.80}
-    parts = ("image_encoder", "text_encoder", "fusion_head")
     outcomes = {
         ("int8", "int8", "int8"): {"cpu": bad, "trt": bad},
         ("fp32", "int8", "int8"): {"cpu": ok, "trt": ok},
         ("int8", "fp32", "int8"): {"cpu": ok, "trt": bad},
         ("fp32", "fp32", "int8"): {"cpu": ok, "trt": ok},
     }
-    chosen, reason = choose_policy(outcomes, 0.905, parts, Thresholds())
+    chosen, reason = choose_policy(outcomes, 0.905, PARTS, Thresholds())
     assert chosen == ("fp32", "int8", "int8") and "image_encoder kept FP32" in reason
-    chosen, reason = choose_policy({("int8", "int8", "int8"): {"cpu": bad}}, 0.905, parts)
+    chosen, reason = choose_policy({("int8", "int8", "int8"): {"cpu": bad}}, 0.905, PARTS)
     assert chosen == ("fp32", "fp32", "fp32") and "kept FP32" in reason
 
 
 def test_policy_prefers_fp16_over_fp32_for_a_fallen_part():
     ok = {"top1_agreement": 1.0, "accuracy": 0.90}
     bad = {"top1_agreement": 0.95, "accuracy": 0.85}
-    parts = ("image_encoder", "text_encoder", "fusion_head")
     outcomes = {
         ("int8", "int8", "int8"): {"cpu": bad},
         ("fp16", "int8", "int8"): {"cpu": ok},
         ("fp32", "int8", "int8"): {"cpu": ok},
         ("fp16", "fp16", "fp16"): {"cpu": ok},
     }
-    chosen, reason = choose_policy(outcomes, 0.90, parts)
+    chosen, reason = choose_policy(outcomes, 0.90, PARTS)
     assert chosen == ("fp16", "int8", "int8") and "image_encoder kept FP16" in reason
 
 
 def test_policy_puts_int8_where_the_model_time_is():
     ok = {"top1_agreement": 0.995, "accuracy": 0.90}
     bad = {"top1_agreement": 0.97, "accuracy": 0.90}
-    parts = ("image_encoder", "text_encoder", "fusion_head")
     outcomes = {
         ("int8", "int8", "int8"): {"cpu": bad},
         ("fp16", "int8", "fp16"): {"cpu": ok},  # the text encoder in INT8
@@ -202,10 +202,10 @@ def test_policy_puts_int8_where_the_model_time_is():
         ("fp16", "fp16", "fp16"): {"cpu": ok},
     }
     seconds = {"image_encoder": 1.9, "text_encoder": 3.0, "fusion_head": 0.1}
-    chosen, reason = choose_policy(outcomes, 0.90, parts, Thresholds(), seconds)
+    chosen, reason = choose_policy(outcomes, 0.90, PARTS, Thresholds(), seconds)
     assert chosen == ("fp16", "int8", "fp16") and "on 60% of the FP32 model time" in reason
     seconds["fusion_head"], seconds["text_encoder"] = 3.0, 0.1  # a model whose time is in the head
-    assert choose_policy(outcomes, 0.90, parts, Thresholds(), seconds)[0] == ("fp16", "fp16", "int8")
+    assert choose_policy(outcomes, 0.90, PARTS, Thresholds(), seconds)[0] == ("fp16", "fp16", "int8")
 
 
 def test_report_records_where_the_fp32_time_goes(calibrated):
