@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from importlib import metadata
 
-from fusionrt.runtime.optional import require
+from fusionrt.runtime.optional import installed_versions, require
 
 __all__ = ["machine_info", "markdown_table", "plot_rows"]
 
@@ -30,14 +29,8 @@ def machine_info() -> dict:
     from fusionrt.runtime.cpu import cpu_info
 
     cpu = cpu_info()
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return {"cpu": cpu["model"], "cores": os.cpu_count(), "vnni": bool(cpu["vnni"]), "amx": bool(cpu["amx"]),
-            "gpus": _gpus(), "packages": versions}
+            "gpus": _gpus(), "packages": installed_versions(PACKAGES)}
 
 
 def _label(r: dict) -> str:

@@ -66,7 +66,6 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     requested = None if precision == "auto" else parse_precision(precision)
     calib_feeds = list(CalibrationSource(bundle, calib, batch_size))
     eval_feeds = list(CalibrationSource(bundle, held_out, batch_size))
-    sizes = [len(f["pixel_values"]) for f in eval_feeds]
     fp32_files = {c: (m.components[c], bundle.file(m.components[c].files["fp32"].path)) for c in COMPONENTS}
 
     # FP32 features: the head's calibration inputs, and the fidelity reference.
@@ -145,7 +144,6 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     }
     report["summary"] = {
         "fp32_accuracy": fp32_outcome["accuracy"],
-        "cpu_vnni": cpu["vnni"],
         **{t: {"precision": format_precision(p["precision"]), **p["outcome"],
                **{f"{c}_cosine_min": branches[t][c]["min"] for c in _OUTPUT}} for t, p in policies.items()},
     }
@@ -172,11 +170,5 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
 
 def _head_logits(head_file, image_features: np.ndarray, text_features: np.ndarray, exact: bool = False,
                  seconds: dict | None = None) -> np.ndarray:
-    spec, path = head_file
-    with OnnxRuntimeBackend(path, spec.inputs, spec.outputs, ["CPUExecutionProvider"], optimize=not exact) as b:
-        start = time.perf_counter()
-        logits = b.infer({"image_features": image_features.astype(np.float32),
-                          "text_features": text_features.astype(np.float32)})["logits"]
-        if seconds is not None:
-            seconds["fusion_head"] = time.perf_counter() - start
-        return logits
+    feed = {"image_features": image_features.astype(np.float32), "text_features": text_features.astype(np.float32)}
+    return _run({"fusion_head": head_file}, "fusion_head", [feed], exact, seconds)

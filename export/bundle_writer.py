@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import BundleError, CheckpointError
 from fusionrt.runtime.manifest import Component, Manifest, ModelFile, Profile, TokenizerSpec, sha256_of
+from fusionrt.runtime.optional import installed_versions
 from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.tokenize import TextTokenizer
 
@@ -90,7 +90,7 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
                             "tolerance": c.tolerance} for c in checks],
                 "max_abs_logit_diff": max(c.max_abs_diff for c in checks if c.output == "logits"),
             },
-            producer={**_versions(), "opset": str(opset), "exporter": "dynamo" if dynamo else "torchscript"},
+            producer={**installed_versions(_PRODUCERS), "opset": str(opset), "exporter": "dynamo" if dynamo else "torchscript"},
         )
         manifest.write(staging)
         _move_into(staging, out_dir)
@@ -131,16 +131,6 @@ def _tolerance(key, logit_tolerance: float, reference: np.ndarray) -> float:
     if key[1] == "logits":
         return logit_tolerance
     return max(logit_tolerance, 1e-5 * float(np.max(np.abs(reference))) * 10)
-
-
-def _versions() -> dict:
-    out = {}
-    for name in _PRODUCERS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _move_into(staging: Path, out_dir: Path) -> None:

@@ -136,16 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _range(text: str) -> tuple:
-    try:
-        values = tuple(int(v) for v in text.split(":"))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, found '{text}'")
-    return values
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

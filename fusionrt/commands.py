@@ -156,7 +156,7 @@ def cmd_info(args) -> int:
         "labels": list(m.labels),
         "precision": dict(m.precision),
         "precision_reason": m.precision_reason,
-        "policies": {t: {"precision": p["precision"], "reason": p["reason"]} for t, p in m.policies.items()},
+        "policies": m.to_dict()["policies"],
         "components": {name: {"files": sorted(c.files), "inputs": [t.to_dict() for t in c.inputs],
                               "outputs": [t.to_dict() for t in c.outputs],
                               "engines": [e.path for e in c.engines]} for name, c in m.components.items()},

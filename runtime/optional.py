@@ -1,10 +1,11 @@
 """The one place optional packages are imported: lazily, with the pip extra to install on failure."""
 
 import importlib
+from importlib import metadata
 
 from fusionrt.runtime.errors import BackendUnavailable
 
-__all__ = ["require", "is_available"]
+__all__ = ["require", "is_available", "installed_versions"]
 
 # module name -> (pip extra or package that provides it)
 _INSTALL_HINTS = {
@@ -44,3 +45,14 @@ def is_available(module: str) -> bool:
         return True
     except ImportError:
         return False
+
+
+def installed_versions(distributions) -> dict:
+    """Distribution name -> installed version, for those of `distributions` that are installed."""
+    out = {}
+    for name in distributions:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
