@@ -101,7 +101,7 @@ def _build_one(api: TrtApi, logger, onnx_path: Path, comp, precision: str, profi
         raise BundleError(f"{api.product} {api.version} could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     api.set_precision(config, precision)
-    api.set_target(config, None if cc is None else cc)
+    api.set_target(config, cc)
     if workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     optimization = builder.create_optimization_profile()
