@@ -92,8 +92,14 @@ class Event(_Resource):
         flags = rt.cudaEventDefault if timing else rt.cudaEventDisableTiming
         self.handle = cuda_call(rt.cudaEventCreateWithFlags(flags))
 
-    def record(self, stream: Stream) -> "Event":
-        cuda_call(cudart().cudaEventRecord(self.handle, stream.handle))
+    def record(self, stream: Stream, external: bool = False) -> "Event":
+        """Record on `stream`. Inside a stream capture a plain record only joins streams within the graph: the
+        event is never recorded on replay, so it cannot be timed or queried after a launch. `external=True` makes
+        it an event-record node that fires on every replay (what a timing mark needs); outside a capture both
+        record the same way."""
+        rt = cudart()
+        flags = rt.cudaEventRecordExternal if external else rt.cudaEventRecordDefault
+        cuda_call(rt.cudaEventRecordWithFlags(self.handle, stream.handle, flags))
         return self
 
     def synchronize(self) -> None:
@@ -164,7 +170,10 @@ class Graph(_Resource):
             enqueue()
         finally:
             self.graph = cuda_call(rt.cudaStreamEndCapture(stream.handle))
-        self.exec = cuda_call(rt.cudaGraphInstantiate(self.graph, 0))
+        self._instantiate()
+
+    def _instantiate(self) -> None:
+        self.exec = cuda_call(cudart().cudaGraphInstantiate(self.graph, 0))
 
     def launch(self) -> None:
         cuda_call(cudart().cudaGraphLaunch(self.exec, self.stream.handle))

@@ -179,26 +179,32 @@ class TensorRTFusion:
 
     def __init__(self, image: TensorRTBackend, text: TensorRTBackend, head: TensorRTBackend, graphs: bool = False):
         self.image, self.text, self.head, self.use_graphs = image, text, head, graphs
-        self.events = {k: cuda.Event() for k in ("fork", "image0", "image1", "text0", "text1", "head1")}
+        # Two kinds of event, because a CUDA graph treats them differently: joins order the streams (inside a
+        # capture they become graph edges), marks time the steps (captured as event-record nodes, so they are
+        # recorded again on every replay and can be read after it).
+        self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done")}
+        self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
         self.graphs: dict = {}
         self._seen: set = set()
 
     def _enqueue(self) -> None:
-        ev, main = self.events, self.head.stream
-        ev["fork"].record(main)  # the branches start after the caller's earlier work on `main`
-        for backend, start, end in ((self.image, "image0", "image1"), (self.text, "text0", "text1")):
-            backend.stream.wait(ev["fork"])
-            ev[start].record(backend.stream)
+        joins, marks, main = self.joins, self.marks, self.head.stream
+        joins["fork"].record(main)  # the branches start after the caller's earlier work on `main`
+        marks["start"].record(main, external=True)
+        for backend, branch in ((self.image, "image"), (self.text, "text")):
+            backend.stream.wait(joins["fork"])
+            marks[f"{branch}0"].record(backend.stream, external=True)
             backend.enqueue_copy_in()
             backend.enqueue_run()
-            ev[end].record(backend.stream)
-        main.wait(ev["image1"])
-        main.wait(ev["text1"])
+            marks[f"{branch}1"].record(backend.stream, external=True)
+            joins[f"{branch}_done"].record(backend.stream)
+        main.wait(joins["image_done"])
+        main.wait(joins["text_done"])
         for name, source in (("image_features", self.image), ("text_features", self.text)):
             self.head.context.set_tensor_address(name, source.tensors[name].device.ptr)  # no host round trip
         self.head.enqueue_run()
         self.head.enqueue_copy_out()
-        ev["head1"].record(main)
+        marks["head1"].record(main, external=True)
 
     def logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], timings) -> np.ndarray:
         self.image.set_inputs({"pixel_values": pixels})
@@ -218,19 +224,19 @@ class TensorRTFusion:
             self._seen.add(key)
             self._enqueue()
         self.head.stream.synchronize()
-        ev = self.events
-        timings.image_ms = ev["image1"].elapsed_ms(ev["image0"])
-        timings.text_ms = ev["text1"].elapsed_ms(ev["text0"])
-        timings.branches_ms = max(ev["image1"].elapsed_ms(ev["fork"]), ev["text1"].elapsed_ms(ev["fork"]))
-        timings.head_ms = ev["head1"].elapsed_ms(ev["fork"]) - timings.branches_ms
+        m = self.marks
+        timings.image_ms = m["image1"].elapsed_ms(m["image0"])
+        timings.text_ms = m["text1"].elapsed_ms(m["text0"])
+        timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
+        timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
         return self.head.outputs()["logits"]
 
     def close(self) -> None:
         for graph in self.graphs.values():
             graph.close()
-        for event in self.events.values():
+        for event in (*self.joins.values(), *self.marks.values()):
             event.close()
-        self.graphs, self.events = {}, {}
+        self.graphs, self.joins, self.marks = {}, {}, {}
 
 
 def int8_target(_options: Mapping) -> str:

@@ -49,3 +49,69 @@ def test_gpu_roundtrip_across_two_streams_and_graph():
             graph.launch()
             s1.synchronize()
         assert np.array_equal(src.array, dst.array)
+
+
+def _no_driver() -> bool:
+    """cuda-bindings installed, no CUDA driver: every call returns cudaErrorInsufficientDriver, but only after
+    cuda-bindings has checked the call's arguments (their number and types)."""
+    if not is_available("cuda.bindings.runtime"):
+        return False
+    from cuda.bindings import runtime as rt
+
+    return rt.cudaGetDeviceCount()[0] == rt.cudaError_t.cudaErrorInsufficientDriver
+
+
+def _unbuilt(cls, **fields):
+    """An instance whose __init__ never ran (its own CUDA call would fail first here), holding null handles."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
+@pytest.mark.skipif(not _no_driver(), reason="needs cuda-bindings without a CUDA driver (the GPU test covers a GPU)")
+def test_every_cuda_call_matches_the_installed_cuda_bindings():
+    """Each wrapper's call reaches the driver with arguments cuda-bindings accepts: a wrong name, argument count or
+    type would raise AttributeError or TypeError here, before the clean 'no driver' error."""
+    import numpy as np
+
+    from fusionrt.runtime import cuda
+
+    rt = cuda.cudart()
+    stream = _unbuilt(cuda.Stream, handle=rt.cudaStream_t(0), owned=True)
+    event = _unbuilt(cuda.Event, handle=rt.cudaEvent_t())
+    host = _unbuilt(cuda.PinnedBuffer, ptr=4096, nbytes=16, array=None)
+    device = _unbuilt(cuda.DeviceBuffer, ptr=4096, nbytes=16)
+    graph = _unbuilt(cuda.Graph, stream=stream, graph=rt.cudaGraph_t(), exec=rt.cudaGraphExec_t())
+    calls = {
+        "Stream()": cuda.Stream,
+        "Stream.synchronize": stream.synchronize,
+        "Stream.wait": lambda: stream.wait(event),
+        "Stream.close": stream.close,
+        "Event()": cuda.Event,
+        "Event(timing=False)": lambda: cuda.Event(timing=False),
+        "Event.record": lambda: event.record(stream),
+        "Event.record(external)": lambda: event.record(stream, external=True),
+        "Event.synchronize": event.synchronize,
+        "Event.elapsed_ms": lambda: event.elapsed_ms(event),
+        "Event.close": event.close,
+        "PinnedBuffer()": lambda: cuda.PinnedBuffer((4,), np.float32),
+        "PinnedBuffer.close": host.close,
+        "DeviceBuffer()": lambda: cuda.DeviceBuffer(16),
+        "DeviceBuffer.copy_from_host": lambda: device.copy_from_host(host, stream),
+        "DeviceBuffer.copy_to_host": lambda: device.copy_to_host(host, stream, 8),
+        "DeviceBuffer.copy_from_device": lambda: device.copy_from_device(device, stream),
+        "DeviceBuffer.close": device.close,
+        "Graph() (begin and end capture)": lambda: cuda.Graph(stream, lambda: None),
+        "Graph instantiate": graph._instantiate,
+        "Graph.launch": graph.launch,
+        "Graph.close": graph.close,
+        "Graph.close (captured, not instantiated)": _unbuilt(cuda.Graph, graph=rt.cudaGraph_t(), exec=None).close,
+        "compute_capability": cuda.compute_capability,
+    }
+    for name, call in calls.items():
+        with pytest.raises(BackendUnavailable, match="cudaErrorInsufficientDriver") as raised:
+            call()
+        assert "CUDA call failed" in str(raised.value), name
+    borrowed = cuda.Stream(1234)  # a caller's handle: wrapped without a call, never destroyed
+    assert borrowed.ptr == 1234 and not borrowed.owned
+    borrowed.close()

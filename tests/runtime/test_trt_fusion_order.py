@@ -13,7 +13,7 @@ from fusionrt.runtime.pipeline import Timings
 
 class Recorder:
     def __init__(self):
-        self.log, self.clock = [], 0.0
+        self.log, self.clock, self.capturing = [], 0.0, False
 
     def __call__(self, *entry):
         self.log.append(entry)
@@ -24,6 +24,8 @@ class FakeStream:
         self.name, self.rec = name, rec
 
     def wait(self, event):
+        # Inside a capture, a stream joins the graph only by waiting on an event recorded plainly inside it.
+        assert event.captured or not self.rec.capturing, f"wait on {event.name}, which is not a graph edge"
         self.rec("wait", self.name, event.name)
 
     def synchronize(self):
@@ -31,15 +33,20 @@ class FakeStream:
 
 
 class FakeEvent:
-    def __init__(self, rec):
-        self.rec, self.name, self.at, self.closed = rec, None, None, False
+    def __init__(self, rec, timing=True):
+        self.rec, self.timing, self.name, self.at, self.closed = rec, timing, None, None, False
+        self.captured = False  # last recorded as a plain record inside a capture: a graph edge, not a timestamp
 
-    def record(self, stream):
+    def record(self, stream, external=False):
         self.rec.clock += 1.0
         self.at = self.rec.clock
+        self.captured = self.rec.capturing and not external
         self.rec("record", stream.name, self.name)
 
     def elapsed_ms(self, start):
+        # What CUDA refuses: timing an event created without timing, or one a capture turned into a graph edge.
+        assert self.timing and start.timing, "elapsed time of an event created with timing disabled"
+        assert not (self.captured or start.captured), "elapsed time of an event that a capture made a graph edge"
         return self.at - start.at
 
     def close(self):
@@ -52,9 +59,9 @@ class FakeGraph:
     def __init__(self, stream, enqueue, rec):
         self.rec, self.closed = rec, False
         rec("capture-begin", stream.name)
-        start = len(rec.log)
+        start, rec.capturing = len(rec.log), True
         enqueue()
-        self.ops = rec.log[start:]
+        self.ops, rec.capturing = rec.log[start:], False
         rec("capture-end", stream.name)
 
     def launch(self):
@@ -100,7 +107,7 @@ class FakeBackend:
 @pytest.fixture()
 def fused(monkeypatch):
     rec = Recorder()
-    monkeypatch.setattr(trt_backend.cuda, "Event", lambda: FakeEvent(rec))
+    monkeypatch.setattr(trt_backend.cuda, "Event", lambda timing=True: FakeEvent(rec, timing))
     monkeypatch.setattr(trt_backend.cuda, "Graph", lambda stream, enqueue: FakeGraph(stream, enqueue, rec))
     image = FakeBackend("image", rec, {"pixel_values": 3}, {"image_features": 16})
     text = FakeBackend("text", rec, {"input_ids": 8, "attention_mask": 8}, {"text_features": 8})
@@ -108,7 +115,7 @@ def fused(monkeypatch):
 
     def make(graphs):
         fusion = trt_backend.TensorRTFusion(image, text, head, graphs=graphs)
-        for name, event in fusion.events.items():
+        for name, event in {**fusion.joins, **fusion.marks}.items():
             event.name = name
         return fusion, rec, head
 
@@ -130,9 +137,11 @@ def test_branches_fork_from_the_head_stream_and_the_head_waits_for_both(fused):
     for branch in ("image", "text"):
         wait = log.index(("wait", branch, "fork"))
         assert fork < wait < log.index(("copy-in", branch)) < log.index(("run", branch))
-        assert log.index(("run", branch)) < log.index(("record", branch, f"{branch}1"))
+        run = log.index(("run", branch))
+        assert run < log.index(("record", branch, f"{branch}1")) < log.index(("record", branch, f"{branch}_done"))
     head_run = log.index(("run", "head"))
-    assert log.index(("wait", "head", "image1")) < head_run and log.index(("wait", "head", "text1")) < head_run
+    assert log.index(("wait", "head", "image_done")) < head_run and log.index(("wait", "head", "text_done")) < head_run
+    assert not any(e.timing for e in fusion.joins.values())  # joins only order streams: no timestamps to take
     assert ("copy-in", "head") not in log  # the head reads the encoders' device outputs: no host round trip
     assert head.addresses == {"image_features": "image:image_features", "text_features": "text:text_features"}
     assert head_run < log.index(("copy-out", "head")) < log.index(("record", "head", "head1")) < log.index(("sync", "head"))
@@ -149,10 +158,11 @@ def test_cuda_graph_is_captured_on_the_second_call_per_shape_and_replayed_after(
     _call(fusion)  # second: captured on the head stream, then launched
     assert list(fusion.graphs) == [(2, 5)] and ("capture-begin", "head") in rec.log
     captured = len(rec.log)
-    _call(fusion)  # third: replayed, nothing re-captured
+    _, timings = _call(fusion)  # third: replayed, nothing re-captured; the timing marks still read after a replay
     assert rec.log.count(("capture-begin", "head")) == 1 and ("launch",) in rec.log[captured:]
+    assert timings.image_ms > 0 and timings.text_ms > 0 and timings.head_ms > 0
     _call(fusion, batch=4, seq=7)  # a new (batch, seq) bucket starts eager again
     assert list(fusion.graphs) == [(2, 5)]
-    graphs, events = list(fusion.graphs.values()), list(fusion.events.values())
+    graphs, events = list(fusion.graphs.values()), [*fusion.joins.values(), *fusion.marks.values()]
     fusion.close()
     assert all(g.closed for g in graphs) and all(e.closed for e in events)
