@@ -1,0 +1,345 @@
+"""The TensorRT runner's data path, run without a GPU: host memory stands in for device memory, and stand-ins for
+TensorRT's engine and context read and write tensors at the addresses the runner gives them, as TensorRT does.
+
+The stand-ins accept only what the installed TensorRT-RTX classes have: an attribute the class lacks, or a call
+that none of its signatures accepts (argument count, str/int/tuple types), fails the test. What this checks:
+buffers sized once for the profile's largest shapes and used for smaller ones, copies of the right byte counts,
+outputs that follow the input shapes, the fused path's head reading the encoders' device outputs, CUDA graph
+replay on new inputs, and `close()`. Real CUDA semantics still need a GPU (tests/runtime/test_cuda_layer.py's GPU
+test and benchmarks/gpu_check.py)."""
+
+import ctypes
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from packaging.version import Version
+
+from fusionrt.runtime.errors import InputError
+from fusionrt.runtime.manifest import TensorSpec
+from fusionrt.runtime.optional import is_available
+from fusionrt.runtime.pipeline import Timings
+
+pytestmark = pytest.mark.skipif(not is_available("tensorrt_rtx"),
+                                reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
+
+W_IMAGE = np.arange(18, dtype=np.float32).reshape(3, 6) / 10
+W_HEAD = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)
+
+
+def image_model(pixel_values):
+    return {"image_features": pixel_values.mean(axis=(2, 3)) @ W_IMAGE}
+
+
+def text_model(input_ids, attention_mask):
+    summed = (input_ids * attention_mask).sum(axis=1, keepdims=True).astype(np.float32)
+    return {"text_features": summed * np.array([1, 2, 3, 4], np.float32)}
+
+
+def head_model(image_features, text_features):
+    return {"logits": np.concatenate([image_features, text_features], axis=1) @ W_HEAD}
+
+
+# name -> (inputs {name: (dtype, min shape, max shape)}, outputs {name: (dtype, width)}, function)
+MODELS = {
+    "image": ({"pixel_values": ("float32", (1, 3, 4, 4), (4, 3, 4, 4))}, {"image_features": ("float32", 6)},
+              image_model),
+    "text": ({"input_ids": ("int64", (1, 1), (4, 8)), "attention_mask": ("int64", (1, 1), (4, 8))},
+             {"text_features": ("float32", 4)}, text_model),
+    "head": ({"image_features": ("float32", (1, 6), (4, 6)), "text_features": ("float32", (1, 4), (4, 4))},
+             {"logits": ("float32", 3)}, head_model),
+}
+
+
+# -- stand-ins that accept only the real classes' API --------------------------------------------------
+def _params(signature: str) -> list:
+    """The parameters of one pybind11 signature line, `self` left out."""
+    inner = signature[signature.index("(") + 1:]
+    params, depth, current = [], 0, ""
+    for ch in inner:
+        if ch in "([<":
+            depth += 1
+        elif ch in ")]>":
+            if depth == 0:
+                break
+            depth -= 1
+        if ch == "," and depth == 0:
+            params.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    params.append(current.strip())
+    return [p for p in params if p and not p.startswith("self")]
+
+
+def _accepts(param: str, value) -> bool:
+    annotation = param.split(":", 1)[1].split("=")[0].strip() if ":" in param else ""
+    checks = {"str": lambda v: isinstance(v, str), "tuple": lambda v: isinstance(v, tuple),
+              "list": lambda v: isinstance(v, list),
+              "typing.SupportsInt": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
+    return checks.get(annotation, lambda v: True)(value)
+
+
+def check_call(cls, name: str, args: tuple) -> None:
+    method = getattr(cls, name)
+    signatures = [re.sub(r"^\d+\.\s*", "", line.strip()) for line in (method.__doc__ or "").splitlines()]
+    signatures = [s for s in signatures if s.startswith(f"{method.__name__}(") and "*args" not in s]
+    assert signatures, f"{cls.__name__}.{name}: no signature in its docstring"
+    for signature in signatures:
+        params = _params(signature)
+        required = sum("=" not in p for p in params)
+        if required <= len(args) <= len(params) and all(_accepts(p, v) for p, v in zip(params, args)):
+            return
+    raise AssertionError(f"{cls.__name__}.{name}{args!r} matches none of: {signatures}")
+
+
+class Checked:
+    """An instance of a real TensorRT class, as far as the runner can tell: `impl` gives the behaviour."""
+
+    def __init__(self, cls, **impl):
+        self._cls, self._impl = cls, impl
+
+    def __getattr__(self, name):
+        assert hasattr(self._cls, name), f"{self._cls.__name__} has no attribute {name!r}"
+        value = self._impl[name]
+        if isinstance(getattr(self._cls, name), property):
+            return value
+
+        def call(*args):
+            check_call(self._cls, name, args)
+            return value(*args)
+
+        return call
+
+
+# -- an emulated GPU: host memory, work run at once or recorded while a stream captures ----------------
+class Gpu:
+    def __init__(self):
+        self.captured = None  # the ops of a capture in progress
+        self.open: set = set()
+
+    def submit(self, op):
+        if self.captured is not None:
+            self.captured.append(op)
+        else:
+            op()
+
+
+def view(address: int, dtype, shape) -> np.ndarray:
+    dtype, count = np.dtype(dtype), int(np.prod(shape))
+    raw = (ctypes.c_byte * (count * dtype.itemsize)).from_address(address)
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+
+def emulated_cuda(gpu: Gpu):
+    class Buffer:
+        def __init__(self, nbytes):
+            self.memory = np.zeros(max(int(nbytes), 1), np.uint8)
+            self.ptr, self.nbytes = self.memory.ctypes.data, int(nbytes)
+            gpu.open.add(self)
+
+        def close(self):
+            gpu.open.discard(self)
+            self.ptr = 0
+
+    class PinnedBuffer(Buffer):
+        def __init__(self, shape, dtype):
+            super().__init__(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+            self.array = view(self.ptr, dtype, shape)
+
+    class DeviceBuffer(Buffer):
+        def _copy(self, dst, src, nbytes):
+            assert nbytes <= self.nbytes, f"copy of {nbytes} bytes into a {self.nbytes}-byte buffer"
+            gpu.submit(lambda: ctypes.memmove(dst, src, nbytes))
+
+        def copy_from_host(self, host, stream, nbytes=None):
+            self._copy(self.ptr, host.ptr, nbytes or host.nbytes)
+
+        def copy_to_host(self, host, stream, nbytes=None):
+            self._copy(host.ptr, self.ptr, nbytes or host.nbytes)
+
+    class Stream:
+        def __init__(self, handle=None):  # a caller's handle is borrowed, as in the real layer
+            self.owned, self.handle = handle is None, handle or id(self)
+            self.ptr = self.handle
+
+        def wait(self, event):
+            pass
+
+        def synchronize(self):
+            assert gpu.captured is None, "synchronize inside a capture"
+
+        def close(self):
+            self.handle = None
+
+    class Event:
+        def __init__(self, timing=True):
+            gpu.open.add(self)
+
+        def record(self, stream, external=False):
+            pass
+
+        def elapsed_ms(self, start):
+            return 1.0
+
+        def close(self):
+            gpu.open.discard(self)
+
+    class Graph:
+        def __init__(self, stream, enqueue):
+            gpu.captured = []
+            try:
+                enqueue()
+            finally:
+                self.ops, gpu.captured = gpu.captured, None
+            gpu.open.add(self)
+
+        def launch(self):
+            for op in self.ops:
+                op()
+
+        def close(self):
+            gpu.open.discard(self)
+
+    return SimpleNamespace(PinnedBuffer=PinnedBuffer, DeviceBuffer=DeviceBuffer, Stream=Stream, Event=Event,
+                           Graph=Graph)
+
+
+def emulated_engine(trt, gpu: Gpu, model: str):
+    inputs, outputs, function = MODELS[model]
+    names = [*inputs, *outputs]
+    dtype = {"float32": trt.DataType.FLOAT, "int64": trt.DataType.INT64}
+
+    def make_context(*_):
+        shapes, addresses = {}, {}
+
+        def output_shape(name):
+            batch = shapes[next(iter(inputs))][0]
+            return (batch, outputs[name][1])
+
+        def set_input_shape(name, shape):
+            low, high = inputs[name][1], inputs[name][2]
+            assert all(lo <= s <= hi for s, lo, hi in zip(shape, low, high)), f"{name} {shape} outside the profile"
+            shapes[name] = tuple(shape)
+            return True
+
+        def execute_async_v3(stream_handle):
+            # TensorRT reads the shapes and addresses set now; the work runs later on the stream.
+            now = {n: (addresses[n], shapes[n]) for n in inputs}
+            out = {n: (addresses[n], output_shape(n)) for n in outputs}
+
+            def run():
+                feeds = {n: view(a, inputs[n][0], s).copy() for n, (a, s) in now.items()}
+                for n, value in function(**feeds).items():
+                    view(out[n][0], outputs[n][0], out[n][1])[...] = value
+
+            gpu.submit(run)
+            return True
+
+        return Checked(trt.IExecutionContext, set_input_shape=set_input_shape,
+                       get_tensor_shape=lambda n: shapes[n] if n in inputs else output_shape(n),
+                       set_tensor_address=lambda n, p: addresses.__setitem__(n, p) or True,
+                       execute_async_v3=execute_async_v3)
+
+    return Checked(trt.ICudaEngine, num_io_tensors=len(names), get_tensor_name=lambda i: names[i],
+                   get_tensor_mode=lambda n: trt.TensorIOMode.INPUT if n in inputs else trt.TensorIOMode.OUTPUT,
+                   get_tensor_profile_shape=lambda n, p: [inputs[n][1], inputs[n][2], inputs[n][2]],
+                   get_tensor_dtype=lambda n: dtype[(inputs.get(n) or outputs[n])[0]],
+                   create_execution_context=make_context)
+
+
+@pytest.fixture()
+def emulated(monkeypatch, tmp_path):
+    import tensorrt_rtx as trt
+
+    from fusionrt.runtime.backends import tensorrt as trt_backend
+    from fusionrt.runtime.backends.trt_compat import TrtApi
+
+    gpu = Gpu()
+    cu = emulated_cuda(gpu)
+    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph"):
+        monkeypatch.setattr(trt_backend.cuda, name, getattr(cu, name))
+
+    def open_backend(model):
+        engines = {}
+
+        def runtime(logger):
+            check_call(trt.Runtime, "__init__", (logger,))
+            return Checked(trt.Runtime, deserialize_cuda_engine=lambda data: engines.setdefault(
+                model, emulated_engine(trt, gpu, model)))
+
+        module = SimpleNamespace(Logger=trt.Logger, Runtime=runtime, TensorIOMode=trt.TensorIOMode,
+                                 nptype=trt.nptype)
+        api = TrtApi("tensorrt_rtx", module, Version(trt.__version__))
+        path = tmp_path / f"{model}.engine"
+        path.write_bytes(b"plan")
+        inputs, outputs, _ = MODELS[model]
+        specs = tuple(TensorSpec(n, dt, ["batch", "seq"] if model == "text" else ["batch", *hi[1:]])
+                      for n, (dt, _, hi) in inputs.items())
+        out_specs = tuple(TensorSpec(n, dt, ["batch", w]) for n, (dt, w) in outputs.items())
+        return trt_backend.TensorRTBackend(api, path, SimpleNamespace(path=str(path)), specs, out_specs, cu.Stream())
+
+    return SimpleNamespace(open=open_backend, gpu=gpu, trt_backend=trt_backend)
+
+
+def _inputs(batch, seq, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.standard_normal((batch, 3, 4, 4), dtype=np.float32)
+    tokens = {"input_ids": rng.integers(1, 100, (batch, seq), dtype=np.int64),
+              "attention_mask": (rng.random((batch, seq)) < 0.8).astype(np.int64)}
+    return pixels, tokens
+
+
+def _expected(pixels, tokens):
+    return head_model(**image_model(pixels), **text_model(**tokens))["logits"]
+
+
+def test_one_backend_runs_every_shape_in_its_profile_in_buffers_sized_once(emulated):
+    image = emulated.open("image")
+    sizes = {n: t.host.nbytes for n, t in image.tensors.items()}
+    assert sizes == {"pixel_values": 4 * 3 * 4 * 4 * 4, "image_features": 4 * 6 * 4}  # the profile's largest
+    for batch in (2, 4, 1):
+        pixels, _ = _inputs(batch, 1, seed=batch)
+        out = image.infer({"pixel_values": pixels})
+        assert out["image_features"].shape == (batch, 6)
+        np.testing.assert_allclose(out["image_features"], image_model(pixels)["image_features"], rtol=1e-6)
+    assert {n: t.host.nbytes for n, t in image.tensors.items()} == sizes  # no allocation per call
+    with pytest.raises(InputError, match="exceeds the engine's profile maximum"):
+        image.infer({"pixel_values": _inputs(5, 1)[0]})
+    image.close()
+    assert not emulated.gpu.open  # every buffer released
+
+
+def test_fused_path_feeds_the_head_from_the_encoders_device_outputs(emulated):
+    backends = {"image_encoder": emulated.open("image"), "text_encoder": emulated.open("text"),
+                "fusion_head": emulated.open("head")}
+    fusion = emulated.trt_backend.fuse(backends, {"cuda_graphs": False})
+    for batch, seq in ((2, 5), (3, 8), (1, 1)):
+        pixels, tokens = _inputs(batch, seq, seed=batch)
+        logits = fusion.logits(pixels, tokens, Timings())
+        np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
+    head = backends["fusion_head"]
+    assert not head.tensors["image_features"].host.array.any()  # never copied through the host
+    pixels, tokens = _inputs(2, 5, seed=9)  # the head alone still runs from its own input buffers
+    features = {**image_model(pixels), **text_model(**tokens)}
+    np.testing.assert_allclose(head.infer(features)["logits"], _expected(pixels, tokens), rtol=1e-5)
+    fusion.close()
+    for backend in backends.values():
+        backend.close()
+    assert not emulated.gpu.open
+
+
+def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
+    backends = {"image_encoder": emulated.open("image"), "text_encoder": emulated.open("text"),
+                "fusion_head": emulated.open("head")}
+    fusion = emulated.trt_backend.fuse(backends, {"cuda_graphs": True})
+    for seed in range(4):  # eager, captured, then replayed twice: each on new data
+        for batch, seq in ((2, 5), (4, 3)):
+            pixels, tokens = _inputs(batch, seq, seed=10 * seed + batch)
+            np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
+    assert sorted(fusion.graphs) == [(2, 5), (4, 3)]
+    fusion.close()
+    for backend in backends.values():
+        backend.close()
+    assert not emulated.gpu.open
