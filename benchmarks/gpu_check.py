@@ -1,5 +1,6 @@
 """One GPU check, under 5 minutes: the cuda-python layer (streams, events, pinned copies, graph capture,
-borrowed caller streams), then one stream vs two streams for the ResNet-50 + BERT-base branches with
+borrowed caller streams); fusionrt's TensorRT runner itself on real CUDA, with copy engines standing in for
+TensorRT (benchmarks/copy_engine.py); then one stream vs two streams for the ResNet-50 + BERT-base branches with
 PyTorch CUDA FP16 as the engine (TensorRT is not installable on the lent machines).
 
     python benchmarks/gpu_check.py [--out DIR] [--iters 50]
@@ -15,30 +16,25 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-
-def _runtime_cuda():
-    """fusionrt.runtime.cuda from this checkout, without needing fusionrt installed."""
+def _use_checkout() -> None:
+    """Import fusionrt from this checkout without installing it: its folders map onto packages as in setup.py."""
     import importlib.util
-    import types
 
     root = Path(__file__).resolve().parents[1]
-    for name, folder in (("fusionrt", root / "fusionrt"), ("fusionrt.runtime", root / "runtime")):
+    for name, folder in (("fusionrt", root / "fusionrt"), ("fusionrt.runtime", root / "runtime"),
+                         ("fusionrt.benchmarks", root / "benchmarks")):
         if name not in sys.modules:
-            module = types.ModuleType(name)
-            module.__path__ = [str(folder)]
+            spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+            module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-    for name in ("errors", "optional", "cuda"):
-        spec = importlib.util.spec_from_file_location(f"fusionrt.runtime.{name}", root / "runtime" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fusionrt.runtime.cuda"]
+            spec.loader.exec_module(module)
 
 
 def check_cuda_layer(cu) -> dict:
@@ -105,6 +101,46 @@ def borrowed_stream_check(cu, torch) -> dict:
         out["cupy_stream_borrowed"] = True
     except ImportError:
         out["cupy_stream_borrowed"] = "cupy not installed"
+    return out
+
+
+def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dict:
+    """fusionrt's TensorRT runner on real CUDA, with copy engines standing in for TensorRT: both branches on their
+    own streams, the head on `head_stream` (a caller's) after both, eager and with CUDA graphs per (batch, seq).
+    Every call gets new data and its result is compared byte for byte; the event timings must read back."""
+    import tempfile
+
+    from fusionrt.benchmarks.copy_engine import expected_bytes, logits_bytes, open_copy_backends
+    from fusionrt.runtime.backends.tensorrt import fuse
+    from fusionrt.runtime.pipeline import Timings
+
+    rng, out = np.random.default_rng(1), {}
+    with tempfile.TemporaryDirectory() as folder:
+        backends = open_copy_backends(cu, Path(folder), head_stream)
+        try:
+            for mode in ("eager", "cuda_graphs"):
+                fusion = fuse(backends, {"cuda_graphs": mode == "cuda_graphs"})
+                equal, timings_read, host_us = True, True, []
+                try:
+                    for call in range(calls):
+                        batch = (1, 8, 32)[call % 3]
+                        pixels = rng.standard_normal((batch, 12), dtype=np.float32)
+                        tokens = {"input_ids": rng.integers(0, 30522, (batch, 8)),
+                                  "attention_mask": rng.integers(0, 2, (batch, 8))}
+                        timings, start = Timings(), time.perf_counter()
+                        logits = fusion.logits(pixels, tokens, timings)
+                        host_us.append((time.perf_counter() - start) * 1e6)
+                        equal &= bool(np.array_equal(logits_bytes(logits), expected_bytes(pixels, tokens)))
+                        marks = (timings.image_ms, timings.text_ms, timings.branches_ms, timings.head_ms)
+                        timings_read &= all(np.isfinite(m) and m >= -1e-3 for m in marks)
+                    out[mode] = {"results_equal": equal, "timings_read": timings_read,
+                                 "graphs": [list(k) for k in sorted(fusion.graphs)],
+                                 "call_us_median": round(statistics.median(host_us[6:] or host_us), 1)}
+                finally:
+                    fusion.close()
+        finally:
+            for backend in backends.values():
+                backend.close()
     return out
 
 
@@ -180,10 +216,10 @@ def time_branches(torch, cu, models, batch: int, seq: int, iters: int) -> dict:
                     graph_logits = head(torch.cat([i, t], 1))
                 times = []
                 for _ in range(iters):
-                    start.record(a)
-                    static.replay()
-                    torch.cuda.synchronize()
-                    end.record(a)
+                    with torch.cuda.stream(sa):  # replay() launches on the current stream: time it on that one
+                        start.record(a)
+                        static.replay()
+                        end.record(a)
                     end.synchronize()
                     times.append(end.elapsed_ms(start))
                 results["two_streams_graph"] = {"median_ms": statistics.median(times),
@@ -207,20 +243,53 @@ def main() -> int:
     t0 = time.time()
     import torch
 
-    cu = _runtime_cuda()
+    if not torch.cuda.is_available():
+        print("gpu_check needs an NVIDIA GPU with a CUDA build of PyTorch; none is visible here.", file=sys.stderr)
+        return 2
+    _use_checkout()
+    from fusionrt.runtime import cuda as cu
+
     report = {"python": platform.python_version(), "torch": torch.__version__}
-    report["cuda_layer"] = check_cuda_layer(cu)
-    report["borrowed_streams"] = borrowed_stream_check(cu, torch)
-    torch.backends.cudnn.benchmark = True
-    models = build_models(torch)
-    report["branches"] = {b: time_branches(torch, cu, models, int(b), args.seq, args.iters) for b in args.batches.split(",")}
+    # One lent GPU session may be all there is: a section that fails is reported and the others still run.
+    caller = torch.cuda.Stream()  # the head runs on a caller's stream, as in an app that already uses torch
+    sections = {
+        "cuda_layer": lambda: check_cuda_layer(cu),
+        "borrowed_streams": lambda: borrowed_stream_check(cu, torch),
+        "fused_path": lambda: check_fused_path(cu, caller.cuda_stream),
+        "branches": lambda: time_all_branches(torch, cu, args),
+    }
+    for name, run in sections.items():
+        try:
+            report[name] = run()
+        except Exception:
+            report[name] = {"error": traceback.format_exc()}
+            print(f"{name} FAILED:\n{report[name]['error']}", file=sys.stderr)
     report["seconds"] = round(time.time() - t0, 1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    c = report["cuda_layer"]
-    print(f"\n{c['gpu']} (sm {c['compute_capability']}), torch {report['torch']}")
-    print(f"cuda-python layer: pinned/D2D roundtrip equal={c['roundtrip_equal']}, graph replay equal={c['graph_replay_equal']}, "
-          f"H2D {c['h2d_GBps']} GB/s; borrowed streams {report['borrowed_streams']}")
+    print_report(report, args)
+    return 1 if any("error" in report[name] for name in sections) else 0
+
+
+def time_all_branches(torch, cu, args) -> dict:
+    torch.backends.cudnn.benchmark = True
+    models = build_models(torch)
+    return {b: time_branches(torch, cu, models, int(b), args.seq, args.iters) for b in args.batches.split(",")}
+
+
+def print_report(report: dict, args) -> None:
+    c, fused = report["cuda_layer"], report["fused_path"]
+    if "error" not in c:
+        print(f"\n{c['gpu']} (sm {c['compute_capability']}), torch {report['torch']}")
+        print(f"cuda-python layer: pinned/D2D roundtrip equal={c['roundtrip_equal']}, graph replay equal="
+              f"{c['graph_replay_equal']}, H2D {c['h2d_GBps']} GB/s; borrowed streams {report['borrowed_streams']}")
+    if "error" not in fused:
+        print("fusionrt TensorRT runner on copy engines (two streams, head on a torch stream): "
+              + "; ".join(f"{mode}: results equal={r['results_equal']}, timings read={r['timings_read']}, "
+                          f"{r['call_us_median']} us/call, graphs {r['graphs']}" for mode, r in fused.items()))
+    if "error" in report["branches"]:
+        print(f"\ntotal {report['seconds']} s")
+        return
     print(f"\nResNet-50 + BERT-base (seq {args.seq}) + head, PyTorch CUDA FP16, median latency (ms), {args.iters} iters")
     print("| batch | one stream | two streams | two streams + CUDA graph | speed-up (2 streams) | pairs/s (best) |")
     print("|---|---|---|---|---|---|")
@@ -230,7 +299,6 @@ def main() -> int:
         gtext = f"{graph:.3f}" if graph else r["two_streams_graph"]["error"][:60]
         print(f"| {b} | {one:.3f} | {two:.3f} | {gtext} | {one / two:.2f}x | {int(b) * 1000 / best:.0f} |")
     print(f"\ntotal {report['seconds']} s")
-    return 0
 
 
 if __name__ == "__main__":
