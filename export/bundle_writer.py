@@ -27,7 +27,7 @@ DEFAULT_TOLERANCE = 1e-4  # max |logit diff| ONNX vs PyTorch, FP32
 _PRODUCERS = ("fusionrt", "torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime", "onnxscript")
 
 
-def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Sequence[str], profile: Profile = Profile(),
+def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Sequence[str], profile: Profile | None = None,
                   opset: int = OPSET, dynamo: bool = True, tolerance: float = DEFAULT_TOLERANCE,
                   overwrite: bool = False) -> Bundle:
     """Export `model` to `out_dir` and return the opened Bundle.
@@ -47,6 +47,7 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
         raise CheckpointError("the checkpoint has no fast tokenizer (tokenizer.json) in text_encoder/; save one with the model.")
     model = model.float().eval()
     config = model.config
+    profile = (profile or Profile.for_text(config.max_seq_len)).check_seq(config.max_seq_len)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         model.tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))

@@ -79,10 +79,11 @@ def cmd_export(args) -> int:
     from fusionrt.runtime.manifest import Profile
 
     model = FusionClassifier.from_pretrained(args.checkpoint)
-    seq = args.seq or (1, min(64, model.config.max_seq_len), model.config.max_seq_len)
+    profile = Profile.for_text(model.config.max_seq_len, args.batch)
+    profile = Profile(profile.batch, tuple(args.seq)) if args.seq else profile
     images, texts = _example_inputs(args.data, args.samples)
     _say(f"exporting {args.checkpoint} to {args.out} ({args.exporter} exporter, {len(images)} parity samples)")
-    bundle = export_bundle(model, args.out, images, texts, Profile(tuple(args.batch), tuple(seq)),
+    bundle = export_bundle(model, args.out, images, texts, profile,
                            dynamo=args.exporter == "dynamo", tolerance=args.tolerance, overwrite=args.overwrite)
     for check in bundle.manifest.parity["checks"]:
         _say(f"  parity {check['component']}.{check['output']}: max |diff| {check['max_abs_diff']:.2e} "

@@ -226,6 +226,20 @@ class Profile:
     def to_dict(self) -> dict:
         return {"batch": list(self.batch), "seq": list(self.seq)}
 
+    @classmethod
+    def for_text(cls, max_seq_len: int, batch: tuple = (1, 8, 32)) -> "Profile":
+        """Text lengths up to the tokenizer's limit, tuned for 64 tokens (or the limit, when shorter)."""
+        return cls(tuple(batch), (1, min(64, max_seq_len), max_seq_len))
+
+    def check_seq(self, max_seq_len: int) -> "Profile":
+        """Raise when the sequence range goes past the tokenizer's limit: no input is ever longer, and an engine
+        built for longer ones indexes past the text encoder's position embeddings."""
+        if self.seq[2] > max_seq_len:
+            low, opt = min(self.seq[0], max_seq_len), min(self.seq[1], max_seq_len)
+            raise BundleError(f"profile seq max {self.seq[2]} is longer than the tokenizer's max_seq_len "
+                              f"{max_seq_len}: expected MAX <= {max_seq_len}. Pass --seq {low}:{opt}:{max_seq_len}.")
+        return self
+
 
 @dataclass(frozen=True)
 class Manifest:

@@ -95,6 +95,9 @@ def tiny_model(labels=tuple(sorted(COLORS)), seed: int = 0):
     return FusionClassifier(config, bert, tiny_image_encoder(), tokenizer).eval()
 
 
+RTX_CC = "8.9"  # a TensorRT-RTX target; its builder compiles for it without that GPU
+
+
 @pytest.fixture(scope="session")
 def shape_data(tmp_path_factory):
     return write_shape_dataset(tmp_path_factory.mktemp("shapes"))
@@ -138,3 +141,17 @@ def calibrated(tiny_bundle, tmp_path_factory):
     shutil.copytree(tiny_bundle, bundle)
     report = calibrate_bundle(bundle, train, test, method="minmax", samples=16)
     return bundle, report, train, test
+
+
+@pytest.fixture(scope="session")
+def built(calibrated, tmp_path_factory):
+    """The calibrated tiny bundle with TensorRT-RTX engines at fp32, fp16 and int8 (built on the CPU, for compute
+    capability 8.9): (bundle, {precision: build results})."""
+    import shutil
+
+    from fusionrt.runtime.backends.trt_build import build_engines
+
+    bundle = tmp_path_factory.mktemp("engines") / "bundle"
+    shutil.copytree(calibrated[0], bundle)
+    results = {p: build_engines(bundle, "tensorrt_rtx", p, compute_capability=RTX_CC) for p in ("fp32", "fp16", "int8")}
+    return bundle, results

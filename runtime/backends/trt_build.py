@@ -136,7 +136,7 @@ def build_engines(bundle_dir, product: str = "tensorrt", precision: str = "auto"
     bundle = Bundle.open(bundle_dir)
     m = bundle.manifest
     profile = Profile(tuple(batch or m.profile.batch), tuple(seq or m.profile.seq))
-    Profile.from_dict(profile.to_dict())  # validates the ranges
+    Profile.from_dict(profile.to_dict()).check_seq(m.tokenizer.max_seq_len)  # validates the ranges
     precisions = parse_precision(None if precision == "auto" else precision, default=m.precision_for("int8-trt"))
     device, cc = _target(api, compute_capability)
     rel_folder = engine_folder(api, device)

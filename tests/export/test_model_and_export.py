@@ -93,6 +93,17 @@ def test_export_refuses_to_clobber(tiny_bundle, trained_checkpoint, shape_data, 
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_profile_defaults_to_the_tokenizer_limit_and_longer_is_refused(tiny_bundle, trained_checkpoint, tmp_path):
+    from fusionrt.runtime.bundle import Bundle
+    from fusionrt.runtime.manifest import Profile
+
+    assert Bundle.open(tiny_bundle).manifest.profile.seq == (1, 32, 32)  # the tiny model's max_seq_len is 32
+    model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
+    with pytest.raises(BundleError, match=r"seq max 128 .* max_seq_len 32: expected MAX <= 32. Pass --seq 1:32:32"):
+        export_bundle(model, tmp_path / "b", ["a", "b"], ["x", "y"], Profile((1, 8, 32), (1, 64, 128)))
+    assert not (tmp_path / "b").exists()  # refused before anything was written
+
+
 def test_dynamo_exporter_also_passes_parity(trained_checkpoint, shape_data, tmp_path):
     model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
     data = LabeledDataset.read(shape_data[1]).head(3)

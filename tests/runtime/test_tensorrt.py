@@ -16,8 +16,7 @@ from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch
 from fusionrt.runtime.manifest import EngineRecord
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.pipeline import Pipeline
-
-CC = "8.9"  # a TensorRT-RTX target; the builder compiles for it without that GPU
+from tests.conftest import RTX_CC as CC
 
 
 def _gpu_count() -> int:
@@ -29,17 +28,6 @@ def _gpu_count() -> int:
 
 
 needs_rtx = pytest.mark.skipif(not is_available("tensorrt_rtx"), reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
-
-
-@pytest.fixture(scope="module")
-def built(calibrated, tmp_path_factory):
-    """The calibrated tiny bundle with TensorRT-RTX engines at fp32, fp16 and int8."""
-    from fusionrt.runtime.backends.trt_build import build_engines
-
-    bundle = tmp_path_factory.mktemp("engines") / "bundle"
-    shutil.copytree(calibrated[0], bundle)
-    results = {p: build_engines(bundle, "tensorrt_rtx", p, compute_capability=CC) for p in ("fp32", "fp16", "int8")}
-    return bundle, results
 
 
 @needs_rtx
@@ -96,6 +84,8 @@ def test_unchanged_build_is_skipped_and_a_new_profile_rebuilds(built, capsys):
     (["--target", "tensorrt-rtx"], "pass --compute-capability"),
     (["--target", "tensorrt-rtx", "--compute-capability", "9.0"], "cannot target compute capability 9.0"),
     (["--target", "tensorrt-rtx", "--compute-capability", CC, "--batch", "4:2:1"], "expected MIN:OPT:MAX"),
+    (["--target", "tensorrt-rtx", "--compute-capability", CC, "--seq", "1:16:128"],
+     "seq max 128 is longer than the tokenizer's max_seq_len 32: expected MAX <= 32. Pass --seq 1:16:32"),
 ])
 def test_build_errors_are_clear(calibrated, argv, message, capsys):
     if _gpu_count():
