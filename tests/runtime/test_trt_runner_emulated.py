@@ -206,10 +206,11 @@ def emulated_cuda(gpu: Gpu):
                            Graph=Graph)
 
 
-def emulated_engine(trt, gpu: Gpu, model: str):
-    inputs, outputs, function = MODELS[model]
+def emulated_engine(trt, gpu: Gpu, model: tuple):
+    """model: (inputs {name: (dtype, min shape, max shape)}, outputs {name: (dtype, width)}, function)."""
+    inputs, outputs, function = model
     names = [*inputs, *outputs]
-    dtype = {"float32": trt.DataType.FLOAT, "int64": trt.DataType.INT64}
+    dtype = {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF, "int64": trt.DataType.INT64}
 
     def make_context(*_):
         shapes, addresses = {}, {}
@@ -249,6 +250,26 @@ def emulated_engine(trt, gpu: Gpu, model: str):
                    create_execution_context=make_context)
 
 
+def emulated_trt(trt, gpu: Gpu, model_of):
+    """A stand-in for the tensorrt module: the real Logger, TensorIOMode and nptype; a Runtime whose plans
+    deserialize into emulated engines (`model_of(plan bytes)` says which model)."""
+
+    def runtime(logger):
+        check_call(trt.Runtime, "__init__", (logger,))
+        return Checked(trt.Runtime, deserialize_cuda_engine=lambda data: emulated_engine(trt, gpu, model_of(bytes(data))))
+
+    return SimpleNamespace(Logger=trt.Logger, Runtime=runtime, TensorIOMode=trt.TensorIOMode, nptype=trt.nptype)
+
+
+def install_emulated_cuda(monkeypatch, gpu: Gpu):
+    from fusionrt.runtime.backends import tensorrt as trt_backend
+
+    cu = emulated_cuda(gpu)
+    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph", "Stream"):
+        monkeypatch.setattr(trt_backend.cuda, name, getattr(cu, name))
+    return cu
+
+
 @pytest.fixture()
 def emulated(monkeypatch, tmp_path):
     import tensorrt_rtx as trt
@@ -257,21 +278,10 @@ def emulated(monkeypatch, tmp_path):
     from fusionrt.runtime.backends.trt_compat import TrtApi
 
     gpu = Gpu()
-    cu = emulated_cuda(gpu)
-    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph"):
-        monkeypatch.setattr(trt_backend.cuda, name, getattr(cu, name))
+    cu = install_emulated_cuda(monkeypatch, gpu)
 
     def open_backend(model):
-        engines = {}
-
-        def runtime(logger):
-            check_call(trt.Runtime, "__init__", (logger,))
-            return Checked(trt.Runtime, deserialize_cuda_engine=lambda data: engines.setdefault(
-                model, emulated_engine(trt, gpu, model)))
-
-        module = SimpleNamespace(Logger=trt.Logger, Runtime=runtime, TensorIOMode=trt.TensorIOMode,
-                                 nptype=trt.nptype)
-        api = TrtApi("tensorrt_rtx", module, Version(trt.__version__))
+        api = TrtApi("tensorrt_rtx", emulated_trt(trt, gpu, lambda plan: MODELS[model]), Version(trt.__version__))
         path = tmp_path / f"{model}.engine"
         path.write_bytes(b"plan")
         inputs, outputs, _ = MODELS[model]
@@ -343,3 +353,74 @@ def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
     for backend in backends.values():
         backend.close()
     assert not emulated.gpu.open
+
+
+def onnx_models(bundle, precision: str) -> dict:
+    """sha256 of each `precision` engine plan in the bundle -> a model that runs, on ONNX Runtime, the ONNX file that
+    engine was built from, with the engine's profile ranges (so the emulated engine computes what the real one
+    would, up to TensorRT's numerics)."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    from fusionrt.runtime.backends.trt_build import input_ranges
+    from fusionrt.runtime.backends.trt_compat import TrtApi
+    from fusionrt.runtime.bundle import Bundle
+    from fusionrt.runtime.manifest import Profile
+
+    manifest, models = Bundle.open(bundle).manifest, {}
+    flavour = TrtApi("tensorrt_rtx", None, Version("1.0")).onnx_flavour(precision)
+    for comp in manifest.components.values():
+        session = ort.InferenceSession(str(bundle / comp.files[flavour].path), providers=["CPUExecutionProvider"])
+        for engine in (e for e in comp.engines if e.precision == precision):
+            profile = Profile.from_dict(engine.profile)
+            inputs = {t.name: (t.dtype, *input_ranges(t, profile)[::2]) for t in comp.inputs}  # (dtype, min, max)
+            outputs = {t.name: (t.dtype, t.shape[1]) for t in comp.outputs}
+            names = [o.name for o in session.get_outputs()]
+            models[engine.sha256] = (inputs, outputs,
+                                     lambda s=session, n=names, **feeds: dict(zip(n, s.run(None, feeds))))
+            assert hashlib.sha256((bundle / engine.path).read_bytes()).hexdigest() == engine.sha256
+    return models
+
+
+def test_pipeline_on_tensorrt_engines_matches_onnxruntime(built, calibrated, monkeypatch, tmp_path):
+    """Pipeline.load(backend='tensorrt_rtx') end to end: the real engine files, records and checks, the fused path
+    (eager and CUDA graphs), a caller's stream for the head, the cached-text path, close; TensorRT's compute
+    emulated by ONNX Runtime on the ONNX each engine was built from."""
+    import hashlib
+    import shutil
+
+    import tensorrt_rtx as trt
+
+    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.runtime.backends import tensorrt as trt_backend
+    from fusionrt.runtime.backends.trt_compat import TrtApi
+    from fusionrt.runtime.pipeline import Pipeline
+    from tests.conftest import RTX_CC
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(built[0], bundle)
+    gpu = Gpu()
+    install_emulated_cuda(monkeypatch, gpu)
+    models = onnx_models(bundle, "fp32")
+    module = emulated_trt(trt, gpu, lambda plan: models[hashlib.sha256(plan).hexdigest()])
+    monkeypatch.setattr(trt_backend, "load_api", lambda product: TrtApi(product, module, Version(trt.__version__)))
+    monkeypatch.setattr(trt_backend, "_gpu", lambda: (RTX_CC, "an emulated GPU"))
+
+    samples = LabeledDataset.read(calibrated[3])
+    images, texts = [s.image for s in samples], [s.text for s in samples]
+    with Pipeline.load(bundle, backend="onnxruntime", precision="fp32") as ref:
+        expected = {n: ref.logits(*ref.prepare(images[:n], texts[:n])) for n in (8, 3)}
+        labels = [p.label for p in ref.classify_batch(images[:8], texts[:8])]
+    for graphs in (False, True):
+        with Pipeline.load(bundle, backend="tensorrt_rtx", precision="fp32", cuda_graphs=graphs, stream=4321) as pipe:
+            assert pipe.backends["fusion_head"].stream.ptr == 4321 and not pipe.backends["fusion_head"].stream.owned
+            for _ in range(3):  # eager, then (with graphs) captured and replayed, in two (batch, seq) buckets
+                for n, want in expected.items():
+                    np.testing.assert_allclose(pipe.logits(*pipe.prepare(images[:n], texts[:n])), want, rtol=1e-5,
+                                               atol=1e-6)
+            assert pipe.timings.image_ms > 0 and pipe.timings.head_ms >= 0
+            assert len(pipe._fused.graphs) == (2 if graphs else 0)
+            for _ in range(2):  # text cache miss, then hit: the components one by one on their own streams
+                assert [p.label for p in pipe.classify_batch(images[:8], texts[:8])] == labels
+        assert not gpu.open  # every buffer, event and graph released by close()
