@@ -68,7 +68,7 @@ def _provider_names(providers) -> list:
     return [p[0] if isinstance(p, tuple) else p for p in providers]
 
 
-def gpu_providers(device: str, bundle, precision: str) -> list:
+def gpu_providers(device: str, bundle, precision: str, component: str | None = None) -> list:
     """Providers for device 'cuda' or 'tensorrt' (TensorRT EP, engines cached under the bundle's
     engines/onnxruntime-tensorrt-ep/, then CUDA for what TensorRT does not take), CPU last for ops neither runs."""
     if device == "cuda":
@@ -78,11 +78,26 @@ def gpu_providers(device: str, bundle, precision: str) -> list:
         cache.mkdir(parents=True, exist_ok=True)
         trt_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
-                       "trt_fp16_enable": precision == "fp16"}
+                       "trt_fp16_enable": precision == "fp16",
+                       # The EP sets TensorRT's INT8 flag only when asked; the Q/DQ nodes then say where (no table).
+                       "trt_int8_enable": precision == "int8"}
+        if component is not None:
+            trt_options.update(_explicit_profile(bundle, component))
         return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cpu":
         return ["CPUExecutionProvider"]
     raise BackendUnavailable(f"onnxruntime device '{device}' unknown: expected cpu, cuda or tensorrt.")
+
+
+def _explicit_profile(bundle, component: str) -> dict:
+    """The manifest's optimization profile as the TensorRT EP's min/opt/max shape options. Without them the EP
+    sizes its profile from the inputs it has seen, and rebuilds the engine each time a larger batch or text comes."""
+    from fusionrt.runtime.backends.trt_build import input_ranges
+
+    ranges = [(spec.name, input_ranges(spec, bundle.manifest.profile)) for spec in
+              bundle.manifest.components[component].inputs]
+    return {f"trt_profile_{kind}_shapes": ",".join(f"{name}:{'x'.join(map(str, shapes[i]))}" for name, shapes in ranges)
+            for i, kind in enumerate(("min", "opt", "max"))}
 
 
 def _wants_tensorrt(options: Mapping) -> bool:
@@ -101,7 +116,7 @@ def open_component(bundle, component: str, precision: str, options: Mapping) -> 
     threads, allow_fallback (run on what loaded instead of raising), verify (check sha256, default True)."""
     comp = bundle.manifest.components[component]
     if options.get("device") and not options.get("providers"):
-        options = {**options, "providers": gpu_providers(options["device"], bundle, precision)}
+        options = {**options, "providers": gpu_providers(options["device"], bundle, precision, component)}
     flavour = FLAVOUR_FOR_PRECISION[precision]
     providers = _provider_names(options.get("providers") or [])
     if _wants_tensorrt(options):

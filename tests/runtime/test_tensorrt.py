@@ -184,3 +184,22 @@ def test_onnxruntime_gpu_provider_that_did_not_load_is_an_error(tiny_bundle):
     with Pipeline.load(tiny_bundle, backend="onnxruntime", device="cuda", allow_fallback=True) as pipe:
         assert pipe.backends["image_encoder"].providers == ["CPUExecutionProvider"]
         assert pipe.classify(np.zeros((32, 32, 3), np.uint8), "a red circle").label
+
+
+def test_onnxruntime_tensorrt_ep_gets_the_manifest_profile_and_int8_for_qdq(tiny_bundle, tmp_path):
+    from fusionrt.runtime.backends.onnxruntime import gpu_providers
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    opened = Bundle.open(bundle)
+    (name, options), *rest = gpu_providers("tensorrt", opened, "int8", "text_encoder")
+    assert name == "TensorrtExecutionProvider" and rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert options["trt_int8_enable"] and not options["trt_fp16_enable"]  # INT8 flag for the Q/DQ graph
+    assert options["trt_engine_cache_path"] == str(bundle / "engines" / "onnxruntime-tensorrt-ep")
+    # the tiny bundle's profile: batch 1:8:32, text 1:32:32 tokens (its max_seq_len)
+    assert options["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
+    assert options["trt_profile_opt_shapes"] == "input_ids:8x32,attention_mask:8x32"
+    assert options["trt_profile_max_shapes"] == "input_ids:32x32,attention_mask:32x32"
+    (_, image), *_ = gpu_providers("tensorrt", opened, "fp16", "image_encoder")
+    assert image["trt_fp16_enable"] and not image["trt_int8_enable"]
+    assert image["trt_profile_max_shapes"] == "pixel_values:32x3x32x32"
