@@ -164,13 +164,23 @@ class Graph(_Resource):
 
     def __init__(self, stream: Stream, enqueue):
         rt = cudart()
-        self.stream = stream
+        self.stream, self.graph, self.exec = stream, None, None
         cuda_call(rt.cudaStreamBeginCapture(stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
         try:
             enqueue()
-        finally:
-            self.graph = cuda_call(rt.cudaStreamEndCapture(stream.handle))
-        self._instantiate()
+        except BaseException:
+            # Leave capture mode whatever happened (the stream is unusable until then), drop what was captured,
+            # and raise the enqueue's own error rather than the capture's.
+            err, graph = rt.cudaStreamEndCapture(stream.handle)
+            if int(err) == 0 and graph is not None:
+                rt.cudaGraphDestroy(graph)
+            raise
+        self.graph = cuda_call(rt.cudaStreamEndCapture(stream.handle))
+        try:
+            self._instantiate()
+        except BaseException:
+            self.close()
+            raise
 
     def _instantiate(self) -> None:
         self.exec = cuda_call(cudart().cudaGraphInstantiate(self.graph, 0))
@@ -180,9 +190,9 @@ class Graph(_Resource):
 
     def close(self) -> None:
         rt = cudart()
-        if getattr(self, "exec", None) is not None:
+        if self.exec is not None:
             cuda_call(rt.cudaGraphExecDestroy(self.exec))
             self.exec = None
-        if getattr(self, "graph", None) is not None:
+        if self.graph is not None:
             cuda_call(rt.cudaGraphDestroy(self.graph))
             self.graph = None

@@ -10,6 +10,7 @@ optionally the whole sequence is captured as a CUDA graph per (batch, sequence) 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -213,15 +214,13 @@ class TensorRTFusion:
         self.head.set_shapes({name: (n, source.tensors[name].max_shape[1]) for name, source in
                               (("image_features", self.image), ("text_features", self.text))})
         key = (n, tokens["input_ids"].shape[1])
-        if not self.use_graphs:
-            self._enqueue()
-        elif key in self.graphs:
-            self.graphs[key].launch()
-        elif key in self._seen:  # captured on the second call: TensorRT's first enqueue does lazy set-up
-            self.graphs[key] = cuda.Graph(self.head.stream, self._enqueue)
-            self.graphs[key].launch()
+        if self.use_graphs and key not in self.graphs and key in self._seen:
+            self.graphs[key] = self._capture(key)  # on the second call: TensorRT's first enqueue does lazy set-up
+        self._seen.add(key)
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.launch()
         else:
-            self._seen.add(key)
             self._enqueue()
         self.head.stream.synchronize()
         m = self.marks
@@ -231,9 +230,20 @@ class TensorRTFusion:
         timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
         return self.head.outputs()["logits"]
 
+    def _capture(self, key: tuple):
+        """A CUDA graph of the whole call for this (batch, sequence), or None (run eagerly) where the engines
+        cannot be captured: some TensorRT engines refuse stream capture, and the pipeline must still run."""
+        try:
+            return cuda.Graph(self.head.stream, self._enqueue)
+        except BackendUnavailable as exc:
+            warnings.warn(f"CUDA graph capture failed for batch {key[0]}, sequence {key[1]} ({exc}); this shape "
+                          "runs without a graph.", RuntimeWarning, stacklevel=3)
+            return None
+
     def close(self) -> None:
         for graph in self.graphs.values():
-            graph.close()
+            if graph is not None:
+                graph.close()
         for event in (*self.joins.values(), *self.marks.values()):
             event.close()
         self.graphs, self.joins, self.marks = {}, {}, {}

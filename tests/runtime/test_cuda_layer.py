@@ -115,3 +115,27 @@ def test_every_cuda_call_matches_the_installed_cuda_bindings():
     borrowed = cuda.Stream(1234)  # a caller's handle: wrapped without a call, never destroyed
     assert borrowed.ptr == 1234 and not borrowed.owned
     borrowed.close()
+
+
+def test_a_failed_capture_ends_the_capture_and_raises_its_own_error(monkeypatch):
+    """The stream must leave capture mode (or every later call on it fails) and the partial graph must be freed."""
+    from types import SimpleNamespace
+
+    from fusionrt.runtime import cuda
+
+    calls = []
+    ok = SimpleNamespace(cudaSuccess=0)
+    fake = SimpleNamespace(
+        cudaError_t=ok, cudaStreamCaptureMode=SimpleNamespace(cudaStreamCaptureModeThreadLocal=2),
+        cudaStreamBeginCapture=lambda stream, mode: (calls.append("begin") or (0,)),
+        cudaStreamEndCapture=lambda stream: (calls.append("end") or (0, "partial graph")),
+        cudaGraphDestroy=lambda graph: (calls.append(f"destroy {graph}") or (0,)))
+    monkeypatch.setattr(cuda, "cudart", lambda: fake)
+    stream = _unbuilt(cuda.Stream, handle=1, owned=False)
+
+    def enqueue():
+        raise ValueError("TensorRT refused the capture")
+
+    with pytest.raises(ValueError, match="TensorRT refused"):
+        cuda.Graph(stream, enqueue)
+    assert calls == ["begin", "end", "destroy partial graph"]

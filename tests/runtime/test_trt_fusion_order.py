@@ -166,3 +166,23 @@ def test_cuda_graph_is_captured_on_the_second_call_per_shape_and_replayed_after(
     graphs, events = list(fusion.graphs.values()), [*fusion.joins.values(), *fusion.marks.values()]
     fusion.close()
     assert all(g.closed for g in graphs) and all(e.closed for e in events)
+
+
+def test_a_shape_whose_capture_fails_runs_without_a_graph(fused, monkeypatch):
+    from fusionrt.runtime.errors import BackendUnavailable
+
+    fusion, rec, _ = fused(graphs=True)
+
+    def refuse(stream, enqueue):
+        rec("capture-refused", stream.name)
+        raise BackendUnavailable("CUDA call failed: cudaErrorStreamCaptureUnsupported")
+
+    monkeypatch.setattr(trt_backend.cuda, "Graph", refuse)
+    _call(fusion)
+    with pytest.warns(RuntimeWarning, match=r"capture failed for batch 2, sequence 5 .* runs without a graph"):
+        logits, timings = _call(fusion)
+    assert logits.shape == (2, 3) and timings.head_ms > 0  # the call still ran, eagerly
+    runs = len(rec.log)
+    _call(fusion)  # no second attempt for that shape: eager from now on
+    assert rec.log.count(("capture-refused", "head")) == 1 and ("run", "head") in rec.log[runs:]
+    fusion.close()
