@@ -9,7 +9,7 @@ import pytest
 from fusionrt.benchmarks import copy_engine, gpu_check
 from fusionrt.runtime.optional import is_available
 from tests.runtime.test_cuda_layer import _gpu_count, _no_driver
-from tests.runtime.test_trt_runner_emulated import Gpu, emulated_cuda
+from tests.runtime.trt_emulation import Gpu, emulated_cuda
 
 
 def _cudart(gpu: Gpu):

@@ -1,15 +1,10 @@
-"""The TensorRT runner's data path, run without a GPU: host memory stands in for device memory, and stand-ins for
-TensorRT's engine and context read and write tensors at the addresses the runner gives them, as TensorRT does.
-
-The stand-ins accept only what the installed TensorRT-RTX classes have: an attribute the class lacks, or a call
-that none of its signatures accepts (argument count, str/int/tuple types), fails the test. What this checks:
+"""The TensorRT runner's data path, run without a GPU, on the emulated GPU of tests/runtime/trt_emulation.py (whose
+TensorRT stand-ins accept only the installed TensorRT-RTX classes' API). What this checks:
 buffers sized once for the profile's largest shapes and used for smaller ones, copies of the right byte counts,
 outputs that follow the input shapes, the fused path's head reading the encoders' device outputs, CUDA graph
 replay on new inputs, and `close()`. Real CUDA semantics still need a GPU (tests/runtime/test_cuda_layer.py's GPU
 test and benchmarks/gpu_check.py)."""
 
-import ctypes
-import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,6 +15,7 @@ from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.pipeline import Timings
+from tests.runtime.trt_emulation import Gpu, emulate_tensorrt, emulated_trt, install_emulated_cuda
 
 pytestmark = pytest.mark.skipif(not is_available("tensorrt_rtx"),
                                 reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
@@ -50,224 +46,6 @@ MODELS = {
     "head": ({"image_features": ("float32", (1, 6), (4, 6)), "text_features": ("float32", (1, 4), (4, 4))},
              {"logits": ("float32", 3)}, head_model),
 }
-
-
-# -- stand-ins that accept only the real classes' API --------------------------------------------------
-def _params(signature: str) -> list:
-    """The parameters of one pybind11 signature line, `self` left out."""
-    inner = signature[signature.index("(") + 1:]
-    params, depth, current = [], 0, ""
-    for ch in inner:
-        if ch in "([<":
-            depth += 1
-        elif ch in ")]>":
-            if depth == 0:
-                break
-            depth -= 1
-        if ch == "," and depth == 0:
-            params.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    params.append(current.strip())
-    return [p for p in params if p and not p.startswith("self")]
-
-
-def _accepts(param: str, value) -> bool:
-    annotation = param.split(":", 1)[1].split("=")[0].strip() if ":" in param else ""
-    checks = {"str": lambda v: isinstance(v, str), "tuple": lambda v: isinstance(v, tuple),
-              "list": lambda v: isinstance(v, list),
-              "typing.SupportsInt": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
-    return checks.get(annotation, lambda v: True)(value)
-
-
-def check_call(cls, name: str, args: tuple) -> None:
-    method = getattr(cls, name)
-    signatures = [re.sub(r"^\d+\.\s*", "", line.strip()) for line in (method.__doc__ or "").splitlines()]
-    signatures = [s for s in signatures if s.startswith(f"{method.__name__}(") and "*args" not in s]
-    assert signatures, f"{cls.__name__}.{name}: no signature in its docstring"
-    for signature in signatures:
-        params = _params(signature)
-        required = sum("=" not in p for p in params)
-        if required <= len(args) <= len(params) and all(_accepts(p, v) for p, v in zip(params, args)):
-            return
-    raise AssertionError(f"{cls.__name__}.{name}{args!r} matches none of: {signatures}")
-
-
-class Checked:
-    """An instance of a real TensorRT class, as far as the runner can tell: `impl` gives the behaviour."""
-
-    def __init__(self, cls, **impl):
-        self._cls, self._impl = cls, impl
-
-    def __getattr__(self, name):
-        assert hasattr(self._cls, name), f"{self._cls.__name__} has no attribute {name!r}"
-        value = self._impl[name]
-        if isinstance(getattr(self._cls, name), property):
-            return value
-
-        def call(*args):
-            check_call(self._cls, name, args)
-            return value(*args)
-
-        return call
-
-
-# -- an emulated GPU: host memory, work run at once or recorded while a stream captures ----------------
-class Gpu:
-    def __init__(self):
-        self.captured = None  # the ops of a capture in progress
-        self.open: set = set()
-
-    def submit(self, op):
-        if self.captured is not None:
-            self.captured.append(op)
-        else:
-            op()
-
-
-def view(address: int, dtype, shape) -> np.ndarray:
-    dtype, count = np.dtype(dtype), int(np.prod(shape))
-    raw = (ctypes.c_byte * (count * dtype.itemsize)).from_address(address)
-    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
-
-
-def emulated_cuda(gpu: Gpu):
-    class Buffer:
-        def __init__(self, nbytes):
-            self.memory = np.zeros(max(int(nbytes), 1), np.uint8)
-            self.ptr, self.nbytes = self.memory.ctypes.data, int(nbytes)
-            gpu.open.add(self)
-
-        def close(self):
-            gpu.open.discard(self)
-            self.ptr = 0
-
-    class PinnedBuffer(Buffer):
-        def __init__(self, shape, dtype):
-            super().__init__(int(np.prod(shape)) * np.dtype(dtype).itemsize)
-            self.array = view(self.ptr, dtype, shape)
-
-    class DeviceBuffer(Buffer):
-        def _copy(self, dst, src, nbytes):
-            assert nbytes <= self.nbytes, f"copy of {nbytes} bytes into a {self.nbytes}-byte buffer"
-            gpu.submit(lambda: ctypes.memmove(dst, src, nbytes))
-
-        def copy_from_host(self, host, stream, nbytes=None):
-            self._copy(self.ptr, host.ptr, nbytes or host.nbytes)
-
-        def copy_to_host(self, host, stream, nbytes=None):
-            self._copy(host.ptr, self.ptr, nbytes or host.nbytes)
-
-    class Stream:
-        def __init__(self, handle=None):  # a caller's handle is borrowed, as in the real layer
-            self.owned, self.handle = handle is None, handle or id(self)
-            self.ptr = self.handle
-
-        def wait(self, event):
-            pass
-
-        def synchronize(self):
-            assert gpu.captured is None, "synchronize inside a capture"
-
-        def close(self):
-            self.handle = None
-
-    class Event:
-        def __init__(self, timing=True):
-            gpu.open.add(self)
-
-        def record(self, stream, external=False):
-            pass
-
-        def elapsed_ms(self, start):
-            return 1.0
-
-        def close(self):
-            gpu.open.discard(self)
-
-    class Graph:
-        def __init__(self, stream, enqueue):
-            gpu.captured = []
-            try:
-                enqueue()
-            finally:
-                self.ops, gpu.captured = gpu.captured, None
-            gpu.open.add(self)
-
-        def launch(self):
-            for op in self.ops:
-                op()
-
-        def close(self):
-            gpu.open.discard(self)
-
-    return SimpleNamespace(PinnedBuffer=PinnedBuffer, DeviceBuffer=DeviceBuffer, Stream=Stream, Event=Event,
-                           Graph=Graph)
-
-
-def emulated_engine(trt, gpu: Gpu, model: tuple):
-    """model: (inputs {name: (dtype, min shape, max shape)}, outputs {name: (dtype, width)}, function)."""
-    inputs, outputs, function = model
-    names = [*inputs, *outputs]
-    dtype = {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF, "int64": trt.DataType.INT64}
-
-    def make_context(*_):
-        shapes, addresses = {}, {}
-
-        def output_shape(name):
-            batch = shapes[next(iter(inputs))][0]
-            return (batch, outputs[name][1])
-
-        def set_input_shape(name, shape):
-            low, high = inputs[name][1], inputs[name][2]
-            assert all(lo <= s <= hi for s, lo, hi in zip(shape, low, high)), f"{name} {shape} outside the profile"
-            shapes[name] = tuple(shape)
-            return True
-
-        def execute_async_v3(stream_handle):
-            # TensorRT reads the shapes and addresses set now; the work runs later on the stream.
-            now = {n: (addresses[n], shapes[n]) for n in inputs}
-            out = {n: (addresses[n], output_shape(n)) for n in outputs}
-
-            def run():
-                feeds = {n: view(a, inputs[n][0], s).copy() for n, (a, s) in now.items()}
-                for n, value in function(**feeds).items():
-                    view(out[n][0], outputs[n][0], out[n][1])[...] = value
-
-            gpu.submit(run)
-            return True
-
-        return Checked(trt.IExecutionContext, set_input_shape=set_input_shape,
-                       get_tensor_shape=lambda n: shapes[n] if n in inputs else output_shape(n),
-                       set_tensor_address=lambda n, p: addresses.__setitem__(n, p) or True,
-                       execute_async_v3=execute_async_v3)
-
-    return Checked(trt.ICudaEngine, num_io_tensors=len(names), get_tensor_name=lambda i: names[i],
-                   get_tensor_mode=lambda n: trt.TensorIOMode.INPUT if n in inputs else trt.TensorIOMode.OUTPUT,
-                   get_tensor_profile_shape=lambda n, p: [inputs[n][1], inputs[n][2], inputs[n][2]],
-                   get_tensor_dtype=lambda n: dtype[(inputs.get(n) or outputs[n])[0]],
-                   create_execution_context=make_context)
-
-
-def emulated_trt(trt, gpu: Gpu, model_of):
-    """A stand-in for the tensorrt module: the real Logger, TensorIOMode and nptype; a Runtime whose plans
-    deserialize into emulated engines (`model_of(plan bytes)` says which model)."""
-
-    def runtime(logger):
-        check_call(trt.Runtime, "__init__", (logger,))
-        return Checked(trt.Runtime, deserialize_cuda_engine=lambda data: emulated_engine(trt, gpu, model_of(bytes(data))))
-
-    return SimpleNamespace(Logger=trt.Logger, Runtime=runtime, TensorIOMode=trt.TensorIOMode, nptype=trt.nptype)
-
-
-def install_emulated_cuda(monkeypatch, gpu: Gpu):
-    from fusionrt.runtime.backends import tensorrt as trt_backend
-
-    cu = emulated_cuda(gpu)
-    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph", "Stream"):
-        monkeypatch.setattr(trt_backend.cuda, name, getattr(cu, name))
-    return cu
 
 
 @pytest.fixture()
@@ -387,25 +165,14 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(built, calibrated, mon
     """Pipeline.load(backend='tensorrt_rtx') end to end: the real engine files, records and checks, the fused path
     (eager and CUDA graphs), a caller's stream for the head, the cached-text path, close; TensorRT's compute
     emulated by ONNX Runtime on the ONNX each engine was built from."""
-    import hashlib
     import shutil
 
-    import tensorrt_rtx as trt
-
     from fusionrt.calibration.dataset import LabeledDataset
-    from fusionrt.runtime.backends import tensorrt as trt_backend
-    from fusionrt.runtime.backends.trt_compat import TrtApi
     from fusionrt.runtime.pipeline import Pipeline
-    from tests.conftest import RTX_CC
 
     bundle = tmp_path / "bundle"
     shutil.copytree(built[0], bundle)
-    gpu = Gpu()
-    install_emulated_cuda(monkeypatch, gpu)
-    models = onnx_models(bundle, "fp32")
-    module = emulated_trt(trt, gpu, lambda plan: models[hashlib.sha256(plan).hexdigest()])
-    monkeypatch.setattr(trt_backend, "load_api", lambda product: TrtApi(product, module, Version(trt.__version__)))
-    monkeypatch.setattr(trt_backend, "_gpu", lambda: (RTX_CC, "an emulated GPU"))
+    gpu = emulate_tensorrt(monkeypatch, bundle)
 
     samples = LabeledDataset.read(calibrated[3])
     images, texts = [s.image for s in samples], [s.text for s in samples]
