@@ -1,6 +1,6 @@
-"""Time a bundle per backend x precision x batch x (sequential | concurrent branches), beside the PyTorch
-eager baseline, on the same prepared inputs. Warm-up calls are excluded; preparation (preprocess and
-tokenize) is timed apart from model time."""
+"""Time a bundle per backend x precision x batch x mode (sequential branches, concurrent branches, and on TensorRT
+concurrent with CUDA graphs), beside the PyTorch eager baseline, on the same prepared inputs. Warm-up calls are
+excluded; preparation (preprocess and tokenize) is timed apart from model time."""
 
 from __future__ import annotations
 
@@ -66,6 +66,15 @@ def _row(runner, pixels, tokens, duration_s: float, **fields) -> dict:
             **{f"{name}_ms": percentiles(values) for name, values in branch.items()}}
 
 
+# How the branches run, and what Pipeline.load needs for it. CUDA graphs exist on the TensorRT backends only.
+MODES = {"sequential": {"concurrent": False}, "concurrent": {"concurrent": True},
+         "concurrent + CUDA graphs": {"concurrent": True, "cuda_graphs": True}}
+
+
+def _modes(backend: str) -> list:
+    return [m for m in MODES if "cuda_graphs" not in MODES[m] or backend.startswith("tensorrt")]
+
+
 def bench(bundle, images, texts, backends=("onnxruntime",), precisions=("fp32", "int8"), batches=(1, 8),
           duration_s: float = 3.0, seq: int | None = None, torch_model=None, device: str = "cpu", options=None) -> list:
     """One record per row. `torch_model` (the bundle's FusionClassifier) adds the PyTorch eager baseline, FP32
@@ -75,21 +84,21 @@ def bench(bundle, images, texts, backends=("onnxruntime",), precisions=("fp32", 
     jobs = []
     for batch in batches:
         if torch_model is not None:
-            jobs += [("torch", p, batch, False) for p in ("fp32", "fp16") if p == "fp32" or (p in precisions and device != "cpu")]
-        jobs += [(b, p, batch, c) for b in backends if b != "torch" for p in precisions for c in (False, True)]
+            jobs += [("torch", p, batch, "sequential") for p in ("fp32", "fp16") if p == "fp32" or (p in precisions and device != "cpu")]
+        jobs += [(b, p, batch, m) for b in backends if b != "torch" for p in precisions for m in _modes(b)]
     rows, inputs = [], {}
-    for backend, precision, batch, concurrent in progress(jobs, "bench", total=len(jobs)):
+    for backend, precision, batch, mode in progress(jobs, "bench", total=len(jobs)):
         if batch not in inputs:
             inputs[batch] = prepared_inputs(bundle, images, texts, batch, seq)
         pixels, tokens, prepare_ms = inputs[batch]
-        fields = {"backend": backend, "precision": precision, "branches": "concurrent" if concurrent else "sequential",
+        fields = {"backend": backend, "precision": precision, "branches": mode,
                   "prepare_ms": prepare_ms, "speed_only": speed_only and precision == "int8" and backend != "torch"}
         if backend == "torch":
             from fusionrt.benchmarks.torch_runner import TorchRunner
 
             runner = TorchRunner(torch_model, precision, device)
         else:
-            runner = Pipeline.load(bundle, backend=backend, precision=precision, concurrent=concurrent, **(options or {}))
+            runner = Pipeline.load(bundle, backend=backend, precision=precision, **{**(options or {}), **MODES[mode]})
             fields["backend"] = runner.backend_name
             if precision == "auto":  # the calibrated policy: say what it resolved to
                 fields["precision"] = f"auto ({format_precision(runner.precision)})"

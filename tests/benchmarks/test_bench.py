@@ -11,6 +11,7 @@ from fusionrt.runtime.pipeline import Pipeline
 from fusionrt.benchmarks.report import markdown_table
 from fusionrt.benchmarks.stats import latency_stats, percentiles, speedup
 from fusionrt.cli import main
+from fusionrt.runtime.optional import is_available
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -118,3 +119,24 @@ def test_arch_is_built_once_cached_and_labelled_speed_only(tmp_path, capsys):
     stamp = done.stat().st_mtime_ns
     assert main(argv) == 0
     assert done.stat().st_mtime_ns == stamp and "building" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not is_available("tensorrt_rtx"), reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
+def test_tensorrt_rows_include_cuda_graphs_and_run_the_fused_path(built, calibrated, monkeypatch, tmp_path):
+    """`fusionrt bench --backend tensorrt_rtx` on the emulated GPU (tests/runtime/trt_emulation.py): the real
+    engine files, one row per mode, the fused path's own branch timings."""
+    import shutil
+
+    from fusionrt.calibration.dataset import LabeledDataset
+    from tests.runtime.trt_emulation import emulate_tensorrt
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(built[0], bundle)
+    gpu = emulate_tensorrt(monkeypatch, bundle)
+    data = LabeledDataset.read(calibrated[3])
+    rows = bench(bundle, [s.image for s in data], [s.text for s in data], backends=("tensorrt_rtx",),
+                 precisions=("fp32",), batches=(2,), duration_s=0.2)
+    assert [r["branches"] for r in rows] == ["sequential", "concurrent", "concurrent + CUDA graphs"]
+    assert all(r["backend"] == "tensorrt_rtx" and r["throughput"] > 0 and r["image_ms"]["p50"] > 0 for r in rows)
+    assert rows[0]["speedup_vs"] == "fp32 sequential" and rows[0]["speedup"] == 1.0
+    assert not gpu.open  # each row's pipeline closed its buffers, events and graphs
