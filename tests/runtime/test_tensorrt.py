@@ -65,8 +65,9 @@ def test_fp16_engine_is_built_from_the_fp16_onnx_on_strongly_typed_products(buil
 
 
 @needs_rtx
-def test_unchanged_build_is_skipped_and_a_new_profile_rebuilds(built, capsys):
-    bundle, results = built
+def test_unchanged_build_is_skipped_and_a_new_profile_rebuilds(built, capsys, tmp_path):
+    bundle, results = tmp_path / "bundle", built[1]
+    shutil.copytree(built[0], bundle)  # a copy: the rebuild below must not change the shared engines
     stamps = {r.record.path: (bundle / r.record.path).stat().st_mtime_ns for r in results["int8"]}
     assert main(["build", str(bundle), "--target", "tensorrt-rtx", "--compute-capability", CC, "--precision", "int8"]) == 0
     assert capsys.readouterr().out.count("unchanged, skipped") == 3

@@ -161,10 +161,12 @@ def onnx_models(bundle, precision: str) -> dict:
     return models
 
 
-def test_pipeline_on_tensorrt_engines_matches_onnxruntime(built, calibrated, monkeypatch, tmp_path):
-    """Pipeline.load(backend='tensorrt_rtx') end to end: the real engine files, records and checks, the fused path
-    (eager and CUDA graphs), a caller's stream for the head, the cached-text path, close; TensorRT's compute
-    emulated by ONNX Runtime on the ONNX each engine was built from."""
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", None])  # None: the calibrated int8-trt policy
+def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, calibrated, monkeypatch, tmp_path):
+    """Pipeline.load(backend='tensorrt_rtx') end to end: the real engine files, records and checks, engine choice
+    per precision and policy, the fused path (eager and CUDA graphs), a caller's stream for the head, the
+    cached-text path, close; TensorRT's compute emulated by ONNX Runtime on the ONNX each engine was built from.
+    The reference is ONNX Runtime on those same files (its TensorRT EP's flavours, run on the CPU)."""
     import shutil
 
     from fusionrt.calibration.dataset import LabeledDataset
@@ -172,15 +174,18 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(built, calibrated, mon
 
     bundle = tmp_path / "bundle"
     shutil.copytree(built[0], bundle)
-    gpu = emulate_tensorrt(monkeypatch, bundle)
+    gpu = emulate_tensorrt(monkeypatch, bundle, precisions=("fp32", "fp16", "int8"))
 
     samples = LabeledDataset.read(calibrated[3])
     images, texts = [s.image for s in samples], [s.text for s in samples]
-    with Pipeline.load(bundle, backend="onnxruntime", precision="fp32") as ref:
+    with pytest.warns(UserWarning, match="TensorrtExecutionProvider"), Pipeline.load(
+            bundle, backend="onnxruntime", precision=precision, device="tensorrt", allow_fallback=True) as ref:
         expected = {n: ref.logits(*ref.prepare(images[:n], texts[:n])) for n in (8, 3)}
         labels = [p.label for p in ref.classify_batch(images[:8], texts[:8])]
+        chosen = ref.precision
     for graphs in (False, True):
-        with Pipeline.load(bundle, backend="tensorrt_rtx", precision="fp32", cuda_graphs=graphs, stream=4321) as pipe:
+        with Pipeline.load(bundle, backend="tensorrt_rtx", precision=precision, cuda_graphs=graphs, stream=4321) as pipe:
+            assert pipe.precision == chosen, (pipe.precision, chosen)  # the same policy (int8-trt), the same engines
             assert pipe.backends["fusion_head"].stream.ptr == 4321 and not pipe.backends["fusion_head"].stream.owned
             for _ in range(3):  # eager, then (with graphs) captured and replayed, in two (batch, seq) buckets
                 for n, want in expected.items():
