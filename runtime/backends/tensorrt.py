@@ -180,6 +180,14 @@ class TensorRTFusion:
 
     def __init__(self, image: TensorRTBackend, text: TensorRTBackend, head: TensorRTBackend, graphs: bool = False):
         self.image, self.text, self.head, self.use_graphs = image, text, head, graphs
+        for name, source in (("image_features", image), ("text_features", text)):
+            # The head reads these buffers as they are: element type and feature width must agree byte for byte.
+            out, into = source.tensors[name], head.tensors[name]
+            if (np.dtype(out.dtype), tuple(out.max_shape[1:])) != (np.dtype(into.dtype), tuple(into.max_shape[1:])):
+                raise EngineMismatch(f"{name}: the encoder's engine writes {np.dtype(out.dtype)} "
+                                     f"{list(out.max_shape[1:])} per sample but the head's engine reads "
+                                     f"{np.dtype(into.dtype)} {list(into.max_shape[1:])}; rebuild the engines from one "
+                                     "bundle with `fusionrt build`.")
         # Two kinds of event, because a CUDA graph treats them differently: joins order the streams (inside a
         # capture they become graph edges), marks time the steps (captured as event-record nodes, so they are
         # recorded again on every replay and can be read after it).

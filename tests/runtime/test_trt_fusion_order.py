@@ -79,8 +79,8 @@ class FakeBackend:
     def __init__(self, name, rec, inputs, outputs):
         self.name, self.rec = name, rec
         self.stream = FakeStream(name, rec)
-        self.tensors = {n: SimpleNamespace(device=SimpleNamespace(ptr=f"{name}:{n}"), max_shape=(32, dim))
-                        for n, dim in {**inputs, **outputs}.items()}
+        self.tensors = {n: SimpleNamespace(device=SimpleNamespace(ptr=f"{name}:{n}"), max_shape=(32, dim),
+                                           dtype=np.float32) for n, dim in {**inputs, **outputs}.items()}
         self.addresses = {}
         self.context = SimpleNamespace(set_tensor_address=lambda n, p: self.addresses.__setitem__(n, p))
         self.shapes = {}
@@ -113,7 +113,7 @@ def fused(monkeypatch):
     text = FakeBackend("text", rec, {"input_ids": 8, "attention_mask": 8}, {"text_features": 8})
     head = FakeBackend("head", rec, {"image_features": 16, "text_features": 8}, {"logits": 3})
 
-    def make(graphs):
+    def make(graphs, head=head):
         fusion = trt_backend.TensorRTFusion(image, text, head, graphs=graphs)
         for name, event in {**fusion.joins, **fusion.marks}.items():
             event.name = name
@@ -186,3 +186,14 @@ def test_a_shape_whose_capture_fails_runs_without_a_graph(fused, monkeypatch):
     _call(fusion)  # no second attempt for that shape: eager from now on
     assert rec.log.count(("capture-refused", "head")) == 1 and ("run", "head") in rec.log[runs:]
     fusion.close()
+
+
+def test_encoders_and_head_that_disagree_on_features_are_refused(fused):
+    from fusionrt.runtime.errors import EngineMismatch
+
+    rec = Recorder()
+    head = FakeBackend("head", rec, {"image_features": 16, "text_features": 8}, {"logits": 3})
+    head.tensors["text_features"].dtype = np.float16
+    with pytest.raises(EngineMismatch, match=r"text_features: the encoder's engine writes float32 \[8\] .* reads "
+                                             r"float16 \[8\]"):
+        fused(graphs=False, head=head)
