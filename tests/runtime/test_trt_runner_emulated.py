@@ -133,34 +133,6 @@ def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
     assert not emulated.gpu.open
 
 
-def onnx_models(bundle, precision: str) -> dict:
-    """sha256 of each `precision` engine plan in the bundle -> a model that runs, on ONNX Runtime, the ONNX file that
-    engine was built from, with the engine's profile ranges (so the emulated engine computes what the real one
-    would, up to TensorRT's numerics)."""
-    import hashlib
-
-    import onnxruntime as ort
-
-    from fusionrt.runtime.backends.trt_build import input_ranges
-    from fusionrt.runtime.backends.trt_compat import TrtApi
-    from fusionrt.runtime.bundle import Bundle
-    from fusionrt.runtime.manifest import Profile
-
-    manifest, models = Bundle.open(bundle).manifest, {}
-    flavour = TrtApi("tensorrt_rtx", None, Version("1.0")).onnx_flavour(precision)
-    for comp in manifest.components.values():
-        session = ort.InferenceSession(str(bundle / comp.files[flavour].path), providers=["CPUExecutionProvider"])
-        for engine in (e for e in comp.engines if e.precision == precision):
-            profile = Profile.from_dict(engine.profile)
-            inputs = {t.name: (t.dtype, *input_ranges(t, profile)[::2]) for t in comp.inputs}  # (dtype, min, max)
-            outputs = {t.name: (t.dtype, t.shape[1]) for t in comp.outputs}
-            names = [o.name for o in session.get_outputs()]
-            models[engine.sha256] = (inputs, outputs,
-                                     lambda s=session, n=names, **feeds: dict(zip(n, s.run(None, feeds))))
-            assert hashlib.sha256((bundle / engine.path).read_bytes()).hexdigest() == engine.sha256
-    return models
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", None])  # None: the calibrated int8-trt policy
 def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, calibrated, monkeypatch, tmp_path):
     """Pipeline.load(backend='tensorrt_rtx') end to end: the real engine files, records and checks, engine choice
