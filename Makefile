@@ -40,6 +40,8 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv --checkpoint $(DEMO)/checkpoint \
 		--report $(DEMO)/report.json --precision fp32
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv
+	@echo "TensorRT engines at the int8-trt policy, built on this CPU by TensorRT-RTX for an sm89 GPU (RTX 40xx):"
+	$(BIN)/fusionrt build $(DEMO)/bundle --target tensorrt-rtx --compute-capability 8.9
 	$(BIN)/fusionrt info $(DEMO)/bundle
 	@echo "CPU speed, FP32 vs every part INT8 vs the calibrated policy (short run; 'make bench' for the full table):"
 	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision fp32,int8,auto --batch 1,8 \
