@@ -169,6 +169,12 @@ class Pipeline:
             return self.logits(pixels, tokens)
         keys = self.text_cache.keys(tokens)
         known = self.text_cache.lookup(keys)
+        if self._fused is not None:  # GPU: the image branch and the head stay on the device either way
+            if known is not None:
+                return self._fused.logits_with_text_features(pixels, known, self.timings)
+            logits = self._fused.logits(pixels, tokens, self.timings)
+            self.text_cache.store(keys, self._fused.text_features())
+            return logits
         image_features, text_features = self.branches(pixels, tokens, text_features=known)
         if known is None:
             self.text_cache.store(keys, text_features)

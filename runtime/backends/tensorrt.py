@@ -176,7 +176,8 @@ class TensorRTBackend(Backend):
 
 
 class TensorRTFusion:
-    """Both branches at once on two streams, the head after both (events), one host sync; CUDA graphs optional."""
+    """Both branches at once on two streams, the head after both (events), one host sync; CUDA graphs optional.
+    With the text's features given (the pipeline's text cache), the image branch and the head alone."""
 
     def __init__(self, image: TensorRTBackend, text: TensorRTBackend, head: TensorRTBackend, graphs: bool = False):
         self.image, self.text, self.head, self.use_graphs = image, text, head, graphs
@@ -196,41 +197,40 @@ class TensorRTFusion:
         self.graphs: dict = {}
         self._seen: set = set()
 
-    def _enqueue(self) -> None:
+    def _enqueue(self, with_text: bool = True) -> None:
+        """Both branches (or the image branch alone, when the head's text features come from the pipeline's cache),
+        then the head on the main stream."""
         joins, marks, main = self.joins, self.marks, self.head.stream
+        branches = [(self.image, "image", "image_features")]
+        if with_text:
+            branches.append((self.text, "text", "text_features"))
         joins["fork"].record(main)  # the branches start after the caller's earlier work on `main`
         marks["start"].record(main, external=True)
-        for backend, branch in ((self.image, "image"), (self.text, "text")):
+        for backend, branch, _ in branches:
             backend.stream.wait(joins["fork"])
             marks[f"{branch}0"].record(backend.stream, external=True)
             backend.enqueue_copy_in()
             backend.enqueue_run()
+            if branch == "text":
+                backend.enqueue_copy_out()  # a few KiB: the features the pipeline's text cache keeps
             marks[f"{branch}1"].record(backend.stream, external=True)
             joins[f"{branch}_done"].record(backend.stream)
-        main.wait(joins["image_done"])
-        main.wait(joins["text_done"])
-        for name, source in (("image_features", self.image), ("text_features", self.text)):
-            self.head.context.set_tensor_address(name, source.tensors[name].device.ptr)  # no host round trip
+        if not with_text:  # cached features: uploaded to the head's own input while the image branch runs
+            self.head.context.set_tensor_address("text_features", self.head.tensors["text_features"].device.ptr)
+            self.head.enqueue_copy_in(["text_features"])
+        for backend, branch, name in branches:
+            main.wait(joins[f"{branch}_done"])
+            self.head.context.set_tensor_address(name, backend.tensors[name].device.ptr)  # no host round trip
         self.head.enqueue_run()
         self.head.enqueue_copy_out()
         marks["head1"].record(main, external=True)
 
     def logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], timings) -> np.ndarray:
+        """Both branches at once, then the head. `text_features()` then holds the text branch's output."""
         self.image.set_inputs({"pixel_values": pixels})
         self.text.set_inputs(dict(tokens))
-        n = len(pixels)
-        self.head.set_shapes({name: (n, source.tensors[name].max_shape[1]) for name, source in
-                              (("image_features", self.image), ("text_features", self.text))})
-        key = (n, tokens["input_ids"].shape[1])
-        if self.use_graphs and key not in self.graphs and key in self._seen:
-            self.graphs[key] = self._capture(key)  # on the second call: TensorRT's first enqueue does lazy set-up
-        self._seen.add(key)
-        graph = self.graphs.get(key)
-        if graph is not None:
-            graph.launch()
-        else:
-            self._enqueue()
-        self.head.stream.synchronize()
+        self._head_shapes(len(pixels), self.text.tensors["text_features"].max_shape[1])
+        self._run((len(pixels), tokens["input_ids"].shape[1]), self._enqueue)
         m = self.marks
         timings.image_ms = m["image1"].elapsed_ms(m["image0"])
         timings.text_ms = m["text1"].elapsed_ms(m["text0"])
@@ -238,14 +238,48 @@ class TensorRTFusion:
         timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
         return self.head.outputs()["logits"]
 
-    def _capture(self, key: tuple):
-        """A CUDA graph of the whole call for this (batch, sequence), or None (run eagerly) where the engines
-        cannot be captured: some TensorRT engines refuse stream capture, and the pipeline must still run."""
+    def logits_with_text_features(self, pixels: np.ndarray, text_features: np.ndarray, timings) -> np.ndarray:
+        """The image branch and the head, with the text branch's features given (a camera app's cached text)."""
+        self.image.set_inputs({"pixel_values": pixels})
+        self._head_shapes(len(pixels), text_features.shape[1])
+        self.head.tensors["text_features"].view(text_features.shape)[...] = text_features
+        self._run(("text given", len(pixels)), lambda: self._enqueue(with_text=False))
+        m = self.marks
+        timings.image_ms = timings.branches_ms = m["image1"].elapsed_ms(m["start"])
+        timings.text_ms = 0.0
+        timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
+        return self.head.outputs()["logits"]
+
+    def text_features(self) -> np.ndarray:
+        """The text branch's features from the last `logits` call."""
+        return self.text.outputs()["text_features"]
+
+    def _head_shapes(self, n: int, text_width: int) -> None:
+        self.head.set_shapes({"image_features": (n, self.image.tensors["image_features"].max_shape[1]),
+                              "text_features": (n, text_width)})
+
+    def _run(self, key: tuple, enqueue) -> None:
+        """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync)."""
+        if self.use_graphs and key not in self.graphs and key in self._seen:
+            self.graphs[key] = self._capture(key, enqueue)  # on the 2nd call: TensorRT's 1st enqueue sets up lazily
+        self._seen.add(key)
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.launch()
+        else:
+            enqueue()
+        self.head.stream.synchronize()
+
+    def _capture(self, key: tuple, enqueue):
+        """A CUDA graph of the whole call for this shape, or None (run eagerly) where the engines cannot be
+        captured: some TensorRT engines refuse stream capture, and the pipeline must still run."""
         try:
-            return cuda.Graph(self.head.stream, self._enqueue)
+            return cuda.Graph(self.head.stream, enqueue)
         except BackendUnavailable as exc:
-            warnings.warn(f"CUDA graph capture failed for batch {key[0]}, sequence {key[1]} ({exc}); this shape "
-                          "runs without a graph.", RuntimeWarning, stacklevel=3)
+            shape = f"batch {key[1]} with text features given" if key[0] == "text given" else \
+                f"batch {key[0]}, sequence {key[1]}"
+            warnings.warn(f"CUDA graph capture failed for {shape} ({exc}); this shape runs without a graph.",
+                          RuntimeWarning, stacklevel=4)
             return None
 
     def close(self) -> None:

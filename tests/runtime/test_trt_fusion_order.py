@@ -80,7 +80,7 @@ class FakeBackend:
         self.name, self.rec = name, rec
         self.stream = FakeStream(name, rec)
         self.tensors = {n: SimpleNamespace(device=SimpleNamespace(ptr=f"{name}:{n}"), max_shape=(32, dim),
-                                           dtype=np.float32) for n, dim in {**inputs, **outputs}.items()}
+                                           dtype=np.float32, view=np.zeros) for n, dim in {**inputs, **outputs}.items()}
         self.addresses = {}
         self.context = SimpleNamespace(set_tensor_address=lambda n, p: self.addresses.__setitem__(n, p))
         self.shapes = {}
@@ -91,8 +91,8 @@ class FakeBackend:
     def set_shapes(self, shapes):
         self.shapes.update(shapes)
 
-    def enqueue_copy_in(self):
-        self.rec("copy-in", self.stream.name)
+    def enqueue_copy_in(self, names=None):
+        self.rec("copy-in", self.stream.name, *(names or ()))
 
     def enqueue_run(self):
         self.rec("run", self.stream.name)
@@ -197,3 +197,21 @@ def test_encoders_and_head_that_disagree_on_features_are_refused(fused):
     with pytest.raises(EngineMismatch, match=r"text_features: the encoder's engine writes float32 \[8\] .* reads "
                                              r"float16 \[8\]"):
         fused(graphs=False, head=head)
+
+
+def test_with_the_text_given_only_the_image_branch_runs_and_the_head_uploads_the_features(fused):
+    fusion, rec, head = fused(graphs=False)
+    _call(fusion)
+    assert ("copy-out", "text") in rec.log  # the full path hands the text features to the pipeline's cache
+    start = len(rec.log)
+    logits = fusion.logits_with_text_features(np.zeros((2, 3, 4, 4), np.float32), np.ones((2, 8), np.float32),
+                                              timings := Timings())
+    log = rec.log[start:]
+    assert not [e for e in log if "text" in e[1:2]]  # nothing on the text stream
+    upload, head_run = log.index(("copy-in", "head", "text_features")), log.index(("run", "head"))
+    assert log.index(("record", "head", "fork")) < upload < head_run  # the upload overlaps the image branch
+    assert log.index(("wait", "head", "image_done")) < head_run and ("wait", "head", "text_done") not in log
+    assert head.addresses == {"image_features": "image:image_features", "text_features": "head:text_features"}
+    assert logits.shape == (2, 3) and timings.text_ms == 0 and timings.image_ms > 0 and timings.head_ms > 0
+    _call(fusion)  # the full path points the head back at the text encoder's output
+    assert head.addresses["text_features"] == "text:text_features"

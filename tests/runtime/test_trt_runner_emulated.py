@@ -118,6 +118,26 @@ def test_fused_path_feeds_the_head_from_the_encoders_device_outputs(emulated):
     assert not emulated.gpu.open
 
 
+@pytest.mark.parametrize("graphs", [False, True])
+def test_with_the_text_given_the_head_reads_those_features(emulated, graphs):
+    backends = {"image_encoder": emulated.open("image"), "text_encoder": emulated.open("text"),
+                "fusion_head": emulated.open("head")}
+    fusion = emulated.trt_backend.fuse(backends, {"cuda_graphs": graphs})
+    for seed in range(3):  # with graphs: eager, captured, replayed
+        pixels, tokens = _inputs(2, 5, seed=seed)
+        np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
+        features = fusion.text_features()
+        np.testing.assert_allclose(features, text_model(**tokens)["text_features"])
+        frame, _ = _inputs(2, 5, seed=100 + seed)  # a new frame, the same text
+        np.testing.assert_allclose(fusion.logits_with_text_features(frame, features, Timings()),
+                                   _expected(frame, tokens), rtol=1e-5)
+    assert set(fusion.graphs) == ({(2, 5), ("text given", 2)} if graphs else set())
+    fusion.close()
+    for backend in backends.values():
+        backend.close()
+    assert not emulated.gpu.open
+
+
 def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
     backends = {"image_encoder": emulated.open("image"), "text_encoder": emulated.open("text"),
                 "fusion_head": emulated.open("head")}
@@ -143,6 +163,7 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
 
     from fusionrt.calibration.dataset import LabeledDataset
     from fusionrt.runtime.pipeline import Pipeline
+    from fusionrt.runtime.text_cache import TextFeatureCache
 
     bundle = tmp_path / "bundle"
     shutil.copytree(built[0], bundle)
@@ -165,6 +186,10 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
                                                atol=1e-6)
             assert pipe.timings.image_ms > 0 and pipe.timings.head_ms >= 0
             assert len(pipe._fused.graphs) == (2 if graphs else 0)
-            for _ in range(2):  # text cache miss, then hit: the components one by one on their own streams
-                assert [p.label for p in pipe.classify_batch(images[:8], texts[:8])] == labels
+            pipe.text_cache = TextFeatureCache(8)
+            for _ in range(2):  # text cache miss (both branches), then hit (the image branch and the head only)
+                np.testing.assert_allclose(pipe.cached_logits(*pipe.prepare(images[:8], texts[:8])), expected[8],
+                                           rtol=1e-5, atol=1e-6)
+            assert (pipe.text_cache.misses, pipe.text_cache.hits) == (8, 8)
+            assert [p.label for p in pipe.classify_batch(images[:8], texts[:8])] == labels
         assert not gpu.open  # every buffer, event and graph released by close()
