@@ -106,8 +106,9 @@ def borrowed_stream_check(cu, torch) -> dict:
 
 def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dict:
     """fusionrt's TensorRT runner on real CUDA, with copy engines standing in for TensorRT: both branches on their
-    own streams, the head on `head_stream` (a caller's) after both, eager and with CUDA graphs per (batch, seq).
-    Every call gets new data and its result is compared byte for byte; the event timings must read back."""
+    own streams, the head on `head_stream` (a caller's) after both, then the cached-text path (image branch and
+    head), eager and with CUDA graphs per shape. Every call gets new data and its result is compared byte for
+    byte; the event timings must read back."""
     import tempfile
 
     from fusionrt.benchmarks.copy_engine import expected_bytes, logits_bytes, open_copy_backends
@@ -131,10 +132,14 @@ def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dic
                         logits = fusion.logits(pixels, tokens, timings)
                         host_us.append((time.perf_counter() - start) * 1e6)
                         equal &= bool(np.array_equal(logits_bytes(logits), expected_bytes(pixels, tokens)))
+                        # A camera app's next frame with the same (cached) text: image branch and head only.
+                        frame = rng.standard_normal((batch, 12), dtype=np.float32)
+                        cached = fusion.logits_with_text_features(frame, fusion.text_features(), Timings())
+                        equal &= bool(np.array_equal(logits_bytes(cached), expected_bytes(frame, tokens)))
                         marks = (timings.image_ms, timings.text_ms, timings.branches_ms, timings.head_ms)
                         timings_read &= all(np.isfinite(m) and m >= -1e-3 for m in marks)
                     out[mode] = {"results_equal": equal, "timings_read": timings_read,
-                                 "graphs": [list(k) for k in sorted(fusion.graphs)],
+                                 "graphs": sorted(" ".join(map(str, k)) for k in fusion.graphs),
                                  "call_us_median": round(statistics.median(host_us[6:] or host_us), 1)}
                 finally:
                     fusion.close()

@@ -44,7 +44,7 @@ def test_fused_path_check_passes_on_an_emulated_gpu_and_catches_a_wrong_hand_off
     report = gpu_check.check_fused_path(cu, head_stream=1234, calls=12)
     assert report["eager"]["results_equal"] and report["eager"]["timings_read"] and report["eager"]["graphs"] == []
     assert report["cuda_graphs"]["results_equal"] and report["cuda_graphs"]["timings_read"]
-    assert report["cuda_graphs"]["graphs"] == [[1, 8], [8, 8], [32, 8]]  # one graph per (batch, seq) bucket
+    assert report["cuda_graphs"]["graphs"] == ["1 8", "32 8", "8 8", "text given 1", "text given 32", "text given 8"]
     assert not gpu.open  # every buffer, event and graph released
 
     # The check must be able to fail: a head that keeps reading its own, never written, input buffers is caught.
