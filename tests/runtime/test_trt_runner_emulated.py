@@ -1,5 +1,5 @@
 """The TensorRT runner's data path, run without a GPU, on the emulated GPU of tests/runtime/trt_emulation.py (whose
-TensorRT stand-ins accept only the installed TensorRT-RTX classes' API). What this checks:
+TensorRT stand-ins accept only the real classes' API: TensorRT-RTX's and TensorRT 11's runtime). What this checks:
 buffers sized once for the profile's largest shapes and used for smaller ones, copies of the right byte counts,
 outputs that follow the input shapes, the fused path's head reading the encoders' device outputs, CUDA graph
 replay on new inputs, and `close()`. Real CUDA semantics still need a GPU (tests/runtime/test_cuda_layer.py's GPU
@@ -17,8 +17,11 @@ from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.pipeline import Timings
 from tests.runtime.trt_emulation import Gpu, emulate_tensorrt, emulated_trt, install_emulated_cuda
 
-pytestmark = pytest.mark.skipif(not is_available("tensorrt_rtx"),
-                                reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
+# The runner's calls are checked against each installed TensorRT's real classes: TensorRT-RTX, and TensorRT 11's
+# runtime (tensorrt-lean: the same runtime API as the full tensorrt package, which cannot be installed here).
+CLASS_APIS = {"tensorrt_rtx": "tensorrt_rtx", "tensorrt_lean": "tensorrt"}  # module -> the product it stands for
+needs_rtx = pytest.mark.skipif(not is_available("tensorrt_rtx"),
+                               reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
 
 W_IMAGE = np.arange(18, dtype=np.float32).reshape(3, 6) / 10
 W_HEAD = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)
@@ -48,18 +51,23 @@ MODELS = {
 }
 
 
-@pytest.fixture()
-def emulated(monkeypatch, tmp_path):
-    import tensorrt_rtx as trt
+@pytest.fixture(params=sorted(CLASS_APIS))
+def emulated(request, monkeypatch, tmp_path):
+    import importlib
 
     from fusionrt.runtime.backends import tensorrt as trt_backend
     from fusionrt.runtime.backends.trt_compat import TrtApi
+
+    if not is_available(request.param):
+        pytest.skip(f"{request.param} is not installed (make install adds it)")
+    trt = importlib.import_module(request.param)
 
     gpu = Gpu()
     cu = install_emulated_cuda(monkeypatch, gpu)
 
     def open_backend(model):
-        api = TrtApi("tensorrt_rtx", emulated_trt(trt, gpu, lambda plan: MODELS[model]), Version(trt.__version__))
+        api = TrtApi(CLASS_APIS[request.param], emulated_trt(trt, gpu, lambda plan: MODELS[model]),
+                     Version(trt.__version__))
         path = tmp_path / f"{model}.engine"
         path.write_bytes(b"plan")
         inputs, outputs, _ = MODELS[model]
@@ -153,6 +161,7 @@ def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
     assert not emulated.gpu.open
 
 
+@needs_rtx
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", None])  # None: the calibrated int8-trt policy
 def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, calibrated, monkeypatch, tmp_path):
     """Pipeline.load(backend='tensorrt_rtx') end to end: the real engine files, records and checks, engine choice

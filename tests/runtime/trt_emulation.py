@@ -1,8 +1,9 @@
 """An emulated GPU for the TensorRT runner's tests: host memory stands in for device memory, and stand-ins for
 TensorRT's engine and context read and write tensors at the addresses the runner gives them, as TensorRT does.
 
-The stand-ins accept only what the installed TensorRT-RTX classes have: an attribute the class lacks, or a call
-that none of its signatures accepts (argument count, str/int/tuple types), fails the test. Real CUDA semantics
+The stand-ins accept only what the real TensorRT classes they are given have (TensorRT-RTX's, or TensorRT 11's
+runtime from tensorrt-lean): an attribute the class lacks, or a call that none of its signatures accepts
+(argument count, str/int/tuple types), fails the test. Real CUDA semantics
 still need a GPU (tests/runtime/test_cuda_layer.py's GPU test and benchmarks/gpu_check.py)."""
 
 import ctypes
