@@ -8,7 +8,7 @@ EMOJI  := emoji-datasource-google@16.0.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all install demo test bench clean
+.PHONY: all install demo test bench gpu-check clean
 
 all: test
 
@@ -58,6 +58,16 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# On a lent GPU machine (its own python3 with PyTorch, cuda-python and CuPy; no TensorRT, no network), not here:
+# the prepared GPU check (about 5 minutes), then the GPU tests. Both run even if the first fails.
+GPU_OUT ?= build/gpu_check
+gpu-check:
+	python3 benchmarks/gpu_check.py --out $(GPU_OUT); check=$$?; \
+	python3 -m pip install -q --no-index --no-deps --no-build-isolation --target build/gpu_site . && \
+	PYTHONPATH=build/gpu_site python3 -m pytest -q -rs -p no:cacheprovider tests/runtime/test_cuda_layer.py \
+		tests/benchmarks/test_gpu_check.py tests/runtime/test_trt_fusion_order.py; tests=$$?; \
+	exit $$((check || tests))
 
 clean:
 	rm -rf build $(VENV)
