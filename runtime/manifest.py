@@ -226,6 +226,24 @@ class Profile:
     def to_dict(self) -> dict:
         return {"batch": list(self.batch), "seq": list(self.seq)}
 
+    def shapes_for(self, spec: "TensorSpec") -> tuple:
+        """(min, opt, max) shapes of one input: named axes take the batch or sequence range."""
+        shapes = []
+        for i in range(3):
+            dims = []
+            for axis in spec.shape:
+                if isinstance(axis, int):
+                    dims.append(axis)
+                elif axis == "batch":
+                    dims.append(self.batch[i])
+                elif axis in ("seq", "sequence"):
+                    dims.append(self.seq[i])
+                else:
+                    raise BundleError(f"input '{spec.name}': dynamic axis '{axis}' has no profile range; expected "
+                                      "'batch' or 'sequence'.")
+            shapes.append(tuple(dims))
+        return tuple(shapes)
+
     @classmethod
     def for_text(cls, max_seq_len: int, batch: tuple = (1, 8, 32)) -> "Profile":
         """Text lengths up to the tokenizer's limit, tuned for 64 tokens (or the limit, when shorter)."""

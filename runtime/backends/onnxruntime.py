@@ -92,9 +92,7 @@ def gpu_providers(device: str, bundle, precision: str, component: str | None = N
 def _explicit_profile(bundle, component: str) -> dict:
     """The manifest's optimization profile as the TensorRT EP's min/opt/max shape options. Without them the EP
     sizes its profile from the inputs it has seen, and rebuilds the engine each time a larger batch or text comes."""
-    from fusionrt.runtime.backends.trt_build import input_ranges
-
-    ranges = [(spec.name, input_ranges(spec, bundle.manifest.profile)) for spec in
+    ranges = [(spec.name, bundle.manifest.profile.shapes_for(spec)) for spec in
               bundle.manifest.components[component].inputs]
     return {f"trt_profile_{kind}_shapes": ",".join(f"{name}:{'x'.join(map(str, shapes[i]))}" for name, shapes in ranges)
             for i, kind in enumerate(("min", "opt", "max"))}

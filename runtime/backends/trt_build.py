@@ -22,7 +22,7 @@ from fusionrt.runtime.errors import BackendUnavailable, BundleError
 from fusionrt.runtime.manifest import COMPONENTS, EngineRecord, Profile, sha256_of
 from fusionrt.runtime.precision import parse_precision
 
-__all__ = ["BuildResult", "build_engines", "input_ranges", "engine_folder"]
+__all__ = ["BuildResult", "build_engines", "engine_folder"]
 
 TIMING_CACHE = "timing.cache"
 
@@ -34,24 +34,6 @@ class BuildResult:
     skipped: bool  # the cache key matched an engine already built
     layers: dict  # layer type -> count in the parsed network (empty when skipped)
     seconds: float
-
-
-def input_ranges(spec, profile: Profile) -> tuple:
-    """(min, opt, max) shapes of one input: named axes take the profile's batch or sequence range."""
-    shapes = []
-    for i in range(3):
-        dims = []
-        for axis in spec.shape:
-            if isinstance(axis, int):
-                dims.append(axis)
-            elif axis == "batch":
-                dims.append(profile.batch[i])
-            elif axis in ("seq", "sequence"):
-                dims.append(profile.seq[i])
-            else:
-                raise BundleError(f"input '{spec.name}': dynamic axis '{axis}' has no profile range; expected 'batch' or 'sequence'.")
-        shapes.append(tuple(dims))
-    return tuple(shapes)
 
 
 def _target(api: TrtApi, compute_capability: str | None) -> tuple:
@@ -106,7 +88,7 @@ def _build_one(api: TrtApi, logger, onnx_path: Path, comp, precision: str, profi
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     optimization = builder.create_optimization_profile()
     for spec in comp.inputs:
-        optimization.set_shape(spec.name, *input_ranges(spec, profile))
+        optimization.set_shape(spec.name, *profile.shapes_for(spec))
     config.add_optimization_profile(optimization)
     cache_file = folder / TIMING_CACHE
     timing = None

@@ -242,7 +242,6 @@ def onnx_models(bundle, precision: str) -> dict:
     would, up to TensorRT's numerics)."""
     import onnxruntime as ort
 
-    from fusionrt.runtime.backends.trt_build import input_ranges
     from fusionrt.runtime.backends.trt_compat import TrtApi
     from fusionrt.runtime.bundle import Bundle
     from fusionrt.runtime.manifest import Profile
@@ -253,7 +252,7 @@ def onnx_models(bundle, precision: str) -> dict:
         session = ort.InferenceSession(str(bundle / comp.files[flavour].path), providers=["CPUExecutionProvider"])
         for engine in (e for e in comp.engines if e.precision == precision):
             profile = Profile.from_dict(engine.profile)
-            inputs = {t.name: (t.dtype, *input_ranges(t, profile)[::2]) for t in comp.inputs}  # (dtype, min, max)
+            inputs = {t.name: (t.dtype, *profile.shapes_for(t)[::2]) for t in comp.inputs}  # (dtype, min, max)
             outputs = {t.name: (t.dtype, t.shape[1]) for t in comp.outputs}
             names = [o.name for o in session.get_outputs()]
             models[engine.sha256] = (inputs, outputs,
