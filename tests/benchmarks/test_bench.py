@@ -11,7 +11,7 @@ from fusionrt.runtime.pipeline import Pipeline
 from fusionrt.benchmarks.report import markdown_table
 from fusionrt.benchmarks.stats import latency_stats, percentiles, speedup
 from fusionrt.cli import main
-from fusionrt.runtime.optional import is_available
+from tests.hardware import needs_rtx
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -121,7 +121,7 @@ def test_arch_is_built_once_cached_and_labelled_speed_only(tmp_path, capsys):
     assert done.stat().st_mtime_ns == stamp and "building" not in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not is_available("tensorrt_rtx"), reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
+@needs_rtx
 def test_tensorrt_rows_include_cuda_graphs_and_run_the_fused_path(built, calibrated, monkeypatch, tmp_path):
     """`fusionrt bench --backend tensorrt_rtx` on the emulated GPU (tests/runtime/trt_emulation.py): the real
     engine files, one row per mode, the fused path's own branch timings."""

@@ -8,7 +8,7 @@ import pytest
 
 from fusionrt.benchmarks import copy_engine, gpu_check
 from fusionrt.runtime.optional import is_available
-from tests.runtime.test_cuda_layer import _gpu_count, _no_driver
+from tests.hardware import gpu_count, no_cuda_driver
 from tests.runtime.trt_emulation import Gpu, emulated_cuda
 
 
@@ -17,7 +17,7 @@ def _cudart(gpu: Gpu):
     installed cuda-bindings where that has no driver to reach."""
 
     def memcpy_2d_async(dst, dpitch, src, spitch, width, height, kind, stream):
-        if _no_driver():
+        if no_cuda_driver():
             from cuda.bindings import runtime as rt
 
             err, = rt.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, kind, stream)
@@ -54,7 +54,7 @@ def test_fused_path_check_passes_on_an_emulated_gpu_and_catches_a_wrong_hand_off
     assert not report["eager"]["results_equal"] and not report["cuda_graphs"]["results_equal"]
 
 
-@pytest.mark.skipif(_gpu_count() == 0, reason="needs an NVIDIA GPU and cuda-bindings (none here)")
+@pytest.mark.skipif(gpu_count() == 0, reason="needs an NVIDIA GPU and cuda-bindings (none here)")
 def test_fused_path_check_on_a_gpu():
     from fusionrt.runtime import cuda
 
@@ -65,7 +65,7 @@ def test_fused_path_check_on_a_gpu():
 
 def test_without_a_gpu_the_script_says_so(monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["gpu_check.py"])
-    if _gpu_count() > 0:
+    if gpu_count() > 0:
         pytest.skip("checks the no-GPU message")
     assert gpu_check.main() == 2
     assert "needs an NVIDIA GPU" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import pytest
 
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import is_available
+from tests.hardware import gpu_count, no_cuda_driver
 
 
 def test_device_count_is_zero_or_more_without_raising():
@@ -17,15 +18,7 @@ def test_device_count_is_zero_or_more_without_raising():
         assert cuda.device_count() >= 0
 
 
-def _gpu_count():
-    if not is_available("cuda.bindings.runtime"):
-        return 0
-    from fusionrt.runtime import cuda
-
-    return cuda.device_count()
-
-
-@pytest.mark.skipif(_gpu_count() == 0, reason="needs an NVIDIA GPU and cuda-bindings (none here)")
+@pytest.mark.skipif(gpu_count() == 0, reason="needs an NVIDIA GPU and cuda-bindings (none here)")
 def test_gpu_roundtrip_across_two_streams_and_graph():
     import numpy as np
 
@@ -51,16 +44,6 @@ def test_gpu_roundtrip_across_two_streams_and_graph():
         assert np.array_equal(src.array, dst.array)
 
 
-def _no_driver() -> bool:
-    """cuda-bindings installed, no CUDA driver: every call returns cudaErrorInsufficientDriver, but only after
-    cuda-bindings has checked the call's arguments (their number and types)."""
-    if not is_available("cuda.bindings.runtime"):
-        return False
-    from cuda.bindings import runtime as rt
-
-    return rt.cudaGetDeviceCount()[0] == rt.cudaError_t.cudaErrorInsufficientDriver
-
-
 def _unbuilt(cls, **fields):
     """An instance whose __init__ never ran (its own CUDA call would fail first here), holding null handles."""
     obj = object.__new__(cls)
@@ -68,7 +51,7 @@ def _unbuilt(cls, **fields):
     return obj
 
 
-@pytest.mark.skipif(not _no_driver(), reason="needs cuda-bindings without a CUDA driver (the GPU test covers a GPU)")
+@pytest.mark.skipif(not no_cuda_driver(), reason="needs cuda-bindings without a CUDA driver (the GPU test covers a GPU)")
 def test_every_cuda_call_matches_the_installed_cuda_bindings():
     """Each wrapper's call reaches the driver with arguments cuda-bindings accepts: a wrong name, argument count or
     type would raise AttributeError or TypeError here, before the clean 'no driver' error."""

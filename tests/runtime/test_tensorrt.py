@@ -17,17 +17,7 @@ from fusionrt.runtime.manifest import EngineRecord
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.pipeline import Pipeline
 from tests.conftest import RTX_CC as CC
-
-
-def _gpu_count() -> int:
-    if not is_available("cuda.bindings.runtime"):
-        return 0
-    from fusionrt.runtime import cuda
-
-    return cuda.device_count()
-
-
-needs_rtx = pytest.mark.skipif(not is_available("tensorrt_rtx"), reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
+from tests.hardware import gpu_count, needs_rtx
 
 
 @needs_rtx
@@ -89,7 +79,7 @@ def test_unchanged_build_is_skipped_and_a_new_profile_rebuilds(built, capsys, tm
      "seq max 128 is longer than the tokenizer's max_seq_len 32: expected MAX <= 32. Pass --seq 1:16:32"),
 ])
 def test_build_errors_are_clear(calibrated, argv, message, capsys):
-    if _gpu_count():
+    if gpu_count():
         pytest.skip("with a GPU these builds target it")
     with pytest.raises(SystemExit) if "--batch" in argv else _no_raise():
         assert main(["build", str(calibrated[0]), *argv]) == 2
@@ -143,14 +133,14 @@ def test_engine_checked_against_library_and_gpu_before_deserializing():
         check_engine(other, _fake_api("tensorrt", "10.13.3"), "9.0", "NVIDIA H200")
 
 
-@pytest.mark.skipif(_gpu_count() > 0, reason="checks the no-GPU message")
+@pytest.mark.skipif(gpu_count() > 0, reason="checks the no-GPU message")
 @needs_rtx
 def test_running_engines_without_a_gpu_says_so(built):
     with pytest.raises(BackendUnavailable, match="no CUDA GPU found"):
         Pipeline.load(built[0], backend="tensorrt_rtx", precision="fp32")
 
 
-@pytest.mark.skipif(_gpu_count() == 0, reason="needs an NVIDIA GPU with TensorRT or TensorRT-RTX (none here)")
+@pytest.mark.skipif(gpu_count() == 0, reason="needs an NVIDIA GPU with TensorRT or TensorRT-RTX (none here)")
 def test_engines_match_onnxruntime_on_a_gpu(calibrated, tmp_path):
     from fusionrt.runtime.backends.trt_build import build_engines
 
@@ -178,7 +168,7 @@ def test_engines_match_onnxruntime_on_a_gpu(calibrated, tmp_path):
 def test_onnxruntime_gpu_provider_that_did_not_load_is_an_error(tiny_bundle):
     import onnxruntime
 
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _gpu_count():
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and gpu_count():
         pytest.skip("CUDA loads here")
     with pytest.raises(BackendUnavailable, match=r"CUDAExecutionProvider.*did not load.*allow_fallback"):
         Pipeline.load(tiny_bundle, backend="onnxruntime", device="cuda")

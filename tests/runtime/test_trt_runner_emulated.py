@@ -15,13 +15,12 @@ from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.pipeline import Timings
+from tests.hardware import needs_rtx
 from tests.runtime.trt_emulation import Gpu, emulate_tensorrt, emulated_trt, install_emulated_cuda
 
 # The runner's calls are checked against each installed TensorRT's real classes: TensorRT-RTX, and TensorRT 11's
 # runtime (tensorrt-lean: the same runtime API as the full tensorrt package, which cannot be installed here).
 CLASS_APIS = {"tensorrt_rtx": "tensorrt_rtx", "tensorrt_lean": "tensorrt"}  # module -> the product it stands for
-needs_rtx = pytest.mark.skipif(not is_available("tensorrt_rtx"),
-                               reason="tensorrt-rtx-cu13 is not installed (make install adds it)")
 
 W_IMAGE = np.arange(18, dtype=np.float32).reshape(3, 6) / 10
 W_HEAD = np.linspace(-1, 1, 30, dtype=np.float32).reshape(10, 3)
