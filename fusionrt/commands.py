@@ -9,7 +9,8 @@ from pathlib import Path
 from fusionrt.runtime.errors import DataError, InputError
 from fusionrt.runtime.optional import require
 
-__all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info", "cmd_calibrate", "cmd_bench"]
+__all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info", "cmd_calibrate", "cmd_bench",
+           "cmd_camera", "cmd_build"]
 
 
 def _say(text: str) -> None:
@@ -79,8 +80,8 @@ def cmd_export(args) -> int:
     from fusionrt.runtime.manifest import Profile
 
     model = FusionClassifier.from_pretrained(args.checkpoint)
-    profile = Profile.for_text(model.config.max_seq_len, args.batch)
-    profile = Profile(profile.batch, tuple(args.seq)) if args.seq else profile
+    profile = Profile(tuple(args.batch), tuple(args.seq)) if args.seq else \
+        Profile.for_text(model.config.max_seq_len, args.batch)
     images, texts = _example_inputs(args.data, args.samples)
     _say(f"exporting {args.checkpoint} to {args.out} ({args.exporter} exporter, {len(images)} parity samples)")
     bundle = export_bundle(model, args.out, images, texts, profile,
