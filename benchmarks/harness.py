@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from fusionrt.benchmarks.stats import latency_stats, percentiles, speedup
+from fusionrt.runtime.backends import backend_module, resolve_backend
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.pipeline import Pipeline
@@ -66,13 +67,15 @@ def _row(runner, pixels, tokens, duration_s: float, **fields) -> dict:
             **{f"{name}_ms": percentiles(values) for name, values in branch.items()}}
 
 
-# How the branches run, and what Pipeline.load needs for it. CUDA graphs exist on the TensorRT backends only.
+# How the branches run, and what Pipeline.load needs for it. CUDA graphs exist where a backend fuses the
+# branches on the device (its module has `fuse`: the TensorRT backends).
 MODES = {"sequential": {"concurrent": False}, "concurrent": {"concurrent": True},
          "concurrent + CUDA graphs": {"concurrent": True, "cuda_graphs": True}}
 
 
 def _modes(backend: str) -> list:
-    return [m for m in MODES if "cuda_graphs" not in MODES[m] or backend.startswith("tensorrt")]
+    fuses = hasattr(backend_module(resolve_backend(backend)), "fuse")
+    return [m for m in MODES if "cuda_graphs" not in MODES[m] or fuses]
 
 
 def bench(bundle, images, texts, backends=("onnxruntime",), precisions=("fp32", "int8"), batches=(1, 8),
