@@ -5,6 +5,7 @@ outputs that follow the input shapes, the fused path's head reading the encoders
 replay on new inputs, and `close()`. Real CUDA semantics still need a GPU (tests/runtime/test_cuda_layer.py's GPU
 test and benchmarks/gpu_check.py)."""
 
+import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,7 +76,19 @@ def emulated(request, monkeypatch, tmp_path):
         out_specs = tuple(TensorSpec(n, dt, ["batch", w]) for n, (dt, w) in outputs.items())
         return trt_backend.TensorRTBackend(api, path, SimpleNamespace(path=str(path)), specs, out_specs, cu.Stream())
 
-    return SimpleNamespace(open=open_backend, gpu=gpu, trt_backend=trt_backend)
+    @contextlib.contextmanager
+    def fused(graphs: bool):
+        """The three components fused; on exit everything closed, and every buffer, event and graph released."""
+        backends = {c: open_backend(m) for c, m in (("image_encoder", "image"), ("text_encoder", "text"),
+                                                     ("fusion_head", "head"))}
+        fusion = trt_backend.fuse(backends, {"cuda_graphs": graphs})
+        yield fusion, backends
+        fusion.close()
+        for backend in backends.values():
+            backend.close()
+        assert not gpu.open
+
+    return SimpleNamespace(open=open_backend, fused=fused, gpu=gpu, trt_backend=trt_backend)
 
 
 def _inputs(batch, seq, seed=0):
@@ -107,57 +120,39 @@ def test_one_backend_runs_every_shape_in_its_profile_in_buffers_sized_once(emula
 
 
 def test_fused_path_feeds_the_head_from_the_encoders_device_outputs(emulated):
-    backends = {"image_encoder": emulated.open("image"), "text_encoder": emulated.open("text"),
-                "fusion_head": emulated.open("head")}
-    fusion = emulated.trt_backend.fuse(backends, {"cuda_graphs": False})
-    for batch, seq in ((2, 5), (3, 8), (1, 1)):
-        pixels, tokens = _inputs(batch, seq, seed=batch)
-        logits = fusion.logits(pixels, tokens, Timings())
-        np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
-    head = backends["fusion_head"]
-    assert not head.tensors["image_features"].host.array.any()  # never copied through the host
-    pixels, tokens = _inputs(2, 5, seed=9)  # the head alone still runs from its own input buffers
-    features = {**image_model(pixels), **text_model(**tokens)}
-    np.testing.assert_allclose(head.infer(features)["logits"], _expected(pixels, tokens), rtol=1e-5)
-    fusion.close()
-    for backend in backends.values():
-        backend.close()
-    assert not emulated.gpu.open
+    with emulated.fused(False) as (fusion, backends):
+        for batch, seq in ((2, 5), (3, 8), (1, 1)):
+            pixels, tokens = _inputs(batch, seq, seed=batch)
+            logits = fusion.logits(pixels, tokens, Timings())
+            np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
+        head = backends["fusion_head"]
+        assert not head.tensors["image_features"].host.array.any()  # never copied through the host
+        pixels, tokens = _inputs(2, 5, seed=9)  # the head alone still runs from its own input buffers
+        features = {**image_model(pixels), **text_model(**tokens)}
+        np.testing.assert_allclose(head.infer(features)["logits"], _expected(pixels, tokens), rtol=1e-5)
 
 
 @pytest.mark.parametrize("graphs", [False, True])
 def test_with_the_text_given_the_head_reads_those_features(emulated, graphs):
-    backends = {"image_encoder": emulated.open("image"), "text_encoder": emulated.open("text"),
-                "fusion_head": emulated.open("head")}
-    fusion = emulated.trt_backend.fuse(backends, {"cuda_graphs": graphs})
-    for seed in range(3):  # with graphs: eager, captured, replayed
-        pixels, tokens = _inputs(2, 5, seed=seed)
-        np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
-        features = fusion.text_features()
-        np.testing.assert_allclose(features, text_model(**tokens)["text_features"])
-        frame, _ = _inputs(2, 5, seed=100 + seed)  # a new frame, the same text
-        np.testing.assert_allclose(fusion.logits_with_text_features(frame, features, Timings()),
-                                   _expected(frame, tokens), rtol=1e-5)
-    assert set(fusion.graphs) == ({(2, 5), ("text given", 2)} if graphs else set())
-    fusion.close()
-    for backend in backends.values():
-        backend.close()
-    assert not emulated.gpu.open
+    with emulated.fused(graphs) as (fusion, backends):
+        for seed in range(3):  # with graphs: eager, captured, replayed
+            pixels, tokens = _inputs(2, 5, seed=seed)
+            np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
+            features = fusion.text_features()
+            np.testing.assert_allclose(features, text_model(**tokens)["text_features"])
+            frame, _ = _inputs(2, 5, seed=100 + seed)  # a new frame, the same text
+            np.testing.assert_allclose(fusion.logits_with_text_features(frame, features, Timings()),
+                                       _expected(frame, tokens), rtol=1e-5)
+        assert set(fusion.graphs) == ({(2, 5), ("text given", 2)} if graphs else set())
 
 
 def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
-    backends = {"image_encoder": emulated.open("image"), "text_encoder": emulated.open("text"),
-                "fusion_head": emulated.open("head")}
-    fusion = emulated.trt_backend.fuse(backends, {"cuda_graphs": True})
-    for seed in range(4):  # eager, captured, then replayed twice: each on new data
-        for batch, seq in ((2, 5), (4, 3)):
-            pixels, tokens = _inputs(batch, seq, seed=10 * seed + batch)
-            np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
-    assert sorted(fusion.graphs) == [(2, 5), (4, 3)]
-    fusion.close()
-    for backend in backends.values():
-        backend.close()
-    assert not emulated.gpu.open
+    with emulated.fused(True) as (fusion, backends):
+        for seed in range(4):  # eager, captured, then replayed twice: each on new data
+            for batch, seq in ((2, 5), (4, 3)):
+                pixels, tokens = _inputs(batch, seq, seed=10 * seed + batch)
+                np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
+        assert sorted(fusion.graphs) == [(2, 5), (4, 3)]
 
 
 @needs_rtx
