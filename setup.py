@@ -4,6 +4,7 @@ PACKAGES = {
     "fusionrt": "fusionrt",
     "fusionrt.runtime": "runtime",
     "fusionrt.runtime.backends": "runtime/backends",
+    "fusionrt.data": "data",
     "fusionrt.export": "export",
     "fusionrt.calibration": "calibration",
     "fusionrt.benchmarks": "benchmarks",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.calibration.fidelity import combinations, cosine_stats, fidelity_markdown, head_outcome
 from fusionrt.calibration.half import write_fp16
 from fusionrt.calibration.policy import Thresholds, choose_policy

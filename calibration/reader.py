@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.preprocess import preprocess_batch

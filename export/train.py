@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.export.model import FusionClassifier
 from fusionrt.runtime.metrics import classification_metrics
 from fusionrt.runtime.preprocess import preprocess_batch

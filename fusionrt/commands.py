@@ -22,7 +22,7 @@ def _dump(data) -> None:
 
 
 def cmd_data(args) -> int:
-    from fusionrt.calibration.emoji import convert_emoji_dataset
+    from fusionrt.data.emoji import convert_emoji_dataset
 
     result = convert_emoji_dataset(args.source, args.out, args.test_fraction, args.seed)
     _say(f"wrote {result['train']} and {result['test']}: {len(result['classes'])} classes, "
@@ -32,7 +32,7 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     require("torch", "training")
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from fusionrt.export.factory import build_model
     from fusionrt.export.train import TrainSettings, evaluate_torch, train_head
 
@@ -62,7 +62,7 @@ def cmd_train(args) -> int:
 def _example_inputs(data_path, count: int):
     """Real (image, text) samples for export; without a data set, two built-in scenes."""
     if data_path:
-        from fusionrt.calibration.dataset import LabeledDataset
+        from fusionrt.data.dataset import LabeledDataset
 
         data = LabeledDataset.read(data_path).head(max(2, count))
         return [s.image for s in data], [s.text for s in data]
@@ -106,7 +106,7 @@ def cmd_classify(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from fusionrt.runtime.evaluate import evaluate_pipeline
     from fusionrt.runtime.pipeline import Pipeline
 

@@ -105,7 +105,7 @@ def shape_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory, shape_data):
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from fusionrt.export.train import TrainSettings, train_head
 
     model = tiny_model()
@@ -117,7 +117,7 @@ def trained_checkpoint(tmp_path_factory, shape_data):
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, trained_checkpoint, shape_data):
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from fusionrt.export.bundle_writer import export_bundle
     from fusionrt.export.model import FusionClassifier
 

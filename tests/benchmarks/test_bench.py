@@ -55,7 +55,7 @@ def test_without_baseline_speedups_are_against_fp32_sequential():
 
 
 def test_bench_rows_with_pytorch_baseline(tiny_bundle, trained_checkpoint, shape_data):
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from fusionrt.export.model import FusionClassifier
     from ..conftest import tiny_image_encoder
 
@@ -78,7 +78,7 @@ def test_bench_rows_with_pytorch_baseline(tiny_bundle, trained_checkpoint, shape
 
 
 def test_auto_rows_say_what_the_policy_resolved_to(calibrated):
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from fusionrt.runtime.precision import format_precision
 
     bundle, _, _, test = calibrated
@@ -127,7 +127,7 @@ def test_tensorrt_rows_include_cuda_graphs_and_run_the_fused_path(built, calibra
     engine files, one row per mode, the fused path's own branch timings."""
     import shutil
 
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from tests.runtime.trt_emulation import emulate_tensorrt
 
     bundle = tmp_path / "bundle"

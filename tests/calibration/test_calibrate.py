@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.calibration.policy import Thresholds, choose_policy
 from fusionrt.calibration.reader import CalibrationSource, select_calibration
 from fusionrt.runtime.bundle import Bundle

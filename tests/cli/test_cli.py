@@ -8,7 +8,7 @@ from fusionrt.cli import main
 
 
 def test_classify_json(tiny_bundle, shape_data, capsys):
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
 
     sample = LabeledDataset.read(shape_data[1])[0]
     assert main(["classify", str(tiny_bundle), "--image", str(sample.image), "--text", sample.text, "--json"]) == 0
@@ -22,7 +22,7 @@ def test_classify_json(tiny_bundle, shape_data, capsys):
     (["--image", "{image}", "--text", "  "], "non-empty text"),
 ])
 def test_errors_are_one_clear_line(tiny_bundle, shape_data, capsys, args, message):
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
 
     image = LabeledDataset.read(shape_data[1])[0].image
     args = [a.format(bundle=tiny_bundle, image=image) for a in args]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.export.bundle_writer import export_bundle
 from fusionrt.export.model import FusionClassifier
 from fusionrt.export.train import TrainSettings, evaluate_torch, train_head

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from fusionrt.calibration.dataset import LabeledDataset
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.pipeline import Pipeline
 from fusionrt.runtime.preprocess import load_image

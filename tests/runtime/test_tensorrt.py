@@ -151,7 +151,7 @@ def test_engines_match_onnxruntime_on_a_gpu(calibrated, tmp_path):
         build_engines(bundle, product, "fp32")
     except BackendUnavailable as exc:  # e.g. TensorRT-RTX has no target for this GPU (sm90)
         pytest.skip(str(exc))
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
 
     data = LabeledDataset.read(calibrated[3])
     images, texts = [s.image for s in data], [s.text for s in data]

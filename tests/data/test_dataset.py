@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from fusionrt.calibration.dataset import LabeledDataset
-from fusionrt.calibration.emoji import convert_emoji_dataset
+from fusionrt.data.dataset import LabeledDataset
+from fusionrt.data.emoji import convert_emoji_dataset
 from fusionrt.runtime.errors import DataError
 
 
