@@ -63,10 +63,10 @@ test: $(STAMP)
 # the prepared GPU check (about 5 minutes), then the GPU tests. Both run even if the first fails.
 GPU_OUT ?= build/gpu_check
 gpu-check:
-	python3 benchmarks/gpu_check.py --out $(GPU_OUT); check=$$?; \
+	python3 tests/gpu/gpu_check.py --out $(GPU_OUT); check=$$?; \
 	python3 -m pip install -q --no-index --no-deps --no-build-isolation --target build/gpu_site . && \
 	PYTHONPATH=build/gpu_site python3 -m pytest -q -rs -p no:cacheprovider tests/runtime/test_cuda_layer.py \
-		tests/benchmarks/test_gpu_check.py tests/runtime/test_trt_fusion_order.py; tests=$$?; \
+		tests/gpu/test_gpu_check.py tests/runtime/test_trt_fusion_order.py; tests=$$?; \
 	exit $$((check || tests))
 
 clean:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from fusionrt.benchmarks.stats import latency_stats, percentiles, speedup
-from fusionrt.runtime.backends import backend_module, resolve_backend
+from fusionrt.runtime.backends import backend_class, resolve_backend
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.pipeline import Pipeline
@@ -68,13 +68,13 @@ def _row(runner, pixels, tokens, duration_s: float, **fields) -> dict:
 
 
 # How the branches run, and what Pipeline.load needs for it. CUDA graphs exist where a backend fuses the
-# branches on the device (its module has `fuse`: the TensorRT backends).
+# branches on the device (it declares `fuses`: the TensorRT backends).
 MODES = {"sequential": {"concurrent": False}, "concurrent": {"concurrent": True},
          "concurrent + CUDA graphs": {"concurrent": True, "cuda_graphs": True}}
 
 
 def _modes(backend: str) -> list:
-    fuses = hasattr(backend_module(resolve_backend(backend)), "fuse")
+    fuses = backend_class(resolve_backend(backend)).fuses
     return [m for m in MODES if "cuda_graphs" not in MODES[m] or fuses]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fusionrt.runtime.optional import require
-from fusionrt.runtime.pipeline import Timings
+from fusionrt.runtime.execution import Timings
 
 __all__ = ["TorchRunner"]
 

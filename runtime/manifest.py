@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fusionrt.runtime.errors import BundleError
+from fusionrt.runtime.wiring import Wiring
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -303,7 +304,7 @@ class Manifest:
             policies[target] = {"precision": _precision_map(_need(policy, "precision", f"policies.{target}", dict),
                                                             f"policies.{target}.precision"),
                                 "reason": str(policy.get("reason", ""))}
-        return cls(
+        manifest = cls(
             labels=labels,
             preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "the manifest", dict)),
             tokenizer=TokenizerSpec.from_dict(_need(d, "tokenizer", "the manifest", dict)),
@@ -318,6 +319,8 @@ class Manifest:
             producer=d.get("producer", {}),
             schema_version=version,
         )
+        manifest.wiring  # the components must connect by name: a conflict raises here, at load
+        return manifest
 
     @classmethod
     def read(cls, bundle_dir: Path) -> "Manifest":
@@ -361,6 +364,11 @@ class Manifest:
         return path
 
     # -- queries ---------------------------------------------------------------------------------
+    @property
+    def wiring(self) -> Wiring:
+        """Which tensor feeds which, by the components' tensor names."""
+        return Wiring.of(*(self.components[c] for c in COMPONENTS))
+
     def files(self) -> dict:
         """Every file the bundle's models need, relative path -> sha256."""
         out = {self.tokenizer.file: self.tokenizer.sha256}

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from fusionrt.runtime.errors import InputError
-from fusionrt.runtime.pipeline import Prediction
+from fusionrt.runtime.prediction import Prediction
 from fusionrt.runtime.preprocess import load_image, preprocess_batch
 
 __all__ = ["POLICIES", "FramePrediction", "stream", "StreamHandle"]
@@ -118,15 +118,13 @@ def stream(pipeline, frames: Iterable, text: str | Callable[[], str], policy: st
             if words not in tokens_for:  # tokenized once per distinct text
                 tokens_for.clear()
                 tokens_for[words] = pipeline.tokenizer([words])
-            hits = pipeline.text_cache.hits if pipeline.text_cache is not None else 0
-            logits = pipeline.cached_logits(pixels, tokens_for[words])
-            cached = pipeline.text_cache is not None and pipeline.text_cache.hits > hits
+            result = pipeline.infer(pixels, tokens_for[words])
             now = time.perf_counter()
             done.append(now)
             processed += 1
             fps = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
-            yield FramePrediction(index, image, pipeline.predictions(logits)[0], (now - taken) * 1e3, fps, processed,
-                                  box.dropped, cached)
+            yield FramePrediction(index, image, pipeline.predictions(result.logits)[0], (now - taken) * 1e3, fps,
+                                  processed, box.dropped, result.text_cached)
     finally:
         stop.set()
         reader.join(timeout=5.0)

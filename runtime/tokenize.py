@@ -9,7 +9,10 @@ import numpy as np
 
 from fusionrt.runtime.errors import BundleError, InputError
 
-__all__ = ["TextTokenizer"]
+__all__ = ["TextTokenizer", "TOKEN_NAMES"]
+
+# What the tokenizer gives, under the names Hugging Face models (and so the exported text encoders) take.
+TOKEN_NAMES = ("input_ids", "attention_mask")
 
 
 class TextTokenizer:

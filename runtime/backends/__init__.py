@@ -6,35 +6,34 @@ import importlib
 
 from fusionrt.runtime.errors import BackendUnavailable
 
-__all__ = ["BACKENDS", "backend_module", "resolve_backend"]
+__all__ = ["BACKENDS", "backend_class", "resolve_backend"]
 
-# name -> module holding `open_component(bundle, component, precision, options) -> Backend`
+# name -> "module:class" of its Backend subclass; a module is imported when its backend is chosen
 BACKENDS = {
-    "onnxruntime": "fusionrt.runtime.backends.onnxruntime",
-    "tensorrt": "fusionrt.runtime.backends.tensorrt",
-    "tensorrt_rtx": "fusionrt.runtime.backends.tensorrt",
+    "onnxruntime": "fusionrt.runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "fusionrt.runtime.backends.tensorrt:TensorRTBackend",
+    "tensorrt_rtx": "fusionrt.runtime.backends.tensorrt:TensorRTRTXBackend",
 }
+_AUTO_ORDER = ("tensorrt", "tensorrt_rtx")  # tried in this order by 'auto'; ONNX Runtime when neither can run
 
 
-def backend_module(name: str):
+def backend_class(name: str) -> type:
+    """The Backend subclass registered under `name`."""
     if name not in BACKENDS:
         raise BackendUnavailable(f"unknown backend '{name}': expected one of {sorted(BACKENDS)} or 'auto'.")
-    return importlib.import_module(BACKENDS[name])
+    module, _, attr = BACKENDS[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if cls.name != name:  # the table and the class must agree, or options and errors would name the wrong one
+        raise BackendUnavailable(f"backend table error: '{name}' maps to {attr}, which is named '{cls.name}'.")
+    return cls
 
 
 def resolve_backend(name: str) -> str:
-    """'auto' -> 'tensorrt' when TensorRT and a GPU are usable, else 'onnxruntime'."""
+    """'auto' -> 'tensorrt' (or 'tensorrt_rtx') when it can run here, else 'onnxruntime'; other names are checked."""
     if name != "auto":
-        backend_module(name)  # validates the name
+        backend_class(name)
         return name
-    import importlib.util
-
-    for product in ("tensorrt", "tensorrt_rtx"):
-        if importlib.util.find_spec(product) is None:
-            continue
-        try:
-            if backend_module(product).usable(product):
-                return product
-        except BackendUnavailable:
-            pass
+    for candidate in _AUTO_ORDER:
+        if backend_class(candidate).usable():
+            return candidate
     return "onnxruntime"

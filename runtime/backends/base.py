@@ -1,42 +1,80 @@
-"""The one Backend protocol: named input/output specs, `infer(dict) -> dict`, `close()`.
+"""The one Backend base class (Polygraphy's runners are the model).
 
-As in Polygraphy's runners, the public `infer` does the shared checks (names, dtypes, ranks,
-fixed dimensions) and then calls the backend's `_infer` hook, so a backend stays small.
+A backend is a class registered under its `name` (see `fusionrt.runtime.backends.BACKENDS`) and imported only when
+chosen. It declares its typed, frozen `Options`; `open` gives one bundle component ready to run, with its input and
+output specs from the manifest. The public `infer` does the shared checks (names, dtypes, ranks, fixed dimensions),
+times the call and then calls the backend's `_infer` hook, so a backend stays small. A backend that can run the two
+branches and the head as one device-side sequence (the TensorRT backends: two CUDA streams, one host sync) says so
+with `fuses = True` and implements `fuse`; the pipeline then runs through what `fuse` returns.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import time
+from typing import ClassVar, Mapping
 
 import numpy as np
 
+from fusionrt.runtime.backends.options import BackendOptions
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import TensorSpec
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "BackendOptions"]
 
 
 class Backend:
     """One model (ONNX file or engine) ready to run. Use as a context manager or call `close()`."""
 
-    name = "base"
+    name: ClassVar[str] = "base"
+    Options: ClassVar[type] = BackendOptions
+    fuses: ClassVar[bool] = False  # implements `fuse`: both branches and the head as one device-side call
 
     def __init__(self, inputs: tuple, outputs: tuple):
-        self.input_specs: tuple = inputs
-        self.output_specs: tuple = outputs
+        self.input_specs: tuple = tuple(inputs)
+        self.output_specs: tuple = tuple(outputs)
+        self.last_inference_ms = 0.0  # wall time of the last `infer`, checks excluded
         self._closed = False
 
+    # -- what a backend class provides ----------------------------------------------------------------
+    @classmethod
+    def usable(cls) -> bool:
+        """True when this backend can run here (its package imports, its device exists); never raises."""
+        return True
+
+    @classmethod
+    def int8_target(cls, options: BackendOptions) -> str:
+        """Whose calibrated INT8 policy applies to this backend with these options: 'int8-cpu' or 'int8-trt'."""
+        return "int8-cpu"
+
+    @classmethod
+    def open(cls, bundle, component: str, precision: str, options: BackendOptions) -> "Backend":
+        """One bundle component at `precision` ('fp32' | 'fp16' | 'int8'), ready to run."""
+        raise NotImplementedError
+
+    @classmethod
+    def fuse(cls, backends: Mapping[str, "Backend"], wiring, options: BackendOptions):
+        """Only where `fuses`: an executor (`run(pixels, tokens, text_features=None) -> Result`, `close()`) that runs
+        the three opened components of this class as one call."""
+        raise NotImplementedError(f"backend '{cls.name}' does not fuse its components")
+
+    # -- running ----------------------------------------------------------------------------------------
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
         """Run the model on `feeds` (name -> array). Returns name -> array; the caller owns the arrays."""
         if self._closed:
             raise InputError(f"{self.name} backend is closed: expected an open backend. Load the pipeline again.")
-        self._check_feeds(feeds)
-        return self._infer(feeds)
+        self.check(feeds)
+        start = time.perf_counter()
+        outputs = self._infer(feeds)
+        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        return outputs
 
-    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
+    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """The shared input checks `infer` runs (a fused executor runs them too): InputError when `feeds` are not
+        this model's inputs by name, dtype, rank and fixed sizes."""
         expected = {s.name for s in self.input_specs}
-        if set(feeds) != expected:
-            raise InputError(f"expected inputs {sorted(expected)}, found {sorted(feeds)}.")
+        if not isinstance(feeds, Mapping) or set(feeds) != expected:
+            found = sorted(feeds) if isinstance(feeds, Mapping) else type(feeds).__name__
+            raise InputError(f"expected inputs {sorted(expected)}, found {found}.")
         for spec in self.input_specs:
             _check_tensor(spec, feeds[spec.name])
 

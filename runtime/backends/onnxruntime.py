@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Literal, Mapping
 
 import numpy as np
 
-from fusionrt.runtime.backends.base import Backend
+from fusionrt.runtime.backends.base import Backend, BackendOptions
 from fusionrt.runtime.cpu import cpu_info
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import require
 
-__all__ = ["OnnxRuntimeBackend", "open_component", "default_providers", "int8_target", "FLAVOUR_FOR_PRECISION"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "default_providers", "gpu_providers", "FLAVOUR_FOR_PRECISION"]
 
 # ONNX Runtime's CPU kernels run U8S8 Q/DQ fast; the TensorRT EP wants the symmetric S8S8 graph.
 FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-cpu"}
@@ -25,8 +26,18 @@ def default_providers(ort) -> list:
     return preferred or ["CPUExecutionProvider"]
 
 
+@dataclass(frozen=True)
+class OnnxRuntimeOptions(BackendOptions):
+    device: Literal["cpu", "cuda", "tensorrt"] | None = None  # the execution providers to require
+    providers: tuple | None = None  # or an explicit list: names, or (name, provider options) pairs
+    threads: int = 0  # intra-op threads per session; 0 = ONNX Runtime's default (one per core)
+    allow_fallback: bool = False  # run on the providers that loaded instead of raising
+    optimize: bool = True  # False: the graph as written (Q/DQ not fused into this CPU's integer kernels)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    Options = OnnxRuntimeOptions
 
     def __init__(self, path, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False,
                  optimize: bool = True):
@@ -63,6 +74,45 @@ class OnnxRuntimeBackend(Backend):
         self.session = None
         super().close()
 
+    @classmethod
+    def usable(cls) -> bool:
+        try:
+            require("onnxruntime")
+            return True
+        except BackendUnavailable:
+            return False
+
+    @classmethod
+    def int8_target(cls, options: OnnxRuntimeOptions) -> str:
+        """The TensorRT EP runs the TensorRT Q/DQ flavour; every other provider the CPU one."""
+        return "int8-trt" if _wants_tensorrt(options) else "int8-cpu"
+
+    @classmethod
+    def open(cls, bundle, component: str, precision: str, options: OnnxRuntimeOptions) -> "OnnxRuntimeBackend":
+        comp = bundle.manifest.components[component]
+        providers = list(options.providers or [])
+        if options.device and not providers:
+            providers = gpu_providers(options.device, bundle, precision, component)
+        flavour = FLAVOUR_FOR_PRECISION[precision]
+        names = _provider_names(providers)
+        if _wants_tensorrt(options):
+            flavour = "int8-trt" if precision == "int8" else flavour
+        elif precision == "fp16" and (names == ["CPUExecutionProvider"] or (not names and not _has_gpu_provider())):
+            # FP16 is a GPU precision: ONNX Runtime's x86 CPU kernels have no FP16 math and would only add
+            # casts. The FP32 file gives the same answers (it is the fidelity reference), faster.
+            flavour = "fp32"
+        if flavour not in comp.files:
+            raise BackendUnavailable(
+                f"{component}: no {flavour} model in the bundle (has {sorted(comp.files)}). "
+                "Run `fusionrt calibrate BUNDLE --data DATA` for int8, or load with precision='fp32'."
+            )
+        if flavour == "int8-cpu":
+            _warn_if_calibrated_on_another_kind_of_cpu(bundle)
+        model = comp.files[flavour]
+        path = bundle.file(model.path, model.sha256 if options.verify else None)
+        return cls(path, comp.inputs, comp.outputs, providers or None, options.threads, options.allow_fallback,
+                   options.optimize)
+
 
 def _provider_names(providers) -> list:
     return [p[0] if isinstance(p, tuple) else p for p in providers]
@@ -98,44 +148,8 @@ def _explicit_profile(bundle, component: str) -> dict:
             for i, kind in enumerate(("min", "opt", "max"))}
 
 
-def _wants_tensorrt(options: Mapping) -> bool:
-    return options.get("device") == "tensorrt" or any("Tensorrt" in p for p in _provider_names(options.get("providers") or []))
-
-
-def int8_target(options: Mapping) -> str:
-    """Whose calibrated policy applies: the TensorRT EP runs the TensorRT Q/DQ flavour, the rest the CPU one."""
-    return "int8-trt" if _wants_tensorrt(options) else "int8-cpu"
-
-
-def open_component(bundle, component: str, precision: str, options: Mapping) -> OnnxRuntimeBackend:
-    """Open one bundle component at `precision` ('fp32' | 'fp16' | 'int8').
-
-    options: device ('cpu' | 'cuda' | 'tensorrt': the providers to require) or providers (an explicit list),
-    threads, allow_fallback (run on what loaded instead of raising), verify (check sha256, default True)."""
-    comp = bundle.manifest.components[component]
-    if options.get("device") and not options.get("providers"):
-        options = {**options, "providers": gpu_providers(options["device"], bundle, precision, component)}
-    flavour = FLAVOUR_FOR_PRECISION[precision]
-    providers = _provider_names(options.get("providers") or [])
-    if _wants_tensorrt(options):
-        flavour = "int8-trt" if precision == "int8" else flavour
-    elif precision == "fp16" and (providers == ["CPUExecutionProvider"] or (not providers and not _has_gpu_provider())):
-        # FP16 is a GPU precision: ONNX Runtime's x86 CPU kernels have no FP16 math and would only add
-        # casts. The FP32 file gives the same answers (it is the fidelity reference), faster.
-        flavour = "fp32"
-    if flavour not in comp.files:
-        raise BackendUnavailable(
-            f"{component}: no {flavour} model in the bundle (has {sorted(comp.files)}). "
-            "Run `fusionrt calibrate BUNDLE --data DATA` for int8, or load with precision='fp32'."
-        )
-    if flavour == "int8-cpu":
-        _warn_if_calibrated_on_another_kind_of_cpu(bundle)
-    model = comp.files[flavour]
-    path = bundle.file(model.path, model.sha256 if options.get("verify", True) else None)
-    threads = int(options.get("threads", 0))
-    return OnnxRuntimeBackend(
-        path, comp.inputs, comp.outputs, options.get("providers"), threads, options.get("allow_fallback", False)
-    )
+def _wants_tensorrt(options: OnnxRuntimeOptions) -> bool:
+    return options.device == "tensorrt" or any("Tensorrt" in p for p in _provider_names(options.providers or []))
 
 
 def _warn_if_calibrated_on_another_kind_of_cpu(bundle) -> None:
@@ -155,10 +169,3 @@ def _has_gpu_provider() -> bool:
     ort = require("onnxruntime", "the onnxruntime backend")
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
-
-def usable(_name: str = "onnxruntime") -> bool:
-    try:
-        require("onnxruntime")
-        return True
-    except BackendUnavailable:
-        return False

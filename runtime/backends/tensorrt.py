@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
 from fusionrt.runtime import cuda
-from fusionrt.runtime.backends.base import Backend
+from fusionrt.runtime.backends.base import Backend, BackendOptions
 from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
 from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
+from fusionrt.runtime.execution import Result, Timings
 
-__all__ = ["TensorRTBackend", "TensorRTFusion", "open_component", "fuse", "check_engine", "usable", "int8_target"]
+__all__ = ["TensorRTBackend", "TensorRTRTXBackend", "TensorRTOptions", "TensorRTFusion", "check_engine"]
 
 
 def _gpu() -> tuple:
@@ -87,12 +89,23 @@ class _Tensor:
         self.host.close()
 
 
+@dataclass(frozen=True)
+class TensorRTOptions(BackendOptions):
+    stream: int | None = None  # a caller's CUDA stream handle (torch, CuPy): the head runs and the results land on it
+    cuda_graphs: bool = False  # capture each (batch, sequence) shape of the fused call as a CUDA graph
+
+
 class TensorRTBackend(Backend):
+    name = "tensorrt"
+    Options = TensorRTOptions
+    fuses = True
+    product: ClassVar[str] = "tensorrt"  # the Python package whose runtime deserializes the plans
+
     def __init__(self, api: TrtApi, path: Path, record, inputs: tuple, outputs: tuple, stream: cuda.Stream):
         super().__init__(inputs, outputs)
         trt = api.trt
-        self.name, self.api, self.record, self.stream = api.product, api, record, stream
-        self.tensors: dict = {}
+        self.api, self.record, self.stream = api, record, stream
+        self._tensors: dict = {}
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
@@ -106,6 +119,36 @@ class TensorRTBackend(Backend):
             self.close()
             raise
 
+    # -- what a backend class provides -----------------------------------------------------------------
+    @classmethod
+    def usable(cls) -> bool:
+        return importlib.util.find_spec(cls.product) is not None and cuda.device_count() > 0
+
+    @classmethod
+    def int8_target(cls, options: TensorRTOptions) -> str:
+        """Engines are built from the TensorRT Q/DQ flavour."""
+        return "int8-trt"
+
+    @classmethod
+    def open(cls, bundle, component: str, precision: str, options: TensorRTOptions) -> "TensorRTBackend":
+        api = load_api(cls.product)
+        gpu_cc, gpu_name = _gpu()
+        comp = bundle.manifest.components[component]
+        record = _select(comp, precision, api, gpu_cc, gpu_name)
+        path = bundle.file(record.path, record.sha256 if options.verify else None)
+        borrowed = options.stream if component == "fusion_head" else None
+        stream = cuda.Stream(int(borrowed) if borrowed is not None else None)
+        try:
+            return cls(api, path, record, comp.inputs, comp.outputs, stream)
+        except BaseException:
+            stream.close()
+            raise
+
+    @classmethod
+    def fuse(cls, backends: Mapping[str, "TensorRTBackend"], wiring, options: TensorRTOptions) -> "TensorRTFusion":
+        return TensorRTFusion(backends["image_encoder"], backends["text_encoder"], backends["fusion_head"], wiring,
+                              graphs=options.cuda_graphs)
+
     def _allocate(self, trt) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -114,31 +157,53 @@ class TensorRTBackend(Backend):
             self.context.set_input_shape(name, tuple(self.engine.get_tensor_profile_shape(name, 0)[2]))
         for name in names:
             shape = tuple(self.context.get_tensor_shape(name))
-            self.tensors[name] = _Tensor(name, trt.nptype(self.engine.get_tensor_dtype(name)), shape)
-            self.context.set_tensor_address(name, self.tensors[name].device.ptr)
+            self._tensors[name] = _Tensor(name, trt.nptype(self.engine.get_tensor_dtype(name)), shape)
+            self.context.set_tensor_address(name, self._tensors[name].device.ptr)
+
+    # -- the tensors, by name ----------------------------------------------------------------------------
+    def layout(self, name: str) -> tuple:
+        """(element dtype, per-sample shape at the profile's maximum) of one I/O tensor."""
+        tensor = self._tensors[name]
+        return np.dtype(tensor.dtype), tuple(tensor.max_shape[1:])
+
+    def buffer_bytes(self) -> dict:
+        """name -> bytes of its pinned host buffer (sized once, for the profile's largest shape)."""
+        return {name: t.host.nbytes for name, t in self._tensors.items()}
+
+    def device_address(self, name: str) -> int:
+        """The device address of this backend's own buffer for tensor `name` (valid until close)."""
+        return self._tensors[name].device.ptr
+
+    def bind(self, name: str, address: int | None = None) -> None:
+        """Make input `name` read from `address` (another backend's device output), or from its own buffer."""
+        self.context.set_tensor_address(name, self.device_address(name) if address is None else address)
+
+    def write_input(self, name: str, array: np.ndarray) -> None:
+        """Copy `array` into input `name`'s pinned buffer (its shape must have been set); nothing enqueued."""
+        self._tensors[name].view(array.shape)[...] = array
 
     # -- the steps, enqueued on `self.stream` (the fused path calls them directly) --------------------
     def set_shapes(self, shapes: Mapping[str, tuple]) -> None:
         """Set the input shapes (host side, nothing enqueued); output shapes follow."""
         for name, shape in shapes.items():
-            tensor = self.tensors[name]
+            tensor = self._tensors[name]
             if any(s > m for s, m in zip(shape, tensor.max_shape)):
                 raise InputError(f"input '{name}': shape {list(shape)} exceeds the engine's profile maximum "
                                  f"{list(tensor.max_shape)}; rebuild with a larger --batch/--seq range.")
             tensor.shape = tuple(shape)
             self.context.set_input_shape(name, tuple(shape))
         for name in self.output_names:
-            self.tensors[name].shape = tuple(self.context.get_tensor_shape(name))
+            self._tensors[name].shape = tuple(self.context.get_tensor_shape(name))
 
     def set_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Set the shapes and copy `feeds` into the pinned buffers (host side, nothing enqueued)."""
         self.set_shapes({name: array.shape for name, array in feeds.items()})
         for name, array in feeds.items():
-            self.tensors[name].view(array.shape)[...] = array
+            self.write_input(name, array)
 
     def enqueue_copy_in(self, names=None) -> None:
         for name in names if names is not None else self.input_names:
-            t = self.tensors[name]
+            t = self._tensors[name]
             t.device.copy_from_host(t.host, self.stream, t.nbytes)
 
     def enqueue_run(self) -> None:
@@ -147,15 +212,16 @@ class TensorRTBackend(Backend):
 
     def enqueue_copy_out(self) -> None:
         for name in self.output_names:
-            t = self.tensors[name]
+            t = self._tensors[name]
             t.device.copy_to_host(t.host, self.stream, t.nbytes)
 
     def outputs(self) -> dict:
-        return {name: self.tensors[name].view(self.tensors[name].shape).copy() for name in self.output_names}
+        """Copies of the outputs' host buffers at their current shapes (after the stream's work is done)."""
+        return {name: self._tensors[name].view(self._tensors[name].shape).copy() for name in self.output_names}
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
         for name in self.input_names:  # the fused path may have pointed the head at the encoders' outputs
-            self.context.set_tensor_address(name, self.tensors[name].device.ptr)
+            self.bind(name)
         self.set_inputs(feeds)
         self.enqueue_copy_in()
         self.enqueue_run()
@@ -166,29 +232,37 @@ class TensorRTBackend(Backend):
     def close(self) -> None:
         if getattr(self, "stream", None) is not None and self.stream.handle is not None:
             self.stream.synchronize()
-        for tensor in self.tensors.values():
+        for tensor in getattr(self, "_tensors", {}).values():
             tensor.close()
-        self.tensors = {}
+        self._tensors = {}
         self.context = self.engine = self._runtime = None  # TensorRT frees them when the last reference goes
         if getattr(self, "stream", None) is not None:
             self.stream.close()
         super().close()
 
 
+class TensorRTRTXBackend(TensorRTBackend):
+    """TensorRT for RTX: the same runtime API (TensorRT 11's), its own package and engines."""
+
+    name = "tensorrt_rtx"
+    product = "tensorrt_rtx"
+
+
 class TensorRTFusion:
     """Both branches at once on two streams, the head after both (events), one host sync; CUDA graphs optional.
-    With the text's features given (the pipeline's text cache), the image branch and the head alone."""
+    With the text's features given (the pipeline's text cache), the image branch and the head alone. Tensors are
+    addressed by the manifest's names (`wiring`); the backends are driven through their public steps."""
 
-    def __init__(self, image: TensorRTBackend, text: TensorRTBackend, head: TensorRTBackend, graphs: bool = False):
-        self.image, self.text, self.head, self.use_graphs = image, text, head, graphs
-        for name, source in (("image_features", image), ("text_features", text)):
+    def __init__(self, image: TensorRTBackend, text: TensorRTBackend, head: TensorRTBackend, wiring,
+                 graphs: bool = False):
+        self.image, self.text, self.head, self.wiring, self.use_graphs = image, text, head, wiring, graphs
+        for name, source in ((wiring.image_output, image), (wiring.text_output, text)):
             # The head reads these buffers as they are: element type and feature width must agree byte for byte.
-            out, into = source.tensors[name], head.tensors[name]
-            if (np.dtype(out.dtype), tuple(out.max_shape[1:])) != (np.dtype(into.dtype), tuple(into.max_shape[1:])):
-                raise EngineMismatch(f"{name}: the encoder's engine writes {np.dtype(out.dtype)} "
-                                     f"{list(out.max_shape[1:])} per sample but the head's engine reads "
-                                     f"{np.dtype(into.dtype)} {list(into.max_shape[1:])}; rebuild the engines from one "
-                                     "bundle with `fusionrt build`.")
+            (out_dtype, out_shape), (in_dtype, in_shape) = source.layout(name), head.layout(name)
+            if (out_dtype, out_shape) != (in_dtype, in_shape):
+                raise EngineMismatch(f"{name}: the encoder's engine writes {out_dtype} {list(out_shape)} per sample but "
+                                     f"the head's engine reads {in_dtype} {list(in_shape)}; rebuild the engines from "
+                                     "one bundle with `fusionrt build`.")
         # Two kinds of event, because a CUDA graph treats them differently: joins order the streams (inside a
         # capture they become graph edges), marks time the steps (captured as event-record nodes, so they are
         # recorded again on every replay and can be read after it).
@@ -200,10 +274,10 @@ class TensorRTFusion:
     def _enqueue(self, with_text: bool = True) -> None:
         """Both branches (or the image branch alone, when the head's text features come from the pipeline's cache),
         then the head on the main stream."""
-        joins, marks, main = self.joins, self.marks, self.head.stream
-        branches = [(self.image, "image", "image_features")]
+        joins, marks, main, w = self.joins, self.marks, self.head.stream, self.wiring
+        branches = [(self.image, "image", w.image_output)]
         if with_text:
-            branches.append((self.text, "text", "text_features"))
+            branches.append((self.text, "text", w.text_output))
         joins["fork"].record(main)  # the branches start after the caller's earlier work on `main`
         marks["start"].record(main, external=True)
         for backend, branch, _ in branches:
@@ -216,47 +290,45 @@ class TensorRTFusion:
             marks[f"{branch}1"].record(backend.stream, external=True)
             joins[f"{branch}_done"].record(backend.stream)
         if not with_text:  # cached features: uploaded to the head's own input while the image branch runs
-            self.head.context.set_tensor_address("text_features", self.head.tensors["text_features"].device.ptr)
-            self.head.enqueue_copy_in(["text_features"])
+            self.head.bind(w.text_output)
+            self.head.enqueue_copy_in([w.text_output])
         for backend, branch, name in branches:
             main.wait(joins[f"{branch}_done"])
-            self.head.context.set_tensor_address(name, backend.tensors[name].device.ptr)  # no host round trip
+            self.head.bind(name, backend.device_address(name))  # no host round trip
         self.head.enqueue_run()
         self.head.enqueue_copy_out()
         marks["head1"].record(main, external=True)
 
-    def logits(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], timings) -> np.ndarray:
-        """Both branches at once, then the head. `text_features()` then holds the text branch's output."""
-        self.image.set_inputs({"pixel_values": pixels})
-        self.text.set_inputs(dict(tokens))
-        self._head_shapes(len(pixels), self.text.tensors["text_features"].max_shape[1])
-        self._run((len(pixels), tokens["input_ids"].shape[1]), self._enqueue)
-        m = self.marks
+    def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None
+            ) -> Result:
+        """Both branches at once, then the head; with `text_features` given, the image branch and the head."""
+        w, m, timings = self.wiring, self.marks, Timings()
+        image_feeds = {w.image_input: pixels}
+        self.image.check(image_feeds)
+        self.image.set_inputs(image_feeds)
+        n = len(pixels)
+        if text_features is None:
+            text_feeds = w.text_feeds(tokens)
+            self.text.check(text_feeds)
+            self.text.set_inputs(text_feeds)
+            self._head_shapes(n, self.text.layout(w.text_output)[1][0])
+            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue)
+            timings.text_ms = m["text1"].elapsed_ms(m["text0"])
+            timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
+            text_features = self.text.outputs()[w.text_output]
+        else:
+            self._head_shapes(n, text_features.shape[1])
+            self.head.write_input(w.text_output, text_features)
+            self._run(("text given", n), lambda: self._enqueue(with_text=False))
+            timings.branches_ms = m["image1"].elapsed_ms(m["start"])
         timings.image_ms = m["image1"].elapsed_ms(m["image0"])
-        timings.text_ms = m["text1"].elapsed_ms(m["text0"])
-        timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
         timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
-        return self.head.outputs()["logits"]
-
-    def logits_with_text_features(self, pixels: np.ndarray, text_features: np.ndarray, timings) -> np.ndarray:
-        """The image branch and the head, with the text branch's features given (a camera app's cached text)."""
-        self.image.set_inputs({"pixel_values": pixels})
-        self._head_shapes(len(pixels), text_features.shape[1])
-        self.head.tensors["text_features"].view(text_features.shape)[...] = text_features
-        self._run(("text given", len(pixels)), lambda: self._enqueue(with_text=False))
-        m = self.marks
-        timings.image_ms = timings.branches_ms = m["image1"].elapsed_ms(m["start"])
-        timings.text_ms = 0.0
-        timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
-        return self.head.outputs()["logits"]
-
-    def text_features(self) -> np.ndarray:
-        """The text branch's features from the last `logits` call."""
-        return self.text.outputs()["text_features"]
+        return Result(self.head.outputs()[w.logits], text_features, timings)
 
     def _head_shapes(self, n: int, text_width: int) -> None:
-        self.head.set_shapes({"image_features": (n, self.image.tensors["image_features"].max_shape[1]),
-                              "text_features": (n, text_width)})
+        w = self.wiring
+        self.head.set_shapes({w.image_output: (n, *self.image.layout(w.image_output)[1]),
+                              w.text_output: (n, text_width)})
 
     def _run(self, key: tuple, enqueue) -> None:
         """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync)."""
@@ -289,34 +361,3 @@ class TensorRTFusion:
         for event in (*self.joins.values(), *self.marks.values()):
             event.close()
         self.graphs, self.joins, self.marks = {}, {}, {}
-
-
-def int8_target(_options: Mapping) -> str:
-    """Whose calibrated policy applies: engines are built from the TensorRT Q/DQ flavour."""
-    return "int8-trt"
-
-
-def open_component(bundle, component: str, precision: str, options: Mapping) -> TensorRTBackend:
-    """options: product ('tensorrt' | 'tensorrt_rtx'), stream (a caller's CUDA stream handle, used by the head),
-    verify (check the engine's sha256, default True)."""
-    api = load_api(options.get("product", "tensorrt"))
-    gpu_cc, gpu_name = _gpu()
-    comp = bundle.manifest.components[component]
-    record = _select(comp, precision, api, gpu_cc, gpu_name)
-    path = bundle.file(record.path, record.sha256 if options.get("verify", True) else None)
-    borrowed = options.get("stream") if component == "fusion_head" else None
-    stream = cuda.Stream(int(borrowed) if borrowed is not None else None)
-    try:
-        return TensorRTBackend(api, path, record, comp.inputs, comp.outputs, stream)
-    except BaseException:
-        stream.close()
-        raise
-
-
-def fuse(backends: Mapping[str, TensorRTBackend], options: Mapping) -> TensorRTFusion:
-    return TensorRTFusion(backends["image_encoder"], backends["text_encoder"], backends["fusion_head"],
-                          graphs=bool(options.get("cuda_graphs", False)))
-
-
-def usable(product: str = "tensorrt") -> bool:
-    return importlib.util.find_spec(product) is not None and cuda.device_count() > 0

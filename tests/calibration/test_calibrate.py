@@ -123,7 +123,7 @@ def test_each_backend_loads_its_targets_policy(calibrated, monkeypatch, tmp_path
     import dataclasses
     import shutil
 
-    from fusionrt.runtime.backends import onnxruntime as ort_backend
+    from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions
 
     bundle = Bundle.open(shutil.copytree(calibrated[0], tmp_path / "bundle"))
     policies = {"int8-cpu": {"precision": {"image_encoder": "fp32", "text_encoder": "int8", "fusion_head": "int8"},
@@ -131,12 +131,13 @@ def test_each_backend_loads_its_targets_policy(calibrated, monkeypatch, tmp_path
                 "int8-trt": {"precision": {"image_encoder": "int8", "text_encoder": "fp16", "fusion_head": "int8"},
                              "reason": "test"}}
     bundle.save(dataclasses.replace(bundle.manifest, policies=policies))
-    assert ort_backend.int8_target({"device": "tensorrt"}) == "int8-trt"
-    assert ort_backend.int8_target({"providers": ["CPUExecutionProvider"]}) == "int8-cpu"
+    assert OnnxRuntimeBackend.int8_target(OnnxRuntimeOptions(device="tensorrt")) == "int8-trt"
+    assert OnnxRuntimeBackend.int8_target(OnnxRuntimeOptions(providers=("CPUExecutionProvider",))) == "int8-cpu"
     opened = []
-    real_open = ort_backend.open_component
-    monkeypatch.setattr(ort_backend, "open_component",
-                        lambda b, comp, prec, options: opened.append((comp, prec)) or real_open(b, comp, prec, {}))
+    real_open = OnnxRuntimeBackend.open.__func__
+    monkeypatch.setattr(OnnxRuntimeBackend, "open", classmethod(
+        lambda cls, b, comp, prec, options: opened.append((comp, prec)) or real_open(cls, b, comp, prec,
+                                                                                     OnnxRuntimeOptions())))
     with Pipeline.load(bundle.root, device="tensorrt") as pipe:  # the TensorRT EP: the TensorRT flavour's policy
         assert pipe.precision == policies["int8-trt"]["precision"]
     assert dict(opened) == policies["int8-trt"]["precision"]

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["LAYOUTS", "open_copy_backends", "logits_bytes", "expected_bytes"]
+__all__ = ["LAYOUTS", "WIRING", "open_copy_backends", "logits_bytes", "expected_bytes"]
 
 MAX_BATCH = 32
 # component -> (inputs {name: (dtype, width)}, output name); each output is float32, as wide as its inputs' bytes
@@ -23,6 +23,16 @@ LAYOUTS = {
     "text_encoder": ({"input_ids": ("int64", 8), "attention_mask": ("int64", 8)}, "text_features"),
     "fusion_head": ({"image_features": ("float32", 12), "text_features": ("float32", 32)}, "logits"),
 }
+
+
+def _wiring():
+    from fusionrt.runtime.wiring import Wiring
+
+    return Wiring(image_input="pixel_values", image_output="image_features", text_inputs=("input_ids", "attention_mask"),
+                  text_output="text_features", head_inputs=("image_features", "text_features"), logits="logits")
+
+
+WIRING = _wiring()
 
 
 def _row_bytes(inputs) -> int:

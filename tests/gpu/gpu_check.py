@@ -1,9 +1,9 @@
 """One GPU check, under 5 minutes: the cuda-python layer (streams, events, pinned copies, graph capture,
 borrowed caller streams); fusionrt's TensorRT runner itself on real CUDA, with copy engines standing in for
-TensorRT (benchmarks/copy_engine.py); then one stream vs two streams for the ResNet-50 + BERT-base branches with
+TensorRT (tests/gpu/copy_engine.py: a test double, so it lives here, outside the installed package); then one stream vs two streams for the ResNet-50 + BERT-base branches with
 PyTorch CUDA FP16 as the engine (TensorRT is not installable on the lent machines).
 
-    python benchmarks/gpu_check.py [--out DIR] [--iters 50]
+    python tests/gpu/gpu_check.py [--out DIR] [--iters 50]
 
 Prints a short table; writes gpu_check.json under --out.
 """
@@ -23,12 +23,14 @@ import numpy as np
 
 
 def _use_checkout() -> None:
-    """Import fusionrt from this checkout without installing it: its folders map onto packages as in setup.py."""
+    """Import fusionrt from this checkout without installing it: its folders map onto packages as in setup.py; the
+    copy engines come from this folder (tests.gpu)."""
     import importlib.util
 
-    root = Path(__file__).resolve().parents[1]
-    for name, folder in (("fusionrt", root / "fusionrt"), ("fusionrt.runtime", root / "runtime"),
-                         ("fusionrt.benchmarks", root / "benchmarks")):
+    root = Path(__file__).resolve().parents[2]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for name, folder in (("fusionrt", root / "fusionrt"), ("fusionrt.runtime", root / "runtime")):
         if name not in sys.modules:
             spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
                                                           submodule_search_locations=[str(folder)])
@@ -111,16 +113,15 @@ def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dic
     byte; the event timings must read back."""
     import tempfile
 
-    from fusionrt.benchmarks.copy_engine import expected_bytes, logits_bytes, open_copy_backends
-    from fusionrt.runtime.backends.tensorrt import fuse
-    from fusionrt.runtime.pipeline import Timings
+    from fusionrt.runtime.backends.tensorrt import TensorRTBackend, TensorRTOptions
+    from tests.gpu.copy_engine import WIRING, expected_bytes, logits_bytes, open_copy_backends
 
     rng, out = np.random.default_rng(1), {}
     with tempfile.TemporaryDirectory() as folder:
         backends = open_copy_backends(cu, Path(folder), head_stream)
         try:
             for mode in ("eager", "cuda_graphs"):
-                fusion = fuse(backends, {"cuda_graphs": mode == "cuda_graphs"})
+                fusion = TensorRTBackend.fuse(backends, WIRING, TensorRTOptions(cuda_graphs=mode == "cuda_graphs"))
                 equal, timings_read, host_us = True, True, []
                 try:
                     for call in range(calls):
@@ -128,14 +129,15 @@ def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dic
                         pixels = rng.standard_normal((batch, 12), dtype=np.float32)
                         tokens = {"input_ids": rng.integers(0, 30522, (batch, 8)),
                                   "attention_mask": rng.integers(0, 2, (batch, 8))}
-                        timings, start = Timings(), time.perf_counter()
-                        logits = fusion.logits(pixels, tokens, timings)
+                        start = time.perf_counter()
+                        result = fusion.run(pixels, tokens)
                         host_us.append((time.perf_counter() - start) * 1e6)
-                        equal &= bool(np.array_equal(logits_bytes(logits), expected_bytes(pixels, tokens)))
+                        equal &= bool(np.array_equal(logits_bytes(result.logits), expected_bytes(pixels, tokens)))
                         # A camera app's next frame with the same (cached) text: image branch and head only.
                         frame = rng.standard_normal((batch, 12), dtype=np.float32)
-                        cached = fusion.logits_with_text_features(frame, fusion.text_features(), Timings())
+                        cached = fusion.run(frame, tokens, result.text_features).logits
                         equal &= bool(np.array_equal(logits_bytes(cached), expected_bytes(frame, tokens)))
+                        timings = result.timings
                         marks = (timings.image_ms, timings.text_ms, timings.branches_ms, timings.head_ms)
                         timings_read &= all(np.isfinite(m) and m >= -1e-3 for m in marks)
                     out[mode] = {"results_equal": equal, "timings_read": timings_read,

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py's check of the TensorRT runner (copy engines standing in for TensorRT): run here on an
+"""tests/gpu/gpu_check.py's check of the TensorRT runner (copy engines standing in for TensorRT): run here on an
 emulated GPU, so the script's own logic is tested before a GPU session spends its minutes on it; on a GPU, for real."""
 
 import ctypes
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fusionrt.benchmarks import copy_engine, gpu_check
 from fusionrt.runtime.optional import is_available
+from tests.gpu import copy_engine, gpu_check
 from tests.hardware import gpu_count, no_cuda_driver
 from tests.runtime.trt_emulation import Gpu, emulated_cuda
 

@@ -7,7 +7,7 @@ from fusionrt.runtime.precision import parse_precision
 
 
 def test_concurrent_and_sequential_agree(tiny_bundle, shape_data):
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
 
     data = LabeledDataset.read(shape_data[1])
     images, texts = [s.image for s in data], [s.text for s in data]
@@ -21,7 +21,7 @@ def test_concurrent_and_sequential_agree(tiny_bundle, shape_data):
 
 def test_accepts_bgr_arrays_and_paths(tiny_bundle, shape_data):
     import cv2
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
 
     sample = LabeledDataset.read(shape_data[1])[0]
     with Pipeline.load(tiny_bundle) as pipe:
@@ -47,10 +47,10 @@ def test_missing_int8_files_explain_how_to_get_them(tiny_bundle):
         Pipeline.load(tiny_bundle, precision="int8")
 
 
-def test_unknown_backend_and_precision():
-    with pytest.raises(BackendUnavailable, match="unknown backend 'nope'"):
-        Pipeline.load("/nonexistent", backend="nope") if False else __import__(
-            "fusionrt.runtime.backends", fromlist=["x"]).backend_module("nope")
+def test_unknown_backend_and_precision(tiny_bundle):
+    with pytest.raises(BackendUnavailable, match=r"unknown backend 'nope': expected one of \['onnxruntime', "
+                                                 r"'tensorrt', 'tensorrt_rtx'\] or 'auto'"):
+        Pipeline.load(tiny_bundle, backend="nope")
     with pytest.raises(InputError, match="unknown part 'audio'"):
         parse_precision("audio=int8")
     assert parse_precision("image=int8,head=fp16") == {
@@ -60,3 +60,68 @@ def test_unknown_backend_and_precision():
 def test_softmax_is_stable():
     p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     np.testing.assert_allclose(p, [[1, 0], [0.5, 0.5]])
+
+
+def _renamed_bundle(bundle, folder, names: dict):
+    """A copy of `bundle` whose ONNX tensors (and manifest specs) carry other names: nothing may still say
+    'pixel_values' or 'image_features' for the pipeline to find by a name written in code."""
+    import dataclasses
+    import shutil
+
+    import onnx
+
+    from fusionrt.runtime.bundle import Bundle
+    from fusionrt.runtime.manifest import ModelFile, sha256_of
+
+    shutil.copytree(bundle, folder)
+    opened = Bundle.open(folder)
+    components = {}
+    for name, comp in opened.manifest.components.items():
+        model = onnx.load(str(folder / comp.files["fp32"].path))
+        graph = model.graph
+        for value in (*graph.input, *graph.output):
+            value.name = names.get(value.name, value.name)
+        for node in graph.node:
+            node.input[:] = [names.get(n, n) for n in node.input]
+            node.output[:] = [names.get(n, n) for n in node.output]
+        onnx.save(model, str(folder / comp.files["fp32"].path))
+        rename = lambda specs: tuple(dataclasses.replace(t, name=names.get(t.name, t.name)) for t in specs)
+        components[name] = dataclasses.replace(
+            comp, inputs=rename(comp.inputs), outputs=rename(comp.outputs),
+            files={"fp32": ModelFile(comp.files["fp32"].path, sha256_of(folder / comp.files["fp32"].path))})
+    opened.save(dataclasses.replace(opened.manifest, components=components))
+    return folder
+
+
+def test_tensors_are_addressed_by_the_manifests_names(tiny_bundle, shape_data, tmp_path):
+    from fusionrt.data.dataset import LabeledDataset
+
+    data = LabeledDataset.read(shape_data[1])
+    images, texts = [s.image for s in data], [s.text for s in data]
+    names = {"pixel_values": "frame", "image_features": "img_vec", "text_features": "txt_vec", "logits": "scores"}
+    renamed = _renamed_bundle(tiny_bundle, tmp_path / "renamed", names)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as original, \
+            Pipeline.load(renamed, backend="onnxruntime") as other:
+        assert [s.name for s in other.backends["fusion_head"].input_specs] == ["img_vec", "txt_vec"]
+        want = original.logits(*original.prepare(images, texts))
+        np.testing.assert_array_equal(other.logits(*other.prepare(images, texts)), want)
+        np.testing.assert_array_equal(other.cached_logits(*other.prepare(images, texts)), want)
+        assert [p.label for p in other.classify_batch(images, texts)] == [p.label for p in original.classify_batch(
+            images, texts)]
+
+
+def test_components_that_do_not_connect_by_name_are_refused_at_load(tiny_bundle, tmp_path):
+    import dataclasses
+    import shutil
+
+    from fusionrt.runtime.bundle import Bundle
+    from fusionrt.runtime.errors import BundleError
+
+    shutil.copytree(tiny_bundle, tmp_path / "b")
+    opened = Bundle.open(tmp_path / "b")
+    head = opened.manifest.components["fusion_head"]
+    wrong = dataclasses.replace(head, inputs=(dataclasses.replace(head.inputs[0], name="image_embeds"), head.inputs[1]))
+    opened.save(dataclasses.replace(opened.manifest, components={**opened.manifest.components, "fusion_head": wrong}))
+    with pytest.raises(BundleError, match=r"fusion head's inputs \['image_embeds', 'text_features'\] must be named "
+                                          r"after the encoders' distinct outputs \('image_features', 'text_features'\)"):
+        Pipeline.load(tmp_path / "b", backend="onnxruntime")

@@ -1,14 +1,16 @@
 """The fused TensorRT path's ordering, checked on a recording stand-in for CUDA (no GPU here): what is enqueued on
 which stream, which waits come first, when a CUDA graph is captured and replayed, and what `close` releases.
-The same path runs on real streams in the GPU test and in benchmarks/gpu_check.py."""
-
-from types import SimpleNamespace
+The same path runs on real streams in the GPU test and in tests/gpu/gpu_check.py."""
 
 import numpy as np
 import pytest
 
 from fusionrt.runtime.backends import tensorrt as trt_backend
-from fusionrt.runtime.pipeline import Timings
+from fusionrt.runtime.wiring import Wiring
+
+# Names unlike the exported bundles' ones: the fused path must take every name from the wiring (the manifest).
+WIRING = Wiring(image_input="img", image_output="img_vec", text_inputs=("ids", "mask"), text_output="txt_vec",
+                head_inputs=("txt_vec", "img_vec"), logits="scores")
 
 
 class Recorder:
@@ -76,19 +78,39 @@ class FakeGraph:
 
 
 class FakeBackend:
+    """The public steps of a TensorRTBackend that the fused path drives, logged; nothing private is there to use."""
+
     def __init__(self, name, rec, inputs, outputs):
         self.name, self.rec = name, rec
         self.stream = FakeStream(name, rec)
-        self.tensors = {n: SimpleNamespace(device=SimpleNamespace(ptr=f"{name}:{n}"), max_shape=(32, dim),
-                                           dtype=np.float32, view=np.zeros) for n, dim in {**inputs, **outputs}.items()}
-        self.addresses = {}
-        self.context = SimpleNamespace(set_tensor_address=lambda n, p: self.addresses.__setitem__(n, p))
-        self.shapes = {}
+        self.dims = {**inputs, **outputs}
+        self.dtypes = {n: np.dtype(np.float32) for n in self.dims}
+        self.inputs, self.outputs_ = inputs, outputs
+        self.addresses, self.shapes, self.written, self.checked = {}, {}, {}, []
+
+    def layout(self, name):
+        return self.dtypes[name], (self.dims[name],)
+
+    def device_address(self, name):
+        return f"{self.name}:{name}"
+
+    def bind(self, name, address=None):
+        self.addresses[name] = self.device_address(name) if address is None else address
+
+    def check(self, feeds):
+        assert set(feeds) == set(self.inputs), (self.name, sorted(feeds))
+        self.checked.append(sorted(feeds))
+
+    def write_input(self, name, array):
+        assert self.shapes[name] == array.shape
+        self.written[name] = array
 
     def set_inputs(self, feeds):
         self.set_shapes({k: v.shape for k, v in feeds.items()})
+        self.written.update(feeds)
 
     def set_shapes(self, shapes):
+        assert set(shapes) <= set(self.inputs), shapes
         self.shapes.update(shapes)
 
     def enqueue_copy_in(self, names=None):
@@ -101,7 +123,8 @@ class FakeBackend:
         self.rec("copy-out", self.stream.name)
 
     def outputs(self):
-        return {"logits": np.zeros((self.shapes["image_features"][0], 3), np.float32)}
+        batch = next(iter(self.shapes.values()))[0]
+        return {name: np.zeros((batch, dim), np.float32) for name, dim in self.outputs_.items()}
 
 
 @pytest.fixture()
@@ -109,12 +132,12 @@ def fused(monkeypatch):
     rec = Recorder()
     monkeypatch.setattr(trt_backend.cuda, "Event", lambda timing=True: FakeEvent(rec, timing))
     monkeypatch.setattr(trt_backend.cuda, "Graph", lambda stream, enqueue: FakeGraph(stream, enqueue, rec))
-    image = FakeBackend("image", rec, {"pixel_values": 3}, {"image_features": 16})
-    text = FakeBackend("text", rec, {"input_ids": 8, "attention_mask": 8}, {"text_features": 8})
-    head = FakeBackend("head", rec, {"image_features": 16, "text_features": 8}, {"logits": 3})
+    image = FakeBackend("image", rec, {"img": 3}, {"img_vec": 16})
+    text = FakeBackend("text", rec, {"ids": 8, "mask": 8}, {"txt_vec": 8})
+    head = FakeBackend("head", rec, {"img_vec": 16, "txt_vec": 8}, {"scores": 3})
 
     def make(graphs, head=head):
-        fusion = trt_backend.TensorRTFusion(image, text, head, graphs=graphs)
+        fusion = trt_backend.TensorRTFusion(image, text, head, WIRING, graphs=graphs)
         for name, event in {**fusion.joins, **fusion.marks}.items():
             event.name = name
         return fusion, rec, head
@@ -123,10 +146,10 @@ def fused(monkeypatch):
 
 
 def _call(fusion, batch=2, seq=5):
-    tokens = {"input_ids": np.zeros((batch, seq), np.int64), "attention_mask": np.ones((batch, seq), np.int64)}
-    timings = Timings()
-    logits = fusion.logits(np.zeros((batch, 3, 4, 4), np.float32), tokens, timings)
-    return logits, timings
+    tokens = {"ids": np.zeros((batch, seq), np.int64), "mask": np.ones((batch, seq), np.int64),
+              "token_type_ids": np.zeros((batch, seq), np.int64)}  # a tokenizer output the text encoder does not take
+    result = fusion.run(np.zeros((batch, 3), np.float32), tokens)
+    return result.logits, result.timings
 
 
 def test_branches_fork_from_the_head_stream_and_the_head_waits_for_both(fused):
@@ -143,10 +166,11 @@ def test_branches_fork_from_the_head_stream_and_the_head_waits_for_both(fused):
     assert log.index(("wait", "head", "image_done")) < head_run and log.index(("wait", "head", "text_done")) < head_run
     assert not any(e.timing for e in fusion.joins.values())  # joins only order streams: no timestamps to take
     assert ("copy-in", "head") not in log  # the head reads the encoders' device outputs: no host round trip
-    assert head.addresses == {"image_features": "image:image_features", "text_features": "text:text_features"}
+    assert head.addresses == {"img_vec": "image:img_vec", "txt_vec": "text:txt_vec"}
     assert head_run < log.index(("copy-out", "head")) < log.index(("record", "head", "head1")) < log.index(("sync", "head"))
     assert [e for e in log if e[0] == "sync"] == [("sync", "head")]  # one host sync per call
-    assert head.shapes == {"image_features": (2, 16), "text_features": (2, 8)}
+    assert head.shapes == {"img_vec": (2, 16), "txt_vec": (2, 8)}
+    assert fusion.image.checked == [["img"]] and fusion.text.checked == [["ids", "mask"]]  # the shared input checks
     assert logits.shape == (2, 3)
     assert timings.image_ms > 0 and timings.text_ms > 0 and timings.head_ms > 0
 
@@ -192,9 +216,9 @@ def test_encoders_and_head_that_disagree_on_features_are_refused(fused):
     from fusionrt.runtime.errors import EngineMismatch
 
     rec = Recorder()
-    head = FakeBackend("head", rec, {"image_features": 16, "text_features": 8}, {"logits": 3})
-    head.tensors["text_features"].dtype = np.float16
-    with pytest.raises(EngineMismatch, match=r"text_features: the encoder's engine writes float32 \[8\] .* reads "
+    head = FakeBackend("head", rec, {"img_vec": 16, "txt_vec": 8}, {"scores": 3})
+    head.dtypes["txt_vec"] = np.dtype(np.float16)
+    with pytest.raises(EngineMismatch, match=r"txt_vec: the encoder's engine writes float32 \[8\] .* reads "
                                              r"float16 \[8\]"):
         fused(graphs=False, head=head)
 
@@ -204,14 +228,16 @@ def test_with_the_text_given_only_the_image_branch_runs_and_the_head_uploads_the
     _call(fusion)
     assert ("copy-out", "text") in rec.log  # the full path hands the text features to the pipeline's cache
     start = len(rec.log)
-    logits = fusion.logits_with_text_features(np.zeros((2, 3, 4, 4), np.float32), np.ones((2, 8), np.float32),
-                                              timings := Timings())
+    given = np.ones((2, 8), np.float32)
+    result = fusion.run(np.zeros((2, 3), np.float32), {}, given)
+    logits, timings = result.logits, result.timings
+    assert result.text_features is given and head.written["txt_vec"] is given
     log = rec.log[start:]
     assert not [e for e in log if "text" in e[1:2]]  # nothing on the text stream
-    upload, head_run = log.index(("copy-in", "head", "text_features")), log.index(("run", "head"))
+    upload, head_run = log.index(("copy-in", "head", "txt_vec")), log.index(("run", "head"))
     assert log.index(("record", "head", "fork")) < upload < head_run  # the upload overlaps the image branch
     assert log.index(("wait", "head", "image_done")) < head_run and ("wait", "head", "text_done") not in log
-    assert head.addresses == {"image_features": "image:image_features", "text_features": "head:text_features"}
+    assert head.addresses == {"img_vec": "image:img_vec", "txt_vec": "head:txt_vec"}
     assert logits.shape == (2, 3) and timings.text_ms == 0 and timings.image_ms > 0 and timings.head_ms > 0
     _call(fusion)  # the full path points the head back at the text encoder's output
-    assert head.addresses["text_features"] == "text:text_features"
+    assert head.addresses["txt_vec"] == "text:txt_vec"

@@ -15,7 +15,7 @@ from packaging.version import Version
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.optional import is_available
-from fusionrt.runtime.pipeline import Timings
+from fusionrt.runtime.wiring import Wiring
 from tests.hardware import needs_rtx
 from tests.runtime.trt_emulation import Gpu, emulate_tensorrt, emulated_trt, install_emulated_cuda
 
@@ -39,6 +39,9 @@ def text_model(input_ids, attention_mask):
 def head_model(image_features, text_features):
     return {"logits": np.concatenate([image_features, text_features], axis=1) @ W_HEAD}
 
+
+WIRING = Wiring(image_input="pixel_values", image_output="image_features", text_inputs=("input_ids", "attention_mask"),
+                text_output="text_features", head_inputs=("image_features", "text_features"), logits="logits")
 
 # name -> (inputs {name: (dtype, min shape, max shape)}, outputs {name: (dtype, width)}, function)
 MODELS = {
@@ -81,7 +84,7 @@ def emulated(request, monkeypatch, tmp_path):
         """The three components fused; on exit everything closed, and every buffer, event and graph released."""
         backends = {c: open_backend(m) for c, m in (("image_encoder", "image"), ("text_encoder", "text"),
                                                      ("fusion_head", "head"))}
-        fusion = trt_backend.fuse(backends, {"cuda_graphs": graphs})
+        fusion = trt_backend.TensorRTBackend.fuse(backends, WIRING, trt_backend.TensorRTOptions(cuda_graphs=graphs))
         yield fusion, backends
         fusion.close()
         for backend in backends.values():
@@ -105,14 +108,14 @@ def _expected(pixels, tokens):
 
 def test_one_backend_runs_every_shape_in_its_profile_in_buffers_sized_once(emulated):
     image = emulated.open("image")
-    sizes = {n: t.host.nbytes for n, t in image.tensors.items()}
+    sizes = image.buffer_bytes()
     assert sizes == {"pixel_values": 4 * 3 * 4 * 4 * 4, "image_features": 4 * 6 * 4}  # the profile's largest
     for batch in (2, 4, 1):
         pixels, _ = _inputs(batch, 1, seed=batch)
         out = image.infer({"pixel_values": pixels})
         assert out["image_features"].shape == (batch, 6)
         np.testing.assert_allclose(out["image_features"], image_model(pixels)["image_features"], rtol=1e-6)
-    assert {n: t.host.nbytes for n, t in image.tensors.items()} == sizes  # no allocation per call
+    assert image.buffer_bytes() == sizes  # no allocation per call
     with pytest.raises(InputError, match="exceeds the engine's profile maximum"):
         image.infer({"pixel_values": _inputs(5, 1)[0]})
     image.close()
@@ -123,10 +126,10 @@ def test_fused_path_feeds_the_head_from_the_encoders_device_outputs(emulated):
     with emulated.fused(False) as (fusion, backends):
         for batch, seq in ((2, 5), (3, 8), (1, 1)):
             pixels, tokens = _inputs(batch, seq, seed=batch)
-            logits = fusion.logits(pixels, tokens, Timings())
+            logits = fusion.run(pixels, tokens).logits
             np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
         head = backends["fusion_head"]
-        assert not head.tensors["image_features"].host.array.any()  # never copied through the host
+        assert not head._tensors["image_features"].host.array.any()  # white-box: never copied through the host
         pixels, tokens = _inputs(2, 5, seed=9)  # the head alone still runs from its own input buffers
         features = {**image_model(pixels), **text_model(**tokens)}
         np.testing.assert_allclose(head.infer(features)["logits"], _expected(pixels, tokens), rtol=1e-5)
@@ -137,12 +140,12 @@ def test_with_the_text_given_the_head_reads_those_features(emulated, graphs):
     with emulated.fused(graphs) as (fusion, backends):
         for seed in range(3):  # with graphs: eager, captured, replayed
             pixels, tokens = _inputs(2, 5, seed=seed)
-            np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
-            features = fusion.text_features()
+            result = fusion.run(pixels, tokens)
+            np.testing.assert_allclose(result.logits, _expected(pixels, tokens), rtol=1e-5)
+            features = result.text_features
             np.testing.assert_allclose(features, text_model(**tokens)["text_features"])
             frame, _ = _inputs(2, 5, seed=100 + seed)  # a new frame, the same text
-            np.testing.assert_allclose(fusion.logits_with_text_features(frame, features, Timings()),
-                                       _expected(frame, tokens), rtol=1e-5)
+            np.testing.assert_allclose(fusion.run(frame, tokens, features).logits, _expected(frame, tokens), rtol=1e-5)
         assert set(fusion.graphs) == ({(2, 5), ("text given", 2)} if graphs else set())
 
 
@@ -151,7 +154,7 @@ def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
         for seed in range(4):  # eager, captured, then replayed twice: each on new data
             for batch, seq in ((2, 5), (4, 3)):
                 pixels, tokens = _inputs(batch, seq, seed=10 * seed + batch)
-                np.testing.assert_allclose(fusion.logits(pixels, tokens, Timings()), _expected(pixels, tokens), rtol=1e-5)
+                np.testing.assert_allclose(fusion.run(pixels, tokens).logits, _expected(pixels, tokens), rtol=1e-5)
         assert sorted(fusion.graphs) == [(2, 5), (4, 3)]
 
 
@@ -164,7 +167,7 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
     The reference is ONNX Runtime on those same files (its TensorRT EP's flavours, run on the CPU)."""
     import shutil
 
-    from fusionrt.calibration.dataset import LabeledDataset
+    from fusionrt.data.dataset import LabeledDataset
     from fusionrt.runtime.pipeline import Pipeline
     from fusionrt.runtime.text_cache import TextFeatureCache
 
@@ -188,7 +191,7 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
                     np.testing.assert_allclose(pipe.logits(*pipe.prepare(images[:n], texts[:n])), want, rtol=1e-5,
                                                atol=1e-6)
             assert pipe.timings.image_ms > 0 and pipe.timings.head_ms >= 0
-            assert len(pipe._fused.graphs) == (2 if graphs else 0)
+            assert len(pipe._executor.graphs) == (2 if graphs else 0)
             pipe.text_cache = TextFeatureCache(8)
             for _ in range(2):  # text cache miss (both branches), then hit (the image branch and the head only)
                 np.testing.assert_allclose(pipe.cached_logits(*pipe.prepare(images[:8], texts[:8])), expected[8],
