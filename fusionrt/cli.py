@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from fusionrt.runtime.errors import FusionRTError
@@ -152,6 +151,3 @@ def main(argv=None) -> int:
         print(f"fusionrt {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-def print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""The cuda-python layer: what can be checked without a GPU here; benchmarks/gpu_check.py covers the rest on one."""
+"""The cuda-python layer: what can be checked without a GPU here; tests/gpu/gpu_check.py covers the rest on one."""
 
 import pytest
 
@@ -7,15 +7,24 @@ from fusionrt.runtime.optional import is_available
 from tests.hardware import gpu_count, no_cuda_driver
 
 
-def test_device_count_is_zero_or_more_without_raising():
+def test_device_count_is_what_the_driver_reports_and_zero_without_one(monkeypatch):
     from fusionrt.runtime import cuda
 
     if not is_available("cuda.bindings.runtime"):
         with pytest.raises(BackendUnavailable, match="cuda-bindings"):
             cuda.cudart()
         assert cuda.device_count() == 0
-    else:
-        assert cuda.device_count() >= 0
+        return
+    from cuda.bindings import runtime as rt
+
+    err, count = rt.cudaGetDeviceCount()
+    if err == rt.cudaError_t.cudaSuccess:  # a GPU machine: the driver's own count, at least one
+        assert cuda.device_count() == count > 0
+    else:  # no driver here: the error code becomes 0 devices, not a raise
+        assert err == rt.cudaError_t.cudaErrorInsufficientDriver and cuda.device_count() == 0
+    # an error code from the driver (here a made-up one) means no usable device, whatever count came with it
+    monkeypatch.setattr(cuda, "cudart", lambda: type("R", (), {"cudaGetDeviceCount": staticmethod(lambda: (100, 3))}))
+    assert cuda.device_count() == 0
 
 
 @pytest.mark.skipif(gpu_count() == 0, reason="needs an NVIDIA GPU and cuda-bindings (none here)")
