@@ -15,6 +15,7 @@ from fusionrt.export.onnx_export import OPSET, export_module
 from fusionrt.export.parity import check_parity
 from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.bundle_update import TEMP_PREFIX, WriteLock, replace_directory
 from fusionrt.runtime.errors import BundleError, CheckpointError
 from fusionrt.runtime.manifest import Component, Manifest, ModelFile, Profile, TokenizerSpec, sha256_of
 from fusionrt.runtime.optional import installed_versions
@@ -37,10 +38,7 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
     every output passes the parity check.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists() and not overwrite:
-        raise BundleError(f"'{out_dir}' already holds a bundle: expected an empty or new folder. Pass --overwrite to replace it.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
-        raise BundleError(f"'{out_dir}' is a non-empty folder that is not a bundle: expected an empty or new folder. Choose another --out.")
+    _check_target(out_dir, overwrite)
     if len(images) < 2 or len(images) != len(texts):
         raise CheckpointError(f"export needs 2 or more (image, text) samples of equal count, found {len(images)} and {len(texts)}.")
     if model.tokenizer is None or not hasattr(model.tokenizer, "backend_tokenizer"):
@@ -48,7 +46,8 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
     model = model.float().eval()
     config = model.config
     profile = (profile or Profile.for_text(config.max_seq_len)).check_seq(config.max_seq_len)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}export-", dir=out_dir.parent))  # same file system: renames
     try:
         model.tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
         tokenizer = TextTokenizer(staging / "tokenizer.json", config.max_seq_len)
@@ -94,7 +93,7 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
             producer={**installed_versions(_PRODUCERS), "opset": str(opset), "exporter": "dynamo" if dynamo else "torchscript"},
         )
         manifest.write(staging)
-        _move_into(staging, out_dir)
+        _replace(staging, out_dir, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Bundle.open(out_dir)
@@ -134,10 +133,31 @@ def _tolerance(key, logit_tolerance: float, reference: np.ndarray) -> float:
     return max(logit_tolerance, 1e-5 * float(np.max(np.abs(reference))) * 10)
 
 
-def _move_into(staging: Path, out_dir: Path) -> None:
-    """Replace out_dir's contents with staging's; the manifest moves last, so a reader never sees a half bundle."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # an old bundle, replaced on request (export_bundle refused anything else)
-    out_dir.mkdir(parents=True)
-    for item in sorted(staging.iterdir(), key=lambda p: p.name == "manifest.json"):
-        shutil.move(str(item), str(out_dir / item.name))
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """`out_dir` must be new, empty, or (with overwrite) a folder that reads as a bundle; nothing else is replaced."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise BundleError(f"--out '{out_dir}' is a file: expected a new or empty folder, or a bundle to replace.")
+    if not any(out_dir.iterdir()):
+        return
+    try:
+        Manifest.read(out_dir)
+    except BundleError as exc:
+        raise BundleError(f"'{out_dir}' is a non-empty folder that does not read as a bundle ({exc}): expected an "
+                          "empty or new folder, or a bundle to replace; nothing was changed. Choose another --out."
+                          ) from None
+    if not overwrite:
+        raise BundleError(f"'{out_dir}' already holds a bundle: expected an empty or new folder. Pass --overwrite to "
+                          "replace it.")
+
+
+def _replace(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    """The finished bundle in `staging` takes `out_dir`'s place in one atomic step (see `replace_directory`); an old
+    bundle there is replaced under its write lock, so no calibrate or build is writing into it meanwhile."""
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        replace_directory(staging, out_dir)
+        return
+    with WriteLock(out_dir, "export"):
+        _check_target(out_dir, overwrite)  # again, under the lock
+        replace_directory(staging, out_dir)

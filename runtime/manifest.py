@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -358,9 +359,12 @@ class Manifest:
     def write(self, bundle_dir: Path) -> Path:
         """Write atomically (temp file + rename) so a reader never sees half a manifest."""
         path = Path(bundle_dir) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        tmp = path.with_name(f".fusionrt-tmp-{MANIFEST_NAME}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.to_dict(), indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
         return path
 
     # -- queries ---------------------------------------------------------------------------------

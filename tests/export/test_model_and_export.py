@@ -88,7 +88,7 @@ def test_export_refuses_to_clobber(tiny_bundle, trained_checkpoint, shape_data, 
     with pytest.raises(BundleError, match="already holds a bundle"):
         export_bundle(model, tiny_bundle, ["a", "b"], ["x", "y"])
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(BundleError, match="not a bundle"):
+    with pytest.raises(BundleError, match="does not read as a bundle"):
         export_bundle(model, tmp_path, ["a", "b"], ["x", "y"])
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
