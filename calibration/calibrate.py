@@ -33,7 +33,7 @@ TARGETS = INT8_TARGETS
 # the exact products and int32 sums TensorRT computes. Fused into this CPU's integer kernels it would carry the
 # CPU's own rounding (U8S8 pair sums saturate without VNNI) into a figure meant for the GPU.
 EXACT_QDQ = {"int8-cpu": False, "int8-trt": True}
-_OUTPUT = {"image_encoder": "image_features", "text_encoder": "text_features"}
+ENCODERS = ("image_encoder", "text_encoder")
 
 
 def _run(backend_files: dict, component: str, feeds: list, exact: bool = False, seconds: dict | None = None) -> np.ndarray:
@@ -56,8 +56,16 @@ def _batched(array: np.ndarray, sizes: list) -> list:
 def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile", samples: int = 128,
                      precision: str = "auto", thresholds: Thresholds = Thresholds(), batch_size: int = 8) -> dict:
     """Calibrate, quantize, measure fidelity and choose the precision policy; updates the bundle; returns the report."""
-    bundle = Bundle.open(bundle_dir)
-    m = bundle.manifest
+    with Bundle.open(bundle_dir).update("calibrate") as update:
+        return _calibrate(update, data, eval_data, method, samples, precision, thresholds, batch_size)
+
+
+def _calibrate(update, data, eval_data, method: str, samples: int, precision: str, thresholds: Thresholds,
+               batch_size: int) -> dict:
+    """The work of `calibrate_bundle`, inside its bundle update: every file is staged, then committed with the
+    manifest at the end, so a failure or a kill on the way leaves the bundle as it was."""
+    bundle = update.current  # the manifest as committed now, read under the write lock
+    m, w = bundle.manifest, bundle.manifest.wiring
     calib, rest = select_calibration(LabeledDataset.read(data), samples)
     held_out = LabeledDataset.read(eval_data) if eval_data else rest
     if len(held_out) < MIN_HELD_OUT:
@@ -70,48 +78,46 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
 
     # FP32 features: the head's calibration inputs, and the fidelity reference.
     fp32_seconds = {}  # where the model time goes: the policy puts INT8 where it saves the most
-    fp32 = {c: _run(fp32_files, c, eval_feeds, seconds=fp32_seconds) for c in _OUTPUT}
-    calib_feats = {c: _run(fp32_files, c, calib_feeds) for c in _OUTPUT}
-    head_calib_feeds = [{"image_features": i, "text_features": t} for i, t in zip(
-        _batched(calib_feats["image_encoder"], [len(f["pixel_values"]) for f in calib_feeds]),
-        _batched(calib_feats["text_encoder"], [len(f["pixel_values"]) for f in calib_feeds]))]
+    fp32 = {c: _run(fp32_files, c, eval_feeds, seconds=fp32_seconds) for c in ENCODERS}
+    calib_feats = {c: _run(fp32_files, c, calib_feeds) for c in ENCODERS}
+    sizes = [len(f[w.image_input]) for f in calib_feeds]
+    head_calib_feeds = [{w.image_output: i, w.text_output: t} for i, t in zip(
+        _batched(calib_feats["image_encoder"], sizes), _batched(calib_feats["text_encoder"], sizes))]
 
-    (bundle.root / "calibration").mkdir(exist_ok=True)
-    (bundle.root / "reports").mkdir(exist_ok=True)
-    written = {}
+    written = {}  # (component, flavour) -> StagedFile
     with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as tmp:
         for comp in progress(COMPONENTS, "quantizing", total=len(COMPONENTS)):
             prepared = preprocess_for_quantization(fp32_files[comp][1], Path(tmp) / f"{comp}.prep.onnx")
             feeds = head_calib_feeds if comp == "fusion_head" else [
                 {s.name: f[s.name] for s in m.components[comp].inputs} for f in calib_feeds]
             ranges = collect_ranges(prepared, OrtReader(feeds), comp, method, Path(tmp) / f"{comp}.ranges.json")
-            shutil.copy(ranges, bundle.root / "calibration" / f"{comp}.ranges.json")
+            shutil.copy(ranges, update.stage(f"calibration/{comp}.ranges.json").path)
             for target in TARGETS:
-                out = bundle.root / f"{comp}.{target.replace('-', '.')}.onnx"
-                quantize_component(prepared, comp, target, ranges, out)
-                written[(comp, target)] = out
-            written[(comp, "fp16")] = write_fp16(fp32_files[comp][1], bundle.root / f"{comp}.fp16.onnx")
+                written[(comp, target)] = update.stage(f"{comp}.{target.replace('-', '.')}.onnx")
+                quantize_component(prepared, comp, target, ranges, written[(comp, target)].path)
+            written[(comp, "fp16")] = update.stage(f"{comp}.fp16.onnx")
+            write_fp16(fp32_files[comp][1], written[(comp, "fp16")].path)
 
     # Fidelity on the held-out split, per target: INT8 parts use that target's Q/DQ model; FP16 is one file.
     labels_true = held_out.label_indices(m.labels)
-    fp32_logits = _head_logits(fp32_files["fusion_head"], fp32["image_encoder"], fp32["text_encoder"],
+    fp32_logits = _head_logits(w, fp32_files["fusion_head"], fp32["image_encoder"], fp32["text_encoder"],
                                seconds=fp32_seconds)
     fp32_outcome = head_outcome(fp32_logits, fp32_logits, labels_true, len(m.labels))
-    fp16_files = {c: (m.components[c], written[(c, "fp16")]) for c in COMPONENTS}
-    fp16 = {c: _run(fp16_files, c, eval_feeds) for c in _OUTPUT}
-    branches = {"fp16": {c: cosine_stats(fp32[c], fp16[c]) for c in _OUTPUT}}
+    fp16_files = {c: (m.components[c], written[(c, "fp16")].path) for c in COMPONENTS}
+    fp16 = {c: _run(fp16_files, c, eval_feeds) for c in ENCODERS}
+    branches = {"fp16": {c: cosine_stats(fp32[c], fp16[c]) for c in ENCODERS}}
     outcomes, rows = {}, []
     for target in TARGETS:
-        q_files = {c: (m.components[c], written[(c, target)]) for c in COMPONENTS}
-        q_feats = {c: _run(q_files, c, eval_feeds, EXACT_QDQ[target]) for c in _OUTPUT}
-        branches[target] = {c: cosine_stats(fp32[c], q_feats[c]) for c in _OUTPUT}
+        q_files = {c: (m.components[c], written[(c, target)].path) for c in COMPONENTS}
+        q_feats = {c: _run(q_files, c, eval_feeds, EXACT_QDQ[target]) for c in ENCODERS}
+        branches[target] = {c: cosine_stats(fp32[c], q_feats[c]) for c in ENCODERS}
         features = {"int8": q_feats, "fp16": fp16, "fp32": fp32}
         heads = {"int8": q_files["fusion_head"], "fp16": fp16_files["fusion_head"], "fp32": fp32_files["fusion_head"]}
         for config in combinations(COMPONENTS):
             key = tuple(config[c] for c in COMPONENTS)
             if key == ("fp32",) * 3:
                 continue
-            logits = _head_logits(heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
+            logits = _head_logits(w, heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
                                   features[config["text_encoder"]]["text_encoder"],
                                   exact=EXACT_QDQ[target] and config["fusion_head"] == "int8")
             outcomes.setdefault(key, {})[target] = outcome = head_outcome(logits, fp32_logits, labels_true, len(m.labels))
@@ -145,19 +151,19 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     report["summary"] = {
         "fp32_accuracy": fp32_outcome["accuracy"],
         **{t: {"precision": format_precision(p["precision"]), **p["outcome"],
-               **{f"{c}_cosine_min": branches[t][c]["min"] for c in _OUTPUT}} for t, p in policies.items()},
+               **{f"{c}_cosine_min": branches[t][c]["min"] for c in ENCODERS}} for t, p in policies.items()},
     }
-    (bundle.root / "reports" / "fidelity.json").write_text(json.dumps(report, indent=2) + "\n")
-    (bundle.root / "reports" / "fidelity.md").write_text(fidelity_markdown(report))
+    update.stage("reports/fidelity.json").path.write_text(json.dumps(report, indent=2) + "\n")
+    update.stage("reports/fidelity.md").path.write_text(fidelity_markdown(report))
 
     components = {}
     for comp in COMPONENTS:
         files = dict(m.components[comp].files)
         for flavour in (*TARGETS, "fp16"):
-            path = written[(comp, flavour)]
-            files[flavour] = ModelFile(path.name, sha256_of(path))
+            staged = written[(comp, flavour)]
+            files[flavour] = ModelFile(staged.name, sha256_of(staged.path))
         components[comp] = dataclasses.replace(m.components[comp], files=files)
-    bundle.save(dataclasses.replace(
+    update.commit(dataclasses.replace(
         m, components=components, precision=policies["int8-cpu"]["precision"],
         precision_reason=policies["int8-cpu"]["reason"],
         policies={t: {"precision": p["precision"], "reason": p["reason"]} for t, p in policies.items()},
@@ -168,7 +174,7 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     return report
 
 
-def _head_logits(head_file, image_features: np.ndarray, text_features: np.ndarray, exact: bool = False,
+def _head_logits(wiring, head_file, image_features: np.ndarray, text_features: np.ndarray, exact: bool = False,
                  seconds: dict | None = None) -> np.ndarray:
-    feed = {"image_features": image_features.astype(np.float32), "text_features": text_features.astype(np.float32)}
+    feed = {wiring.image_output: image_features.astype(np.float32), wiring.text_output: text_features.astype(np.float32)}
     return _run({"fusion_head": head_file}, "fusion_head", [feed], exact, seconds)

@@ -50,7 +50,8 @@ class CalibrationSource:
 
     def __iter__(self) -> Iterator[dict]:
         for images, texts, _ in self.data.batches(self.batch_size):
-            yield {"pixel_values": preprocess_batch(images, self.bundle.manifest.preprocess), **self.tokenizer(texts)}
+            yield {self.bundle.manifest.wiring.image_input: preprocess_batch(images, self.bundle.manifest.preprocess),
+                   **self.tokenizer(texts)}
 
 
 class OrtReader:

@@ -72,7 +72,7 @@ class Pipeline:
         opts = kind.Options.parse(label, options)
         chosen = parse_precision(precision, default=bundle.manifest.precision_for(kind.int8_target(opts)))
         m = bundle.manifest
-        tokenizer = TextTokenizer(bundle.file(m.tokenizer.file, m.tokenizer.sha256 if opts.verify else None),
+        tokenizer = TextTokenizer(bundle.read(m.tokenizer.file, m.tokenizer.sha256, verify=opts.verify),
                                   m.tokenizer.max_seq_len)
         opened, executor = {}, None
         try:

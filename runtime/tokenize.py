@@ -22,13 +22,16 @@ class TextTokenizer:
     fixed length, which would waste the text encoder's time on padding.
     """
 
-    def __init__(self, path: Path, max_seq_len: int):
+    def __init__(self, source, max_seq_len: int):
+        """source: a tokenizer.json path, or its bytes (what `Bundle.read` checked)."""
         from tokenizers import Tokenizer
 
+        what = "the bundle's tokenizer.json" if isinstance(source, (bytes, bytearray)) else f"tokenizer file '{source}'"
         try:
-            self._tok = Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises its own Exception subclass
-            raise BundleError(f"tokenizer file '{path}' could not be read ({exc}); expected a Hugging Face tokenizer.json.") from exc
+            self._tok = Tokenizer.from_str(bytes(source).decode("utf-8")) if isinstance(source, (bytes, bytearray)) \
+                else Tokenizer.from_file(str(source))
+        except Exception as exc:  # tokenizers raises its own Exception subclass; bad UTF-8 a UnicodeDecodeError
+            raise BundleError(f"{what} could not be read ({exc}); expected a Hugging Face tokenizer.json.") from exc
         self.max_seq_len = max_seq_len
         pad_token = self._tok.padding["pad_token"] if self._tok.padding else "[PAD]"
         pad_id = self._tok.token_to_id(pad_token)

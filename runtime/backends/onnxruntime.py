@@ -39,9 +39,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     Options = OnnxRuntimeOptions
 
-    def __init__(self, path, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False,
+    def __init__(self, model, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False,
                  optimize: bool = True):
-        """optimize=False runs the graph as written: Q/DQ pairs stay QuantizeLinear/DequantizeLinear around float
+        """model: the ONNX file's bytes (what `Bundle.read` checked) or its path. optimize=False runs the graph as written: Q/DQ pairs stay QuantizeLinear/DequantizeLinear around float
         ops instead of being fused into this CPU's integer kernels (the exact arithmetic TensorRT computes;
         calibration measures the TensorRT flavour that way)."""
         super().__init__(inputs, outputs)
@@ -54,7 +54,8 @@ class OnnxRuntimeBackend(Backend):
         # The two branches run at once; spinning worker threads would steal each other's cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         requested = list(providers) if providers else default_providers(ort)
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
+        self.session = ort.InferenceSession(source, sess_options=options, providers=requested)
         self.providers = self.session.get_providers()
         wanted = _provider_names(requested)
         lost = [p for p in wanted if p not in self.providers]
@@ -109,8 +110,8 @@ class OnnxRuntimeBackend(Backend):
         if flavour == "int8-cpu":
             _warn_if_calibrated_on_another_kind_of_cpu(bundle)
         model = comp.files[flavour]
-        path = bundle.file(model.path, model.sha256 if options.verify else None)
-        return cls(path, comp.inputs, comp.outputs, providers or None, options.threads, options.allow_fallback,
+        data = bundle.read(model.path, model.sha256, verify=options.verify)  # read once: these bytes are the session
+        return cls(data, comp.inputs, comp.outputs, providers or None, options.threads, options.allow_fallback,
                    options.optimize)
 
 

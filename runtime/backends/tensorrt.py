@@ -101,16 +101,18 @@ class TensorRTBackend(Backend):
     fuses = True
     product: ClassVar[str] = "tensorrt"  # the Python package whose runtime deserializes the plans
 
-    def __init__(self, api: TrtApi, path: Path, record, inputs: tuple, outputs: tuple, stream: cuda.Stream):
+    def __init__(self, api: TrtApi, plan, record, inputs: tuple, outputs: tuple, stream: cuda.Stream):
+        """plan: the engine's bytes (what `Bundle.read` checked) or its path."""
         super().__init__(inputs, outputs)
         trt = api.trt
         self.api, self.record, self.stream = api, record, stream
         self._tensors: dict = {}
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        data = bytes(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else Path(plan).read_bytes()
+        self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise EngineMismatch(f"{api.product} {api.version} could not deserialize {path} (see its log): rebuild it "
+            raise EngineMismatch(f"{api.product} {api.version} could not deserialize {record.path} (see its log): rebuild it "
                                  "with `fusionrt build` on this machine.")
         self.context = self.engine.create_execution_context()
         try:
@@ -135,11 +137,11 @@ class TensorRTBackend(Backend):
         gpu_cc, gpu_name = _gpu()
         comp = bundle.manifest.components[component]
         record = _select(comp, precision, api, gpu_cc, gpu_name)
-        path = bundle.file(record.path, record.sha256 if options.verify else None)
+        plan = bundle.read(record.path, record.sha256, verify=options.verify)  # read once: these bytes are the engine
         borrowed = options.stream if component == "fusion_head" else None
         stream = cuda.Stream(int(borrowed) if borrowed is not None else None)
         try:
-            return cls(api, path, record, comp.inputs, comp.outputs, stream)
+            return cls(api, plan, record, comp.inputs, comp.outputs, stream)
         except BaseException:
             stream.close()
             raise

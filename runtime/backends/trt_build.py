@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
 from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.bundle_update import TEMP_PREFIX
 from fusionrt.runtime.errors import BackendUnavailable, BundleError
 from fusionrt.runtime.manifest import COMPONENTS, EngineRecord, Profile, sha256_of
 from fusionrt.runtime.precision import parse_precision
@@ -72,15 +73,16 @@ def _layer_counts(network) -> dict:
     return counts
 
 
-def _build_one(api: TrtApi, logger, onnx_path: Path, comp, precision: str, profile: Profile, cc, folder: Path,
-               workspace_mib: int | None) -> tuple:
+def _build_one(api: TrtApi, logger, onnx_name: str, onnx: bytes, comp, precision: str, profile: Profile, cc,
+               folder: Path, workspace_mib: int | None) -> tuple:
+    """(plan bytes, layer counts) of one engine, parsed from `onnx`: the bytes whose sha256 was just checked."""
     trt = api.trt
     builder = trt.Builder(logger)
     network = api.create_network(builder)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse(onnx):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"{api.product} {api.version} could not parse {onnx_path.name}: {errors}")
+        raise BundleError(f"{api.product} {api.version} could not parse {onnx_name}: {errors}")
     config = builder.create_builder_config()
     api.set_precision(config, precision)
     api.set_target(config, cc)
@@ -97,7 +99,7 @@ def _build_one(api: TrtApi, logger, onnx_path: Path, comp, precision: str, profi
         config.set_timing_cache(timing, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise BackendUnavailable(f"{api.product} {api.version} failed to build {onnx_path.name} at {precision} "
+        raise BackendUnavailable(f"{api.product} {api.version} failed to build {onnx_name} at {precision} "
                                  "(its log above says why).")
     if timing is not None:
         _write_atomic(cache_file, bytes(timing.serialize()))
@@ -105,7 +107,7 @@ def _build_one(api: TrtApi, logger, onnx_path: Path, comp, precision: str, profi
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}")  # removed by the next writer if we are killed first
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -113,9 +115,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def build_engines(bundle_dir, product: str = "tensorrt", precision: str = "auto", batch: tuple | None = None,
                   seq: tuple | None = None, compute_capability: str | None = None, force: bool = False,
                   workspace_mib: int | None = None, verbose: bool = False) -> list:
-    """Build (or skip, when unchanged) one engine per component; returns a BuildResult per component."""
+    """Build (or skip, when unchanged) one engine per component; returns a BuildResult per component. The engines and
+    their records are committed together, under the bundle's write lock."""
     api = load_api(product)
-    bundle = Bundle.open(bundle_dir)
+    with Bundle.open(bundle_dir).update("build") as update:
+        return _build_all(update, api, precision, batch, seq, compute_capability, force, workspace_mib, verbose)
+
+
+def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capability, force: bool, workspace_mib,
+               verbose: bool) -> list:
+    bundle = update.current
     m = bundle.manifest
     profile = Profile(tuple(batch or m.profile.batch), tuple(seq or m.profile.seq))
     Profile.from_dict(profile.to_dict()).check_seq(m.tokenizer.max_seq_len)  # validates the ranges
@@ -134,21 +143,23 @@ def build_engines(bundle_dir, product: str = "tensorrt", precision: str = "auto"
                               f"'{flavour}' model, which it lacks (has {sorted(comp.files)}): run `fusionrt calibrate` first.")
         source = comp.files[flavour]
         key = _cache_key(source.sha256, api, device, prec, profile)
-        rel = f"{rel_folder}/{name}.{prec}.plan"
-        known = next((e for e in comp.engines if e.path == rel), None)
-        if not force and known and known.cache_key == key and (bundle.root / rel).is_file() \
-                and sha256_of(bundle.root / rel) == known.sha256:
+        known = next((e for e in comp.engines if e.cache_key == key), None)
+        if not force and known and (bundle.root / known.path).is_file() \
+                and sha256_of(bundle.root / known.path) == known.sha256:
             results.append(BuildResult(name, known, True, {}, 0.0))
             continue
         started = time.perf_counter()
-        plan, layers = _build_one(api, logger, bundle.file(source.path, source.sha256), comp, prec, profile, cc,
-                                  folder, workspace_mib)
-        _write_atomic(bundle.root / rel, plan)
-        record = EngineRecord(rel, sha256_of(bundle.root / rel), api.product, str(api.version), device, cc or "",
-                              prec, profile.to_dict(), key)
-        engines = tuple(e for e in comp.engines if e.path != rel) + (record,)
+        plan, layers = _build_one(api, logger, source.path, bundle.read(source.path, source.sha256), comp, prec,
+                                  profile, cc, folder, workspace_mib)
+        staged = update.stage(f"{rel_folder}/{name}.{prec}.plan")
+        staged.path.write_bytes(plan)
+        record = EngineRecord(staged.name, hashlib.sha256(plan).hexdigest(), api.product, str(api.version), device,
+                              cc or "", prec, profile.to_dict(), key)
+        # one engine per product, version, GPU and precision: the one it replaces is deleted at the commit
+        same_slot = (api.product, str(api.version), device, prec)
+        engines = tuple(e for e in comp.engines if (e.product, e.version, e.device, e.precision) != same_slot) + (record,)
         components[name] = dataclasses.replace(comp, engines=engines)
         results.append(BuildResult(name, record, False, layers, time.perf_counter() - started))
     if any(not r.skipped for r in results):
-        bundle.save(dataclasses.replace(m, components=components))
+        update.commit(dataclasses.replace(m, components=components))
     return results
