@@ -21,6 +21,18 @@ def _dump(data) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _argument_text(text: str, option: str) -> str:
+    """A command-line text as valid Unicode: bytes that were not UTF-8 reach Python as lone surrogates; they are
+    replaced with U+FFFD, and we say so."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        _say(f"note: {option} was not valid UTF-8; its undecodable bytes were replaced with U+FFFD: {fixed!r}")
+        return fixed
+
+
 def cmd_data(args) -> int:
     from fusionrt.data.emoji import convert_emoji_dataset
 
@@ -97,7 +109,7 @@ def cmd_classify(args) -> int:
     from fusionrt.runtime.pipeline import Pipeline
 
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:
-        pred = pipe.classify(args.image, args.text)
+        pred = pipe.classify(args.image, _argument_text(args.text, "--text"))
         if args.json:
             _dump({**pred.to_dict(pipe.labels), "backend": pipe.backend_name, "precision": pipe.precision})
         else:
@@ -244,7 +256,8 @@ def cmd_camera(args) -> int:
     from fusionrt.runtime.pipeline import Pipeline
 
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache) as pipe:
-        run_camera(pipe, args.source, args.text, args.headless, args.out, args.jsonl, args.policy, args.max_frames, say=_say)
+        run_camera(pipe, args.source, _argument_text(args.text, "--text"), args.headless, args.out, args.jsonl,
+                   args.policy, args.max_frames, say=_say, overwrite=args.overwrite)
     return 0
 
 

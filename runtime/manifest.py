@@ -184,7 +184,10 @@ class PreprocessSpec:
             std=tuple(_need(d, "std", where, list)),
             interpolation=d.get("interpolation", "linear"),
         )
-        if len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0:
+        if spec.height < 1 or spec.width < 1:
+            raise BundleError(f"manifest: preprocess height/width must be >= 1, found {spec.height}x{spec.width}.")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*spec.mean, *spec.std))
+        if len(spec.mean) != 3 or len(spec.std) != 3 or not numbers or min(spec.std) <= 0:
             raise BundleError(f"manifest: preprocess mean/std must be 3 values with std > 0, found {spec.mean} / {spec.std}.")
         if spec.interpolation not in ("linear", "cubic", "area"):
             raise BundleError(f"manifest: preprocess.interpolation must be linear|cubic|area, found '{spec.interpolation}'.")
@@ -221,7 +224,7 @@ class Profile:
     def from_dict(cls, d: Mapping) -> "Profile":
         prof = cls(tuple(_need(d, "batch", "profile", list)), tuple(_need(d, "seq", "profile", list)))
         for axis, rng in (("batch", prof.batch), ("seq", prof.seq)):
-            if len(rng) != 3 or not (1 <= rng[0] <= rng[1] <= rng[2]):
+            if len(rng) != 3 or not all(type(v) is int for v in rng) or not (1 <= rng[0] <= rng[1] <= rng[2]):
                 raise BundleError(f"manifest: profile.{axis} must be [min, opt, max] with 1 <= min <= opt <= max, found {list(rng)}.")
         return prof
 
@@ -283,6 +286,17 @@ class Manifest:
     # -- reading ---------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Mapping) -> "Manifest":
+        """Validated: anything malformed is a BundleError (a bad value of a type no check names included)."""
+        try:
+            return cls._from_dict(d)
+        except BundleError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            raise BundleError(f"manifest: malformed ({type(exc).__name__}: {exc}); expected the structure "
+                              "`fusionrt export` writes. Re-export the bundle.") from exc
+
+    @classmethod
+    def _from_dict(cls, d: Mapping) -> "Manifest":
         version = _need(d, "schema_version", "the manifest", int)
         if version != SCHEMA_VERSION:
             raise BundleError(
@@ -294,7 +308,7 @@ class Manifest:
         if missing:
             raise BundleError(f"manifest: components {missing} missing; expected {list(COMPONENTS)}. Re-export the bundle.")
         labels = tuple(_need(d, "labels", "the manifest", list))
-        if len(labels) < 2 or len(set(labels)) != len(labels):
+        if len(labels) < 2 or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
             raise BundleError(f"manifest: expected 2 or more distinct labels, found {list(labels)}.")
         precision = _precision_map(d.get("precision", {c: "fp32" for c in COMPONENTS}), "precision")
         policies = {}
@@ -332,7 +346,7 @@ class Manifest:
                 "Check the path or export a bundle first."
             )
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{path} is not valid JSON ({exc}). Re-export the bundle with `fusionrt export`.") from exc
         return cls.from_dict(data)

@@ -13,7 +13,7 @@ import numpy as np
 
 from fusionrt.runtime.backends import backend_class, resolve_backend
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.errors import InputError
+from fusionrt.runtime.errors import FusionRTError, InputError
 from fusionrt.runtime.execution import BranchExecutor, Timings
 from fusionrt.runtime.manifest import COMPONENTS
 from fusionrt.runtime.precision import parse_precision
@@ -37,7 +37,7 @@ class Pipeline:
     """Load with `Pipeline.load(bundle)`; use as a context manager, or call `close()`."""
 
     def __init__(self, bundle: Bundle, backends: Mapping, backend_name: str, precision: Mapping[str, str],
-                 tokenizer: TextTokenizer, executor, options, text_cache: int = 64):
+                 tokenizer: TextTokenizer, executor, options, text_cache: int = 64, concurrent: bool = True):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.labels = self.manifest.labels
@@ -47,7 +47,8 @@ class Pipeline:
         self.options = options  # the backend's typed options, as validated at load
         self.tokenizer = tokenizer
         self.text_cache: TextFeatureCache | None = TextFeatureCache(text_cache) if text_cache else None
-        self.timings = Timings()  # the last call's
+        self.timings = Timings()  # the last call's (of whichever thread): `infer` returns each call's own
+        self.concurrent = concurrent
         self._executor = executor
 
     @classmethod
@@ -78,18 +79,38 @@ class Pipeline:
         try:
             for comp in COMPONENTS:
                 opened[comp] = kind.open(bundle, comp, chosen[comp], opts)
-            executor = kind.fuse(opened, m.wiring, opts) if kind.fuses and concurrent else \
-                BranchExecutor(opened, m.wiring, concurrent)
-            return cls(bundle, opened, name, chosen, tokenizer, executor, opts, text_cache)
+            executor = _executor(kind, opened, m.wiring, opts, concurrent)
+            return cls(bundle, opened, name, chosen, tokenizer, executor, opts, text_cache, concurrent)
         except BaseException:
             _close_all([executor, *opened.values()])
             raise
+
+    def clone(self) -> "Pipeline":
+        """A second pipeline over the same loaded models, for another thread to run at full speed: ONNX Runtime
+        sessions and TensorRT engines are shared, each clone has its own TensorRT contexts, buffers and streams; the
+        text cache is shared. Close each clone (closing one leaves the others open)."""
+        backends, executor = {}, None
+        try:
+            for comp, backend in self.backends.items():
+                backends[comp] = backend.clone()
+            kind = backend_class(self.backend_name)
+            executor = _executor(kind, backends, self.manifest.wiring, self.options, self.concurrent)
+            twin = Pipeline(self.bundle, backends, self.backend_name, self.precision, self.tokenizer, executor,
+                            self.options, 0, self.concurrent)
+        except BaseException:
+            _close_all([executor, *backends.values()])
+            raise
+        twin.text_cache = self.text_cache
+        return twin
 
     # -- the stages ------------------------------------------------------------------------------
     def prepare(self, images: Sequence, texts: Sequence[str]) -> tuple:
         """Images + texts -> (pixels, tokens), the branch inputs."""
         if isinstance(texts, str):
             raise InputError("classify_batch expects a list of texts, found one str. Wrap it: [text].")
+        for what, items in (("images (paths or BGR arrays)", images), ("texts", texts)):
+            if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
+                raise InputError(f"expected a list of {what}, found {type(items).__name__}. Wrap one in a list.")
         if len(images) != len(texts):
             raise InputError(f"expected as many texts as images, found {len(images)} images and {len(texts)} texts.")
         return preprocess_batch(images, self.manifest.preprocess), self.tokenizer(texts)
@@ -153,14 +174,25 @@ class Pipeline:
         self.close()
 
 
+def _executor(kind, backends: Mapping, wiring, options, concurrent: bool):
+    """What runs a call: the backend's fused path when it has one (and the branches may run at once), else the
+    generic one."""
+    return kind.fuse(backends, wiring, options) if kind.fuses and concurrent else \
+        BranchExecutor(backends, wiring, concurrent)
+
+
 def _close_all(resources) -> None:
-    error = None
+    """Close every resource, even when some raise; then raise: the one error, or one naming them all."""
+    errors = []
     for resource in resources:
         if resource is None:
             continue
         try:
             resource.close()
-        except BaseException as exc:  # keep closing the rest; raise the first afterwards
-            error = error or exc
-    if error is not None:
-        raise error
+        except Exception as exc:  # keep closing the rest
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise FusionRTError(f"closing failed {len(errors)} times: " + "; ".join(f"{type(e).__name__}: {e}"
+                                                                                for e in errors)) from errors[0]

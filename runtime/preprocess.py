@@ -38,10 +38,12 @@ def load_image(source) -> np.ndarray:
         image = (image >> 8).astype(np.uint8)
     if image.dtype != np.uint8:
         raise InputError(f"expected a uint8 image, found dtype {image.dtype}. Convert with `np.clip(img, 0, 255).astype(np.uint8)`.")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or min(image.shape[:2]) < 1:
+        raise InputError(f"expected an HxWx3 BGR image (or HxW grey, HxWx4 BGRA), found shape {image.shape}.")
     if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
-        raise InputError(f"expected an HxWx3 BGR image, found shape {image.shape}.")
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 4:
         # Transparent pixels become white, which is what a viewer shows for them.
         alpha = image[:, :, 3:4].astype(np.float32) / 255.0
@@ -72,9 +74,17 @@ def preprocess(image, spec: PreprocessSpec, out: np.ndarray | None = None) -> np
 
 def preprocess_batch(images: Sequence, spec: PreprocessSpec) -> np.ndarray:
     """Images (paths or BGR arrays) -> an (N, 3, H, W) float32 array."""
+    if isinstance(images, (str, Path, np.ndarray)) or not isinstance(images, Sequence):
+        raise InputError(f"expected a list of images (paths or BGR arrays), found {type(images).__name__}. Wrap one "
+                         "image in a list: [image].")
     if len(images) == 0:
         raise InputError("expected at least one image, found an empty list.")
     batch = np.empty((len(images), 3, spec.height, spec.width), dtype=np.float32)
     for i, image in enumerate(images):
-        preprocess(image, spec, out=batch[i])
+        try:
+            preprocess(image, spec, out=batch[i])
+        except InputError as exc:
+            if len(images) == 1:
+                raise
+            raise InputError(f"image {i} of the batch of {len(images)}: {exc}") from None
     return batch

@@ -43,11 +43,13 @@ class TextTokenizer:
         """Return {'input_ids', 'attention_mask'} as (N, L) int64; L = longest text, or `pad_to`."""
         if isinstance(texts, str):
             texts = [texts]
-        for t in texts:
-            if not isinstance(t, str):
-                raise InputError(f"expected text as str, found {type(t).__name__}.")
-            if not t.strip():
-                raise InputError("expected a non-empty text, found an empty or blank string. Pass a description or label text.")
+        if not isinstance(texts, Sequence) or isinstance(texts, (bytes, bytearray)):
+            raise InputError(f"expected a list of texts (str), found {type(texts).__name__}.")
+        if len(texts) == 0:
+            raise InputError("expected at least one text, found an empty list.")
+        for i, t in enumerate(texts):
+            where = f"text {i} of the batch of {len(texts)}: " if len(texts) > 1 else ""
+            _check_text(t, where)
         encodings = self._tok.encode_batch(list(texts))
         length = max(len(e.ids) for e in encodings)
         if pad_to is not None:
@@ -60,3 +62,18 @@ class TextTokenizer:
             ids[i, : len(enc.ids)] = enc.ids
             mask[i, : len(enc.ids)] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+
+def _check_text(text, where: str) -> None:
+    if not isinstance(text, str):
+        raise InputError(f"{where}expected text as str, found {type(text).__name__}.")
+    if not text.strip():
+        raise InputError(f"{where}expected a non-empty text, found an empty or blank string. Pass a description or label "
+                         "text.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8, decoded with surrogateescape
+        raise InputError(f"{where}expected valid Unicode text, found a lone surrogate ({text[exc.start]!r}) at "
+                         f"character {exc.start}: the text was made from bytes that are not UTF-8. Decode those bytes "
+                         "with errors='replace' (or fix their encoding) before classifying.") from None
+

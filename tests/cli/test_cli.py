@@ -43,3 +43,16 @@ def test_python_dash_m_is_the_same_cli():
     out = subprocess.run([sys.executable, "-m", "fusionrt", "--help"], capture_output=True, text=True, check=True)
     for command in ("train", "export", "classify", "info"):
         assert command in out.stdout
+
+
+def test_a_text_argument_that_is_not_utf8_is_replaced_and_said(tiny_bundle, shape_data, capsys):
+    """Bytes that are not UTF-8 on the command line reach Python as lone surrogates (PEP 383)."""
+    from fusionrt.data.dataset import LabeledDataset
+
+    image = LabeledDataset.read(shape_data[1])[0].image
+    text = b"a red caf\xe9 sign".decode("utf-8", "surrogateescape")
+    assert main(["classify", str(tiny_bundle), "--image", str(image), "--text", text, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["label"] in ("red", "green", "blue")
+    assert "--text was not valid UTF-8; its undecodable bytes were replaced with U+FFFD: 'a red caf\ufffd sign'" in \
+        captured.err
