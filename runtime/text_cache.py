@@ -1,8 +1,10 @@
 """Text-feature cache: in a camera app the text (an operator's note, a scene description) changes rarely,
-so the text branch runs only when it does. LRU, keyed by each row's token ids (padding excluded)."""
+so the text branch runs only when it does. LRU, keyed by each row's token ids (padding excluded). Safe to share
+between threads: every lookup and store holds one lock."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Mapping
 
@@ -18,6 +20,7 @@ class TextFeatureCache:
         self.size = size
         self.hits = self.misses = 0
         self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     @staticmethod
     def keys(tokens: Mapping[str, np.ndarray]) -> list:
@@ -26,24 +29,29 @@ class TextFeatureCache:
 
     def lookup(self, keys: list) -> np.ndarray | None:
         """The features of every key stacked, or None when any is missing (the batch then runs the branch)."""
-        if not all(k in self._entries for k in keys):
-            self.misses += len(keys)
-            return None
-        self.hits += len(keys)
-        for k in keys:
-            self._entries.move_to_end(k)
-        return np.stack([self._entries[k] for k in keys])
+        with self._lock:  # the check and the reads at once: no eviction between them
+            rows = [self._entries.get(k) for k in keys]
+            if any(row is None for row in rows):
+                self.misses += len(keys)
+                return None
+            self.hits += len(keys)
+            for k in keys:
+                self._entries.move_to_end(k)
+        return np.stack(rows)
 
     def store(self, keys: list, features: np.ndarray) -> None:
-        for k, row in zip(keys, features):
-            self._entries[k] = np.array(row, copy=True)
-            self._entries.move_to_end(k)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        rows = [np.array(row, copy=True) for row in features]
+        with self._lock:
+            for k, row in zip(keys, rows):
+                self._entries[k] = row
+                self._entries.move_to_end(k)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self.hits = self.misses = 0
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0

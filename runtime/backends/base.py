@@ -57,6 +57,12 @@ class Backend:
         the three opened components of this class as one call."""
         raise NotImplementedError(f"backend '{cls.name}' does not fuse its components")
 
+    def clone(self) -> "Backend":
+        """Another handle on this loaded model, for another thread or pipeline: it shares what is read-only and
+        thread-safe (an ONNX Runtime session, a TensorRT engine) and owns the rest (TensorRT: its execution context,
+        buffers and stream). Closing one leaves the others open."""
+        raise NotImplementedError(f"backend '{self.name}' cannot be cloned")
+
     # -- running ----------------------------------------------------------------------------------------
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
         """Run the model on `feeds` (name -> array). Returns name -> array; the caller owns the arrays."""

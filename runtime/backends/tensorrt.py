@@ -10,6 +10,7 @@ optionally the whole sequence is captured as a CUDA graph per (batch, sequence) 
 from __future__ import annotations
 
 import importlib.util
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,16 +102,21 @@ class TensorRTBackend(Backend):
     fuses = True
     product: ClassVar[str] = "tensorrt"  # the Python package whose runtime deserializes the plans
 
-    def __init__(self, api: TrtApi, plan, record, inputs: tuple, outputs: tuple, stream: cuda.Stream):
-        """plan: the engine's bytes (what `Bundle.read` checked) or its path."""
+    def __init__(self, api: TrtApi, plan, record, inputs: tuple, outputs: tuple, stream: cuda.Stream, shared=None):
+        """plan: the engine's bytes (what `Bundle.read` checked) or its path; or `shared`, the (logger, runtime,
+        engine) of the backend this one is a clone of."""
         super().__init__(inputs, outputs)
         trt = api.trt
         self.api, self.record, self.stream = api, record, stream
         self._tensors: dict = {}
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        data = bytes(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else Path(plan).read_bytes()
-        self.engine = self._runtime.deserialize_cuda_engine(data)
+        self._lock = threading.Lock()  # one call at a time uses this context and these buffers
+        if shared is not None:
+            self._logger, self._runtime, self.engine = shared
+        else:
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._logger)
+            data = bytes(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else Path(plan).read_bytes()
+            self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise EngineMismatch(f"{api.product} {api.version} could not deserialize {record.path} (see its log): rebuild it "
                                  "with `fusionrt build` on this machine.")
@@ -222,14 +228,25 @@ class TensorRTBackend(Backend):
         return {name: self._tensors[name].view(self._tensors[name].shape).copy() for name in self.output_names}
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
-        for name in self.input_names:  # the fused path may have pointed the head at the encoders' outputs
-            self.bind(name)
-        self.set_inputs(feeds)
-        self.enqueue_copy_in()
-        self.enqueue_run()
-        self.enqueue_copy_out()
-        self.stream.synchronize()
-        return self.outputs()
+        with self._lock:
+            for name in self.input_names:  # the fused path may have pointed the head at the encoders' outputs
+                self.bind(name)
+            self.set_inputs(feeds)
+            self.enqueue_copy_in()
+            self.enqueue_run()
+            self.enqueue_copy_out()
+            self.stream.synchronize()
+            return self.outputs()
+
+    def clone(self) -> "TensorRTBackend":
+        """The same engine with its own execution context, buffers and stream: run it from another thread."""
+        stream = cuda.Stream()
+        try:
+            return type(self)(self.api, None, self.record, self.input_specs, self.output_specs, stream,
+                              shared=(self._logger, self._runtime, self.engine))
+        except BaseException:
+            stream.close()
+            raise
 
     def close(self) -> None:
         if getattr(self, "stream", None) is not None and self.stream.handle is not None:
@@ -272,6 +289,7 @@ class TensorRTFusion:
         self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
         self.graphs: dict = {}
         self._seen: set = set()
+        self._lock = threading.Lock()  # the contexts, buffers and graphs serve one call at a time (clone for more)
 
     def _enqueue(self, with_text: bool = True) -> None:
         """Both branches (or the image branch alone, when the head's text features come from the pipeline's cache),
@@ -304,6 +322,10 @@ class TensorRTFusion:
     def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None
             ) -> Result:
         """Both branches at once, then the head; with `text_features` given, the image branch and the head."""
+        with self._lock:
+            return self._run_locked(pixels, tokens, text_features)
+
+    def _run_locked(self, pixels, tokens, text_features) -> Result:
         w, m, timings = self.wiring, self.marks, Timings()
         image_feeds = {w.image_input: pixels}
         self.image.check(image_feeds)
