@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -50,13 +51,17 @@ def _show(frame: np.ndarray) -> bool:
 
 
 def run_camera(pipeline, source, text: str, headless: bool, out=None, jsonl=None, policy=None, max_frames=None,
-               say=print) -> dict:
+               say=print, overwrite: bool = False) -> dict:
     """Run until the source ends, Ctrl-C, q/Esc, or `max_frames`; returns the summary (also printed)."""
     from fusionrt.runtime.overlay import annotate
     from fusionrt.runtime.video import VideoSource
 
     if headless and not (out or jsonl):
         raise InputError("--headless shows nothing: pass --out annotated.mp4 and/or --jsonl predictions.jsonl.")
+    for option, path in (("--out", out), ("--jsonl", jsonl)):
+        if path and Path(path).exists() and not overwrite:
+            raise InputError(f"{option} {path} already exists: expected a new file, so no earlier results are lost. "
+                             "Choose another path, or pass --overwrite to replace it.")
     latencies, started, last, interrupted = [], time.perf_counter(), None, False
     with VideoSource(source) as video:
         policy = policy or ("latest" if video.live else "all")

@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window (servers, CI): write --out and/or --jsonl")
     p.add_argument("--out", help="annotated video to write (.mp4)")
     p.add_argument("--jsonl", help="one JSON line per classified frame")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out or --jsonl file")
     p.add_argument("--policy", choices=["latest", "all"],
                    help="latest: drop stale frames (default for cameras/streams); all: every frame (default for files)")
     p.add_argument("--max-frames", type=int, help="stop after this many classified frames")

@@ -23,6 +23,7 @@ from fusionrt.runtime.preprocess import load_image, preprocess_batch
 __all__ = ["POLICIES", "FramePrediction", "stream", "StreamHandle"]
 
 POLICIES = ("latest", "all")
+READER_JOIN_S = 1.0  # how long closing a stream waits for a reader blocked in its source
 _FPS_WINDOW = 30  # predictions the fps figure averages over
 
 
@@ -126,8 +127,10 @@ def stream(pipeline, frames: Iterable, text: str | Callable[[], str], policy: st
             yield FramePrediction(index, image, pipeline.predictions(result.logits)[0], (now - taken) * 1e3, fps,
                                   processed, box.dropped, result.text_cached)
     finally:
+        # The reader may be blocked in the source's read (a stalled camera): a bounded wait, then go on; it leaves
+        # at its next frame. VideoSource.close() does not release a capture under a read in flight.
         stop.set()
-        reader.join(timeout=5.0)
+        reader.join(timeout=READER_JOIN_S)
 
 
 class StreamHandle:

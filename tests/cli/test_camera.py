@@ -85,3 +85,16 @@ def test_camera_window_without_gui_opencv_says_what_to_do(tiny_bundle, tmp_path,
 
 def _gui_line() -> str:
     return next((line for line in cv2.getBuildInformation().splitlines() if line.strip().startswith("GUI:")), "NONE")
+
+
+def test_camera_refuses_to_overwrite_results_unless_asked(tiny_bundle, tmp_path, capsys):
+    video = write_video(tmp_path / "in.mp4", count=6)
+    jsonl = tmp_path / "predictions.jsonl"
+    jsonl.write_text('{"frame": 0, "label": "from an earlier run"}\n')
+    args = ["camera", str(tiny_bundle), "--source", str(video), "--text", "a circle", "--headless", "--jsonl", str(jsonl)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--jsonl {jsonl} already exists" in err and "--overwrite" in err
+    assert jsonl.read_text() == '{"frame": 0, "label": "from an earlier run"}\n'  # nothing lost
+    assert main([*args, "--overwrite"]) == 0
+    assert len(jsonl.read_text().splitlines()) == 6
