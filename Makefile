@@ -8,7 +8,7 @@ EMOJI  := emoji-datasource-google@16.0.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all install demo test bench gpu-check clean
+.PHONY: all install demo test bench soak gpu-check clean
 
 all: test
 
@@ -55,6 +55,11 @@ bench: $(STAMP)
 		--out build/bench
 	@if test -f $(DEMO)/bundle/manifest.json; then $(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle; \
 	else echo "(run 'make demo' first for the streaming fps of the demo bundle)"; fi
+
+# 20,000 calls on the demo bundle (CPU backend): memory growth and latency drift per 1,000 calls (about 3-5 minutes).
+soak: $(STAMP)
+	@test -f $(DEMO)/bundle/manifest.json || { echo "run 'make demo' first: the soak runs on the demo bundle"; exit 2; }
+	$(BIN)/python benchmarks/soak.py $(DEMO)/bundle --n 20000 --data $(DEMO)/data/test.csv --out build/soak
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
