@@ -1,5 +1,5 @@
-"""`fusionrt calibrate`: ranges from real data, two Q/DQ targets plus an FP16 fallback, a fidelity report and a
-precision policy."""
+"""`fusionrt calibrate`: ranges from real data, two Q/DQ targets plus an FP16 fallback, per-layer fallback found by
+search, a fidelity report that knows its noise floor, and a precision policy per target."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import dataclasses
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from fusionrt.data.dataset import LabeledDataset
-from fusionrt.calibration.fidelity import combinations, cosine_stats, fidelity_markdown, head_outcome
+from fusionrt.calibration.criterion import Criterion, judge, noise_band
+from fusionrt.calibration.evaluation import ENCODERS, Evaluator, bf16_round, run_component
+from fusionrt.calibration.fallback import quantizable_nodes, rank_layers, search_fallback, structural_float
+from fusionrt.calibration.fidelity import combinations, cosine_stats, fidelity_markdown
 from fusionrt.calibration.half import write_fp16
-from fusionrt.calibration.policy import Thresholds, choose_policy
+from fusionrt.calibration.policy import choose_policy
 from fusionrt.calibration.quantize import collect_ranges, preprocess_for_quantization, quantize_component
 from fusionrt.calibration.reader import MIN_HELD_OUT, CalibrationSource, OrtReader, select_calibration
-from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.cpu import cpu_info
 from fusionrt.runtime.errors import DataError
@@ -33,20 +34,7 @@ TARGETS = INT8_TARGETS
 # the exact products and int32 sums TensorRT computes. Fused into this CPU's integer kernels it would carry the
 # CPU's own rounding (U8S8 pair sums saturate without VNNI) into a figure meant for the GPU.
 EXACT_QDQ = {"int8-cpu": False, "int8-trt": True}
-ENCODERS = ("image_encoder", "text_encoder")
-
-
-def _run(backend_files: dict, component: str, feeds: list, exact: bool = False, seconds: dict | None = None) -> np.ndarray:
-    """`component` over every feed; `seconds[component]` gets the inference time when a dict is passed."""
-    comp_spec, path = backend_files[component]
-    with OnnxRuntimeBackend(path, comp_spec.inputs, comp_spec.outputs, ["CPUExecutionProvider"], optimize=not exact) as b:
-        name = comp_spec.outputs[0].name
-        names = {s.name for s in comp_spec.inputs}
-        start = time.perf_counter()
-        out = np.concatenate([b.infer({k: v for k, v in f.items() if k in names})[name] for f in feeds])
-        if seconds is not None:
-            seconds[component] = time.perf_counter() - start
-        return out
+RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured on
 
 
 def _batched(array: np.ndarray, sizes: list) -> list:
@@ -54,13 +42,17 @@ def _batched(array: np.ndarray, sizes: list) -> list:
 
 
 def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile", samples: int = 128,
-                     precision: str = "auto", thresholds: Thresholds = Thresholds(), batch_size: int = 8) -> dict:
-    """Calibrate, quantize, measure fidelity and choose the precision policy; updates the bundle; returns the report."""
+                     precision: str = "auto", criterion: Criterion = Criterion(), batch_size: int = 8) -> dict:
+    """Calibrate, quantize, measure fidelity and choose the precision policy; updates the bundle; returns the report.
+
+    precision 'auto' searches, per component and target, the fewest layers to keep float for the component to pass
+    `criterion`; an explicit precision ('int8', 'image=int8,...') keeps only the structural layers float (the most
+    INT8, the user's call) and still reports its fidelity."""
     with Bundle.open(bundle_dir).update("calibrate") as update:
-        return _calibrate(update, data, eval_data, method, samples, precision, thresholds, batch_size)
+        return _calibrate(update, data, eval_data, method, samples, precision, criterion, batch_size)
 
 
-def _calibrate(update, data, eval_data, method: str, samples: int, precision: str, thresholds: Thresholds,
+def _calibrate(update, data, eval_data, method: str, samples: int, precision: str, criterion: Criterion,
                batch_size: int) -> dict:
     """The work of `calibrate_bundle`, inside its bundle update: every file is staged, then committed with the
     manifest at the end, so a failure or a kill on the way leaves the bundle as it was."""
@@ -72,85 +64,117 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         raise DataError(f"the held-out split has {len(held_out)} samples, expected at least {MIN_HELD_OUT}: pass --eval-data "
                         "with a labelled split that calibration does not use, or a larger --data.")
     requested = None if precision == "auto" else parse_precision(precision)
-    calib_feeds = list(CalibrationSource(bundle, calib, batch_size))
-    eval_feeds = list(CalibrationSource(bundle, held_out, batch_size))
-    fp32_files = {c: (m.components[c], bundle.file(m.components[c].files["fp32"].path)) for c in COMPONENTS}
-
-    # FP32 features: the head's calibration inputs, and the fidelity reference.
-    fp32_seconds = {}  # where the model time goes: the policy puts INT8 where it saves the most
-    fp32 = {c: _run(fp32_files, c, eval_feeds, seconds=fp32_seconds) for c in ENCODERS}
-    calib_feats = {c: _run(fp32_files, c, calib_feeds) for c in ENCODERS}
+    calib_feeds = list(progress(CalibrationSource(bundle, calib, batch_size), "calibration inputs"))
+    eval_feeds = list(progress(CalibrationSource(bundle, held_out, batch_size), "held-out inputs"))
+    fp32_files = {c: bundle.file(m.components[c].files["fp32"].path) for c in COMPONENTS}
+    ref = Evaluator(m, fp32_files, eval_feeds, held_out.label_indices(m.labels))  # the FP32 reference
+    calib_feats = {c: run_component(m.components[c], fp32_files[c], calib_feeds) for c in ENCODERS}
     sizes = [len(f[w.image_input]) for f in calib_feeds]
-    head_calib_feeds = [{w.image_output: i, w.text_output: t} for i, t in zip(
+    component_feeds = {c: [{s.name: f[s.name] for s in m.components[c].inputs} for f in calib_feeds] for c in ENCODERS}
+    component_feeds["fusion_head"] = [{w.image_output: i, w.text_output: t} for i, t in zip(
         _batched(calib_feats["image_encoder"], sizes), _batched(calib_feats["text_encoder"], sizes))]
 
+    # FP16 first: what it (and BF16-rounded features) flips is the noise floor INT8 is judged against.
     written = {}  # (component, flavour) -> StagedFile
+    for comp in COMPONENTS:
+        written[(comp, "fp16")] = update.stage(f"{comp}.fp16.onnx")
+        write_fp16(fp32_files[comp], written[(comp, "fp16")].path)
+    fp16 = {c: ref.features(c, written[(c, "fp16")].path) for c in ENCODERS}
+    fp16_outcome = ref.judge_logits(ref.head(written[("fusion_head", "fp16")].path, fp16["image_encoder"],
+                                             fp16["text_encoder"]))
+    bf16_outcome = ref.judge_logits(ref.head(fp32_files["fusion_head"], bf16_round(ref.fp32["image_encoder"]),
+                                             bf16_round(ref.fp32["text_encoder"])))
+    noise_flips = max(fp16_outcome["flips"], bf16_outcome["flips"])
+    noise = {"fp16_flips": fp16_outcome["flips"], "bf16_features_flips": bf16_outcome["flips"], "flips": noise_flips,
+             "band": noise_band(noise_flips, criterion.noise_quantile), "samples": len(held_out)}
+
+    kept, searches = {t: {} for t in TARGETS}, {t: {} for t in TARGETS}
     with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as tmp:
-        for comp in progress(COMPONENTS, "quantizing", total=len(COMPONENTS)):
-            prepared = preprocess_for_quantization(fp32_files[comp][1], Path(tmp) / f"{comp}.prep.onnx")
-            feeds = head_calib_feeds if comp == "fusion_head" else [
-                {s.name: f[s.name] for s in m.components[comp].inputs} for f in calib_feeds]
-            ranges = collect_ranges(prepared, OrtReader(feeds), comp, method, Path(tmp) / f"{comp}.ranges.json")
+        for comp in progress(COMPONENTS, "quantizing + per-layer search", total=len(COMPONENTS)):
+            prepared = preprocess_for_quantization(fp32_files[comp], Path(tmp) / f"{comp}.prep.onnx")
+            ranges = collect_ranges(prepared, OrtReader(component_feeds[comp]), comp, method,
+                                    Path(tmp) / f"{comp}.ranges.json")
             shutil.copy(ranges, update.stage(f"calibration/{comp}.ranges.json").path)
+            structural = structural_float(prepared)
+            ranked = []
+            if requested is None:  # rank once, on the symmetric Q/DQ graph both targets share the scales of
+                trial = quantize_component(prepared, comp, "int8-trt", ranges, Path(tmp) / f"{comp}.rank.onnx",
+                                           excluded=sorted(structural))
+                candidates = [n for n in quantizable_nodes(prepared) if n not in structural]
+                ranked = rank_layers(prepared, trial, component_feeds[comp][:RANKING_BATCHES], candidates)
             for target in TARGETS:
-                written[(comp, target)] = update.stage(f"{comp}.{target.replace('-', '.')}.onnx")
-                quantize_component(prepared, comp, target, ranges, written[(comp, target)].path)
-            written[(comp, "fp16")] = update.stage(f"{comp}.fp16.onnx")
-            write_fp16(fp32_files[comp][1], written[(comp, "fp16")].path)
+                written[(comp, target)] = staged = update.stage(f"{comp}.{target.replace('-', '.')}.onnx")
+                chosen, search = _fallback(comp, target, prepared, ranges, structural, ranked, ref, noise_flips,
+                                           criterion, Path(tmp)) if requested is None else ([], None)
+                quantize_component(prepared, comp, target, ranges, staged.path, excluded=sorted(structural) + chosen)
+                errors = dict(ranked)
+                kept[target][comp] = [{"node": n, "why": why} for n, why in sorted(structural.items())] + [
+                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} (local error {errors[n]:.3g})"}
+                    for i, n in enumerate(chosen)]
+                if search is not None:
+                    searches[target][comp] = search
 
     # Fidelity on the held-out split, per target: INT8 parts use that target's Q/DQ model; FP16 is one file.
-    labels_true = held_out.label_indices(m.labels)
-    fp32_logits = _head_logits(w, fp32_files["fusion_head"], fp32["image_encoder"], fp32["text_encoder"],
-                               seconds=fp32_seconds)
-    fp32_outcome = head_outcome(fp32_logits, fp32_logits, labels_true, len(m.labels))
-    fp16_files = {c: (m.components[c], written[(c, "fp16")].path) for c in COMPONENTS}
-    fp16 = {c: _run(fp16_files, c, eval_feeds) for c in ENCODERS}
-    branches = {"fp16": {c: cosine_stats(fp32[c], fp16[c]) for c in ENCODERS}}
-    outcomes, rows = {}, []
+    fp16_files = {c: written[(c, "fp16")].path for c in COMPONENTS}
+    branches = {"fp16": {c: cosine_stats(ref.fp32[c], fp16[c]) for c in ENCODERS}}
+    outcomes, rows, times = {}, [], {}
     for target in TARGETS:
-        q_files = {c: (m.components[c], written[(c, target)].path) for c in COMPONENTS}
-        q_feats = {c: _run(q_files, c, eval_feeds, EXACT_QDQ[target]) for c in ENCODERS}
-        branches[target] = {c: cosine_stats(fp32[c], q_feats[c]) for c in ENCODERS}
-        features = {"int8": q_feats, "fp16": fp16, "fp32": fp32}
+        q_files = {c: written[(c, target)].path for c in COMPONENTS}
+        q_seconds = {}  # the CPU target runs here: its INT8 speed is measured, not estimated
+        q_feats = {c: ref.features(c, q_files[c], EXACT_QDQ[target], q_seconds) for c in ENCODERS}
+        branches[target] = {c: cosine_stats(ref.fp32[c], q_feats[c]) for c in ENCODERS}
+        features = {"int8": q_feats, "fp16": fp16, "fp32": ref.fp32}
         heads = {"int8": q_files["fusion_head"], "fp16": fp16_files["fusion_head"], "fp32": fp32_files["fusion_head"]}
         for config in combinations(COMPONENTS):
             key = tuple(config[c] for c in COMPONENTS)
             if key == ("fp32",) * 3:
                 continue
-            logits = _head_logits(w, heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
-                                  features[config["text_encoder"]]["text_encoder"],
-                                  exact=EXACT_QDQ[target] and config["fusion_head"] == "int8")
-            outcomes.setdefault(key, {})[target] = outcome = head_outcome(logits, fp32_logits, labels_true, len(m.labels))
+            exact = EXACT_QDQ[target] and config["fusion_head"] == "int8"
+            head_seconds = q_seconds if config["fusion_head"] == "int8" else None
+            logits = ref.head(heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
+                              features[config["text_encoder"]]["text_encoder"], exact, head_seconds)
+            outcome = ref.judge_logits(logits)
+            outcome["rule"] = judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)[1]
+            outcomes.setdefault(key, {})[target] = outcome
             rows.append({"config": format_precision(config), "target": target, **outcome})
+        if not EXACT_QDQ[target]:  # CPU kernels: FP16 runs as FP32 on ONNX Runtime's CPU (no FP16 math there)
+            times[target] = {c: {"fp32": ref.seconds[c], "fp16": ref.seconds[c], "int8": q_seconds[c]} for c in COMPONENTS}
 
     # One policy per target: different Q/DQ graphs on different hardware, so INT8 that one cannot hold does not
     # cost the other its speed.
     policies = {}
     for target in TARGETS:
         if requested is None:
-            key, reason = choose_policy({k: {target: o[target]} for k, o in outcomes.items()},
-                                        fp32_outcome["accuracy"], COMPONENTS, thresholds, fp32_seconds)
+            key, reason = choose_policy({k: {target: o[target]} for k, o in outcomes.items()}, ref.outcome["accuracy"],
+                                        COMPONENTS, criterion, ref.seconds, {target: noise_flips}, times.get(target))
         else:
             key, reason = tuple(requested[c] for c in COMPONENTS), "chosen by the user (--precision)"
         policies[target] = {"precision": dict(zip(COMPONENTS, key)), "reason": reason,
-                            "outcome": outcomes.get(key, {}).get(target, fp32_outcome)}
+                            "outcome": outcomes.get(key, {}).get(target, ref.outcome),
+                            "kept_float": {c: kept[target][c] for c in COMPONENTS if key[COMPONENTS.index(c)] == "int8"}}
     cpu = cpu_info()
     report = {
         "calibration": {"method": method, "samples": len(calib), "data": str(data)},
         "held_out": {"count": len(held_out), "data": str(eval_data or f"{data} (samples not used for calibration)")},
-        "thresholds": dataclasses.asdict(thresholds),
+        "criterion": dataclasses.asdict(criterion),
+        "noise_floor": noise,
         # int8-cpu figures hold for CPUs like this one (U8S8 kernels differ with and without VNNI)
         "measured_on": {"cpu": cpu["model"], "vnni": cpu["vnni"],
                         "int8-trt": "Q/DQ run as written (exact integer arithmetic, as TensorRT computes it)"},
-        "fp32": fp32_outcome,
-        "fp32_model_ms": {c: 1e3 * fp32_seconds[c] for c in COMPONENTS},  # held-out split, this CPU
+        "fp32": ref.outcome,
+        "fp32_model_ms": {c: 1e3 * ref.seconds[c] for c in COMPONENTS},  # held-out split, this CPU
+        "measured_ms": {t: {c: {p: 1e3 * s for p, s in v.items()} for c, v in tt.items()} for t, tt in times.items()},
         "branches": branches,
         "end_to_end": rows,
+        "kept_float": kept,
+        "fallback_search": {t: {c: [{"kept": k, "passed": ok, "rule": rule} for k, ok, rule in s.trace]
+                                for c, s in per.items()} for t, per in searches.items()},
         "policy": {t: {"chosen": format_precision(p["precision"]), "reason": p["reason"]} for t, p in policies.items()},
     }
     report["summary"] = {
-        "fp32_accuracy": fp32_outcome["accuracy"],
+        "fp32_accuracy": ref.outcome["accuracy"], "noise_floor_flips": noise_flips,
         **{t: {"precision": format_precision(p["precision"]), **p["outcome"],
+               "layers_kept_float": {c: len(v) for c, v in p["kept_float"].items()},
                **{f"{c}_cosine_min": branches[t][c]["min"] for c in ENCODERS}} for t, p in policies.items()},
     }
     update.stage("reports/fidelity.json").path.write_text(json.dumps(report, indent=2) + "\n")
@@ -166,7 +190,8 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     update.commit(dataclasses.replace(
         m, components=components, precision=policies["int8-cpu"]["precision"],
         precision_reason=policies["int8-cpu"]["reason"],
-        policies={t: {"precision": p["precision"], "reason": p["reason"]} for t, p in policies.items()},
+        policies={t: {"precision": p["precision"], "reason": p["reason"], "kept_float": p["kept_float"]}
+                  for t, p in policies.items()},
         fidelity={"summary": report["summary"], "report": "reports/fidelity.json"},
         calibration={**report["calibration"], "ranges": {c: f"calibration/{c}.ranges.json" for c in COMPONENTS},
                      "cpu": cpu["model"], "cpu_vnni": cpu["vnni"]},
@@ -174,7 +199,16 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     return report
 
 
-def _head_logits(wiring, head_file, image_features: np.ndarray, text_features: np.ndarray, exact: bool = False,
-                 seconds: dict | None = None) -> np.ndarray:
-    feed = {wiring.image_output: image_features.astype(np.float32), wiring.text_output: text_features.astype(np.float32)}
-    return _run({"fusion_head": head_file}, "fusion_head", [feed], exact, seconds)
+def _fallback(comp: str, target: str, prepared: Path, ranges: Path, structural: dict, ranked: list, ref: Evaluator,
+              noise_flips: int, criterion: Criterion, tmp: Path) -> tuple:
+    """(layers to keep float beyond the structural ones, the search): the fewest of the most sensitive layers for
+    `comp` alone in INT8 (the other parts FP32) to pass the criterion on the held-out split."""
+    trial = tmp / f"{comp}.{target}.trial.onnx"
+
+    def passes(extra: list) -> tuple:
+        quantize_component(prepared, comp, target, ranges, trial, excluded=sorted(structural) + extra)
+        outcome = ref.component_alone(comp, trial, EXACT_QDQ[target])
+        return judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)
+
+    search = search_fallback([name for name, _ in ranked], passes)
+    return search.kept, search

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 
+from fusionrt.calibration.criterion import sample_outcome
 from fusionrt.runtime.metrics import classification_metrics
 from fusionrt.runtime.prediction import softmax
 
@@ -19,11 +20,13 @@ def cosine_stats(reference: np.ndarray, candidate: np.ndarray) -> dict:
 
 
 def head_outcome(logits: np.ndarray, fp32_logits: np.ndarray, labels_true, num_classes: int) -> dict:
-    """Agreement with FP32, max |Δprob| and (when labels exist) the metrics of one configuration."""
+    """Agreement with FP32, max |Δprob|, the per-sample counts the criterion reads (flips; with labels, McNemar's
+    discordant pairs) and (when labels exist) the metrics of one configuration."""
     pred, ref = logits.argmax(1), fp32_logits.argmax(1)
     out = {
         "top1_agreement": float((pred == ref).mean()),
         "max_abs_dprob": float(np.abs(softmax(logits) - softmax(fp32_logits)).max()),
+        **sample_outcome(pred, ref, labels_true),
     }
     if labels_true is not None:
         out.update({k: v for k, v in classification_metrics(labels_true, pred, num_classes).items() if k != "count"})
@@ -50,14 +53,31 @@ def fidelity_markdown(report: dict) -> str:
     for target, branches in report["branches"].items():
         for branch, stats in branches.items():
             lines.append(f"| {branch} | {target} | {stats['mean']:.5f} | {stats['min']:.5f} |")
-    lines += ["", "| configuration | target | top-1 agreement | max abs dprob | accuracy | macro recall | macro F1 |",
-              "|---|---|---|---|---|---|---|"]
+    noise = report.get("noise_floor")
+    if noise:
+        lines += ["", f"**Noise floor:** on these {noise['samples']} samples a harmless perturbation flips "
+                      f"{noise['fp16_flips']} (the FP16 model) and {noise['bf16_features_flips']} (features rounded to "
+                      f"BF16); up to {noise['band']} flips read as noise."]
+    lines += ["", "| configuration | target | top-1 agreement | flips | McNemar p | max abs dprob | accuracy | macro F1 "
+                  "| verdict |", "|---|---|---|---|---|---|---|---|---|"]
     fp32 = report["fp32"]
-    lines.append(f"| fp32 | - | 100.00 % | 0 | {100 * fp32['accuracy']:.2f} % | {100 * fp32['macro_recall']:.2f} % | "
-                 f"{100 * fp32['macro_f1']:.2f} % |")
+    lines.append(f"| fp32 | - | 100.00 % | 0 | - | 0 | {100 * fp32['accuracy']:.2f} % | {100 * fp32['macro_f1']:.2f} % "
+                 "| reference |")
     for row in (r for r in report["end_to_end"] if _shown(r["config"], report["policy"][r["target"]]["chosen"])):
-        lines.append(f"| {row['config']} | {row['target']} | {100 * row['top1_agreement']:.2f} % | {row['max_abs_dprob']:.4f} | "
-                     f"{100 * row['accuracy']:.2f} % | {100 * row['macro_recall']:.2f} % | {100 * row['macro_f1']:.2f} % |")
+        p = f"{row['mcnemar_p']:.3g}" if "mcnemar_p" in row else "-"
+        lines.append(f"| {row['config']} | {row['target']} | {100 * row['top1_agreement']:.2f} % | {row.get('flips', '-')} "
+                     f"| {p} | {row['max_abs_dprob']:.4f} | {100 * row['accuracy']:.2f} % | {100 * row['macro_f1']:.2f} % "
+                     f"| {row.get('rule', '')} |")
+    kept = report.get("kept_float", {})
+    if kept:
+        lines += ["", "| target | part | layers kept float (structural + found by the per-layer search) |", "|---|---|---|"]
+        for target, parts in kept.items():
+            for part, entries in parts.items():
+                searched = [e["node"] for e in entries if not e["why"].startswith("structural")]
+                structural = len(entries) - len(searched)
+                lines.append(f"| {target} | {part} | {structural} structural; {len(searched)} by sensitivity"
+                             + (f": {', '.join(searched[:8])}{' ...' if len(searched) > 8 else ''}" if searched else "")
+                             + " |")
     measured = report.get("measured_on", {})
     vnni = {True: "with VNNI", False: "without VNNI"}.get(measured.get("vnni"), "VNNI unknown")
     lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}. int8-cpu was measured with ONNX "

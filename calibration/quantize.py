@@ -24,7 +24,7 @@ from fusionrt.runtime.optional import require
 __all__ = ["METHODS", "RECIPE", "QUANTIZED_OPS", "collect_ranges", "keep_float", "quantize_component"]
 
 METHODS = ("minmax", "percentile", "entropy")
-RECIPE = 2  # bumped whenever what is quantized changes (keys cached quantized models)
+RECIPE = 3  # bumped whenever what is quantized changes (keys cached quantized models)
 EARLY_CONV_SHARE = 0.25  # EfficientNet-Lite0: image cosine vs FP32 0.992 (none) -> 0.998 (a quarter of the dense convs)
 QUANTIZED_OPS = {
     "image_encoder": ["Conv", "MatMul", "Gemm"],
@@ -128,13 +128,15 @@ class OneBatch:
         return self._feeds.pop() if self._feeds else None
 
 
-def quantize_component(model: Path, component: str, target: str, ranges: Path, out: Path) -> Path:
-    """Write the `target` ('int8-cpu' | 'int8-trt') Q/DQ model of `component` from the collected `ranges`."""
+def quantize_component(model: Path, component: str, target: str, ranges: Path, out: Path,
+                       excluded: list | None = None) -> Path:
+    """Write the `target` ('int8-cpu' | 'int8-trt') Q/DQ model of `component` from the collected `ranges`, with the
+    nodes `excluded` left float (default: the hand-written `keep_float` list, what recipe 2 used)."""
     q = _q()
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     ops = QUANTIZED_OPS[component]
-    excluded = keep_float(model, component)
+    excluded = keep_float(model, component) if excluded is None else list(excluded)
     if target == "int8-cpu" and component == "text_encoder":
         q.quantize_dynamic(str(model), str(out), op_types_to_quantize=ops, weight_type=q.QuantType.QInt8,
                            per_channel=True, nodes_to_exclude=excluded)

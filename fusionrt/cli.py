@@ -87,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["percentile", "entropy", "minmax"], default="percentile")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--precision", default="auto", help="auto | int8 | image=int8,text=int8,head=fp32")
-    p.add_argument("--min-agreement", type=float, default=0.99)
-    p.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    p.add_argument("--min-accuracy-ratio", type=float, default=0.99,
+                   help="INT8 accuracy at least this share of FP32's (MLPerf's 99%% rule)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="McNemar's test: refuse INT8 significantly worse than FP32 on the same samples at this level")
+    p.add_argument("--min-agreement", type=float, default=0.99,
+                   help="top-1 agreement that passes outright; below it, flips must stay within the noise floor")
 
     p = sub.add_parser("bench", help="throughput and latency per backend x precision x batch, beside PyTorch eager")
     p.add_argument("bundle", nargs="?", help="a bundle (or use --arch)")

@@ -204,10 +204,10 @@ def cmd_calibrate(args) -> int:
     require("onnxruntime.quantization", "calibration")
     from fusionrt.calibration.calibrate import calibrate_bundle
     from fusionrt.calibration.fidelity import fidelity_markdown
-    from fusionrt.calibration.policy import Thresholds
+    from fusionrt.calibration.criterion import Criterion
 
     report = calibrate_bundle(args.bundle, args.data, args.eval_data, args.method, args.samples, args.precision,
-                              Thresholds(args.min_agreement, args.max_accuracy_drop))
+                              Criterion(args.min_accuracy_ratio, args.alpha, args.min_agreement))
     print(fidelity_markdown(report))
     return 0
 

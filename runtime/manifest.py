@@ -73,6 +73,17 @@ def _precision_map(value, where: str) -> dict:
     return dict(value)
 
 
+def _kept_float(value, where: str) -> dict:
+    """component -> [{"node", "why"}]: the layers a policy keeps out of INT8, and why."""
+    if not isinstance(value, Mapping) or not all(
+            comp in COMPONENTS and isinstance(items, list) and all(
+                isinstance(e, Mapping) and isinstance(e.get("node"), str) and isinstance(e.get("why"), str)
+                for e in items) for comp, items in value.items()):
+        raise BundleError(f"manifest: {where}.kept_float must map components to lists of {{node, why}}, found "
+                          f"{value!r:.80}. Re-run `fusionrt calibrate`.")
+    return {comp: [{"node": e["node"], "why": e["why"]} for e in items] for comp, items in value.items()}
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A named tensor; `shape` holds ints for fixed axes and names (e.g. 'batch') for dynamic ones."""
@@ -319,6 +330,8 @@ class Manifest:
             policies[target] = {"precision": _precision_map(_need(policy, "precision", f"policies.{target}", dict),
                                                             f"policies.{target}.precision"),
                                 "reason": str(policy.get("reason", ""))}
+            if "kept_float" in policy:
+                policies[target]["kept_float"] = _kept_float(policy["kept_float"], f"policies.{target}")
         manifest = cls(
             labels=labels,
             preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "the manifest", dict)),
@@ -362,7 +375,10 @@ class Manifest:
             "components": {k: v.to_dict() for k, v in self.components.items()},
             "precision": dict(self.precision),
             "precision_reason": self.precision_reason,
-            "policies": {t: {"precision": dict(p["precision"]), "reason": p["reason"]} for t, p in self.policies.items()},
+            "policies": {t: {"precision": dict(p["precision"]), "reason": p["reason"],
+                             **({"kept_float": {c: [dict(e) for e in v] for c, v in p["kept_float"].items()}}
+                                if "kept_float" in p else {})}
+                         for t, p in self.policies.items()},
             "parity": dict(self.parity),
             "fidelity": dict(self.fidelity),
             "calibration": dict(self.calibration),

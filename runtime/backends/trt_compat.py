@@ -67,6 +67,7 @@ class TrtApi:
             config.set_flag(flag.FP16)
         elif precision == "int8":
             config.set_flag(flag.INT8)  # explicit quantization: the Q/DQ nodes say where
+            config.set_flag(flag.FP16)  # and what the Q/DQ graph keeps float runs in FP16, not FP32
 
     def set_target(self, config, compute_capability: str | None) -> None:
         """TensorRT-RTX builds for a named compute capability ('8.9') when there is no GPU; the others build

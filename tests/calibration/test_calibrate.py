@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from fusionrt.data.dataset import LabeledDataset
-from fusionrt.calibration.policy import Thresholds, choose_policy
+from fusionrt.calibration.policy import Criterion, choose_policy
 from fusionrt.calibration.reader import CalibrationSource, select_calibration
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.cpu import cpu_info
@@ -49,24 +49,50 @@ def test_tensorrt_target_is_symmetric_int8_with_float_bias(calibrated):
     assert conv_weights and all(w.dtype == np.int8 for w in conv_weights)
 
 
-def test_sensitive_layers_stay_float(calibrated):
-    bundle = calibrated[0]
-    graph = _ops(bundle / "image_encoder.int8.trt.onnx")
+def _float_nodes(path) -> set:
+    """The Conv/MatMul/Gemm nodes of a Q/DQ model that read no dequantized input (they run in float)."""
+    graph = _ops(path)
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    quantized = [all(i in dequantized for i in n.input[:2]) for n in convs]
-    # stem, depthwise and last conv in float; the pointwise conv between them in int8
-    assert quantized == [False, False, True, False]
-    text = _ops(bundle / "text_encoder.int8.trt.onnx")
-    shapes = {i.name: tuple(i.dims) for i in text.initializer}
-    for node in (n for n in text.node if n.op_type == "DequantizeLinear" and len(shapes.get(n.input[0], ())) == 2):
-        rows, cols = shapes[node.input[0]]
-        assert rows == cols  # only attention's square projections: the FFN stays float
-    head = _ops(bundle / "fusion_head.int8.trt.onnx")
-    dequantized = {n.output[0] for n in head.node if n.op_type == "DequantizeLinear"}
-    gemms = [n for n in head.node if n.op_type in ("Gemm", "MatMul")]
-    # the layer reading the concatenated features stays float; the layers after it are INT8
-    assert [all(i in dequantized for i in n.input[:2]) for n in gemms] == [False, True, True]
+    integer = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
+    if any(n.op_type in integer for n in graph.node):  # dynamic INT8: quantized MatMuls became MatMulInteger
+        return {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
+    return {n.name for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+            and not any(i in dequantized for i in n.input[:2])}
+
+
+def test_the_layers_kept_float_are_the_ones_the_report_records_and_why(calibrated):
+    bundle, report, _, _ = calibrated
+    for target in ("int8-cpu", "int8-trt"):
+        for comp in ("image_encoder", "text_encoder", "fusion_head"):
+            recorded = report["kept_float"][target][comp]
+            assert all(e["why"].startswith(("structural:", "per-layer search: sensitivity rank")) for e in recorded)
+            path = bundle / f"{comp}.{target.replace('-', '.')}.onnx"
+            assert {e["node"] for e in recorded} == _float_nodes(path), (target, comp)
+            searched = [e for e in recorded if e["why"].startswith("per-layer search")]
+            trace = report["fallback_search"][target][comp]
+            assert trace and trace[-1]["kept"] >= 0 and any(t["passed"] for t in trace) or not searched
+    text = report["kept_float"]["int8-trt"]["text_encoder"]
+    assert any(e["why"].startswith("structural: a MatMul of two activations") for e in text)  # attention's
+
+
+def test_the_manifest_records_per_target_which_layers_stay_float(calibrated):
+    bundle, report, _, _ = calibrated
+    m = Bundle.open(bundle).manifest
+    for target, policy in m.policies.items():
+        int8_parts = {c for c, p in policy["precision"].items() if p == "int8"}
+        assert set(policy["kept_float"]) == int8_parts
+        for comp in int8_parts:
+            assert policy["kept_float"][comp] == report["kept_float"][target][comp]
+
+
+def test_the_report_shows_the_noise_floor_and_the_deciding_rule(calibrated):
+    bundle, report, _, test = calibrated
+    noise = report["noise_floor"]
+    assert noise["flips"] == max(noise["fp16_flips"], noise["bf16_features_flips"]) and noise["band"] >= noise["flips"]
+    assert noise["samples"] == len(LabeledDataset.read(test))
+    assert all("rule" in row and "flips" in row and "mcnemar_p" in row for row in report["end_to_end"])
+    text = (bundle / "reports" / "fidelity.md").read_text()
+    assert "noise floor" in text.lower() and "layers kept float" in text
 
 
 def test_fp16_model_keeps_float32_io_and_normalization(calibrated):
@@ -148,7 +174,7 @@ def test_each_backend_loads_its_targets_policy(calibrated, monkeypatch, tmp_path
 def test_tensorrt_fidelity_is_measured_on_exact_qdq_arithmetic(calibrated):
     """The int8-trt figures come from the Q/DQ graph as written (what TensorRT computes), not from this CPU's
     fused integer kernels; the int8-cpu figures from those kernels (what ONNX Runtime runs)."""
-    from fusionrt.calibration.calibrate import _run
+    from fusionrt.calibration.evaluation import run_component
     from fusionrt.calibration.fidelity import cosine_stats
 
     bundle_dir, report, _, test = calibrated
@@ -156,9 +182,9 @@ def test_tensorrt_fidelity_is_measured_on_exact_qdq_arithmetic(calibrated):
     m = bundle.manifest
     feeds = list(CalibrationSource(bundle, LabeledDataset.read(test), 8))
     spec = m.components["image_encoder"]
-    fp32 = _run({"image_encoder": (spec, bundle.file(spec.files["fp32"].path))}, "image_encoder", feeds)
+    fp32 = run_component(spec, bundle.file(spec.files["fp32"].path), feeds)
     for target, exact in (("int8-trt", True), ("int8-cpu", False)):
-        q = _run({"image_encoder": (spec, bundle.file(spec.files[target].path))}, "image_encoder", feeds, exact=exact)
+        q = run_component(spec, bundle.file(spec.files[target].path), feeds, exact=exact)
         assert report["branches"][target]["image_encoder"] == pytest.approx(cosine_stats(fp32, q), abs=1e-7)
 
 
@@ -174,7 +200,7 @@ def test_policy_falls_back_the_part_that_breaks_thresholds():
         ("int8", "fp32", "int8"): {"cpu": ok, "trt": bad},
         ("fp32", "fp32", "int8"): {"cpu": ok, "trt": ok},
     }
-    chosen, reason = choose_policy(outcomes, 0.905, PARTS, Thresholds())
+    chosen, reason = choose_policy(outcomes, 0.905, PARTS, Criterion())
     assert chosen == ("fp32", "int8", "int8") and "image_encoder kept FP32" in reason
     chosen, reason = choose_policy({("int8", "int8", "int8"): {"cpu": bad}}, 0.905, PARTS)
     assert chosen == ("fp32", "fp32", "fp32") and "kept FP32" in reason
@@ -203,10 +229,10 @@ def test_policy_puts_int8_where_the_model_time_is():
         ("fp16", "fp16", "fp16"): {"cpu": ok},
     }
     seconds = {"image_encoder": 1.9, "text_encoder": 3.0, "fusion_head": 0.1}
-    chosen, reason = choose_policy(outcomes, 0.90, PARTS, Thresholds(), seconds)
-    assert chosen == ("fp16", "int8", "fp16") and "on 60% of the FP32 model time" in reason
+    chosen, reason = choose_policy(outcomes, 0.90, PARTS, Criterion(), seconds)
+    assert chosen == ("fp16", "int8", "fp16") and "the most FP32 model time in INT8 (60%; an estimate" in reason
     seconds["fusion_head"], seconds["text_encoder"] = 3.0, 0.1  # a model whose time is in the head
-    assert choose_policy(outcomes, 0.90, PARTS, Thresholds(), seconds)[0] == ("fp16", "fp16", "int8")
+    assert choose_policy(outcomes, 0.90, PARTS, Criterion(), seconds)[0] == ("fp16", "fp16", "int8")
 
 
 def test_report_records_where_the_fp32_time_goes(calibrated):

@@ -83,3 +83,10 @@ def test_policy_per_target_round_trips_and_falls_back_to_precision(tiny_bundle):
     assert again == edited
     assert again.precision_for("int8-trt") == trt and again.reason_for("int8-trt") == "measured"
     assert again.precision_for("int8-cpu") == dict(manifest.precision)
+    kept = {"image_encoder": [{"node": "/stem/Conv", "why": "per-layer search: sensitivity rank 1"}]}
+    with_kept = dataclasses.replace(edited, policies={"int8-trt": {**edited.policies["int8-trt"], "kept_float": kept}})
+    assert Manifest.from_dict(json.loads(json.dumps(with_kept.to_dict()))) == with_kept
+    broken = with_kept.to_dict()
+    broken["policies"]["int8-trt"]["kept_float"] = {"image_encoder": ["/stem/Conv"]}
+    with pytest.raises(BundleError, match=r"kept_float must map components to lists of \{node, why\}"):
+        Manifest.from_dict(broken)
