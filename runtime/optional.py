@@ -12,6 +12,7 @@ _INSTALL_HINTS = {
     "onnxruntime": "pip install 'fusionrt[cpu]'  (or 'fusionrt[gpu]' for onnxruntime-gpu; never both)",
     "onnxruntime.quantization": "pip install 'fusionrt[cpu]'",
     "onnxruntime.transformers.float16": "pip install 'fusionrt[cpu]'",
+    "openvino": "pip install 'fusionrt[openvino]'  (OpenVINO: Intel/AMD CPUs, Intel GPUs and NPUs)",
     "tensorrt": "pip install 'fusionrt[tensorrt]'  (NVIDIA TensorRT 10/11; needs an NVIDIA GPU to run engines)",
     "tensorrt_rtx": "pip install 'fusionrt[rtx]'  (TensorRT for RTX)",
     "cuda.bindings": "pip install 'fusionrt[tensorrt]'  (cuda-bindings)",

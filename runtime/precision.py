@@ -18,6 +18,9 @@ def parse_precision(value, default: Mapping[str, str] | None = None) -> dict:
     base = dict(default) if default else {c: "fp32" for c in COMPONENTS}
     if value is None or value == "auto" and default is not None:
         return base
+    if not isinstance(value, (str, Mapping)):
+        raise InputError(f"precision: expected None, 'fp32' | 'fp16' | 'int8', 'image=int8,...' or a mapping, found "
+                         f"{value!r:.40}.")
     if isinstance(value, str) and "=" not in value:
         _check(value, "precision")
         return {c: value for c in COMPONENTS}

@@ -11,6 +11,7 @@ __all__ = ["BACKENDS", "backend_class", "resolve_backend"]
 # name -> "module:class" of its Backend subclass; a module is imported when its backend is chosen
 BACKENDS = {
     "onnxruntime": "fusionrt.runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "fusionrt.runtime.backends.openvino:OpenVINOBackend",
     "tensorrt": "fusionrt.runtime.backends.tensorrt:TensorRTBackend",
     "tensorrt_rtx": "fusionrt.runtime.backends.tensorrt:TensorRTRTXBackend",
 }

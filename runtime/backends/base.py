@@ -18,6 +18,7 @@ import numpy as np
 from fusionrt.runtime.backends.options import BackendOptions
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import TensorSpec
+from fusionrt.runtime.optional import is_available
 
 __all__ = ["Backend", "BackendOptions"]
 
@@ -28,6 +29,7 @@ class Backend:
     name: ClassVar[str] = "base"
     Options: ClassVar[type] = BackendOptions
     fuses: ClassVar[bool] = False  # implements `fuse`: both branches and the head as one device-side call
+    package: ClassVar[str | None] = None  # the Python package it runs on (usable when it imports)
 
     def __init__(self, inputs: tuple, outputs: tuple):
         self.input_specs: tuple = tuple(inputs)
@@ -39,7 +41,7 @@ class Backend:
     @classmethod
     def usable(cls) -> bool:
         """True when this backend can run here (its package imports, its device exists); never raises."""
-        return True
+        return cls.package is None or is_available(cls.package)
 
     @classmethod
     def int8_target(cls, options: BackendOptions) -> str:

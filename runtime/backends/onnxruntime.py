@@ -39,6 +39,7 @@ class OnnxRuntimeOptions(BackendOptions):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     Options = OnnxRuntimeOptions
+    package = "onnxruntime"
 
     def __init__(self, model, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False,
                  optimize: bool = True):
@@ -81,14 +82,6 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self.session = None  # ONNX Runtime frees the session when its last handle lets go
         super().close()
-
-    @classmethod
-    def usable(cls) -> bool:
-        try:
-            require("onnxruntime")
-            return True
-        except BackendUnavailable:
-            return False
 
     @classmethod
     def int8_target(cls, options: OnnxRuntimeOptions) -> str:

@@ -11,7 +11,7 @@ from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.pipeline import Pipeline
 
 MISSPELT = {"onnxruntime": ("thread", "threads"), "tensorrt": ("cuda_graph", "cuda_graphs"),
-            "tensorrt_rtx": ("cuda_graph", "cuda_graphs")}
+            "tensorrt_rtx": ("cuda_graph", "cuda_graphs"), "openvino": ("precision_hints", "precision_hint")}
 
 
 def test_every_registered_backend_is_named_and_typed():
@@ -37,7 +37,8 @@ def test_a_misspelt_option_is_refused_with_the_valid_ones(tiny_bundle, backend):
 
 @pytest.mark.parametrize("backend, option", [("onnxruntime", {"threads": "2"}), ("onnxruntime", {"device": "gpu"}),
                                              ("onnxruntime", {"verify": 1}), ("tensorrt", {"cuda_graphs": "yes"}),
-                                             ("tensorrt_rtx", {"stream": 1.5})])
+                                             ("tensorrt_rtx", {"stream": 1.5}), ("openvino", {"device": "cpu"}),
+                                             ("openvino", {"precision_hint": "f16"})])
 def test_an_ill_typed_option_is_refused(tiny_bundle, backend, option):
     (name, value), = option.items()
     with pytest.raises(InputError, match=rf"option {name}={value!r} has the wrong type: expected .* found "

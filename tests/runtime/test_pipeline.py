@@ -49,7 +49,7 @@ def test_missing_int8_files_explain_how_to_get_them(tiny_bundle):
 
 def test_unknown_backend_and_precision(tiny_bundle):
     with pytest.raises(BackendUnavailable, match=r"unknown backend 'nope': expected one of \['onnxruntime', "
-                                                 r"'tensorrt', 'tensorrt_rtx'\] or 'auto'"):
+                                                 r"'openvino', 'tensorrt', 'tensorrt_rtx'\] or 'auto'"):
         Pipeline.load(tiny_bundle, backend="nope")
     with pytest.raises(InputError, match="unknown part 'audio'"):
         parse_precision("audio=int8")

@@ -42,10 +42,11 @@ def _same(a, b):
         np.testing.assert_allclose(np.stack(x), np.stack(y), rtol=0, atol=1e-6)
 
 
-def test_one_pipeline_from_eight_threads_gives_the_sequential_results(tiny_bundle, shape_data):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_one_pipeline_from_eight_threads_gives_the_sequential_results(tiny_bundle, shape_data, backend):
     samples = LabeledDataset.read(shape_data[1])
     jobs = _jobs(samples, THREADS * CALLS)
-    with Pipeline.load(tiny_bundle, backend="onnxruntime", text_cache=3) as pipe:
+    with Pipeline.load(tiny_bundle, backend=backend, text_cache=3) as pipe:
         sequential = [[p.probs for p in pipe.classify_batch(*job)] for job in jobs]
         pipe.text_cache.clear()
         threaded = _run_all(lambda worker: pipe, jobs)
