@@ -51,7 +51,8 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 # quantized into ~/.cache/fusionrt; about 2 after): ResNet-50 + BERT-base, ONNX Runtime FP32 and INT8 vs
 # PyTorch eager, batch 1 and 8; then the demo bundle's streaming fps, text cache on and off.
 bench: $(STAMP)
-	$(BIN)/fusionrt bench --arch resnet50+bert-base --precision fp32,int8 --batch 1,8 --seq 128 --duration 2 \
+	$(BIN)/fusionrt bench --arch resnet50+bert-base --backend openvino,onnxruntime,torch --precision fp32,int8 \
+		--batch 1,8 --seq 128 --duration 2 \
 		--out build/bench
 	@if test -f $(DEMO)/bundle/manifest.json; then $(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle; \
 	else echo "(run 'make demo' first for the streaming fps of the demo bundle)"; fi

@@ -111,7 +111,8 @@ def cmd_classify(args) -> int:
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:
         pred = pipe.classify(args.image, _argument_text(args.text, "--text"))
         if args.json:
-            _dump({**pred.to_dict(pipe.labels), "backend": pipe.backend_name, "precision": pipe.precision})
+            _dump({**pred.to_dict(pipe.labels), "backend": pipe.backend_name, "backend_reason": pipe.backend_reason,
+                   "precision": pipe.precision})
         else:
             print(f"{pred.label}\t{pred.score:.4f}")
     return 0
@@ -160,12 +161,15 @@ def _metrics_table(rows: dict) -> str:
 
 
 def cmd_info(args) -> int:
+    from fusionrt.runtime.backends import choose_backend
     from fusionrt.runtime.bundle import Bundle
 
     bundle = Bundle.open(args.bundle)
     checked = bundle.verify()
     m = bundle.manifest
+    auto, why = choose_backend("auto", bundle)
     summary = {
+        "backend_auto": {"backend": auto, "why": why},
         "bundle": str(bundle.root),
         "labels": list(m.labels),
         "precision": dict(m.precision),
@@ -191,6 +195,7 @@ def cmd_info(args) -> int:
     else:
         print(f"precision  {_precision_text(m.precision)}  ({m.precision_reason})")
     print(f"profile    batch {list(m.profile.batch)}  seq {list(m.profile.seq)}")
+    print(f"backend    auto here: {auto}  ({why})")
     for name, comp in summary["components"].items():
         ins = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in comp["inputs"])
         outs = ", ".join(f"{t['name']}{t['shape']}" for t in comp["outputs"])

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from fusionrt.runtime.backends import backend_class, resolve_backend
+from fusionrt.runtime.backends import backend_class, choose_backend
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import FusionRTError, InputError
 from fusionrt.runtime.execution import BranchExecutor, Timings
@@ -43,6 +43,7 @@ class Pipeline:
         self.labels = self.manifest.labels
         self.backends = dict(backends)
         self.backend_name = backend_name
+        self.backend_reason = "asked for"  # why this backend (Pipeline.load says, for backend='auto')
         self.precision = dict(precision)
         self.options = options  # the backend's typed options, as validated at load
         self.tokenizer = tokenizer
@@ -56,7 +57,8 @@ class Pipeline:
              **options) -> "Pipeline":
         """Open a bundle directory.
 
-        backend: 'auto' | 'onnxruntime' | 'tensorrt' | 'tensorrt_rtx'.
+        backend: 'auto' (the first of tensorrt, tensorrt_rtx, openvino, onnxruntime that runs here, TensorRT only with
+            the bundle's engines; `backend_reason` says why) | 'onnxruntime' | 'openvino' | 'tensorrt' | 'tensorrt_rtx'.
         precision: None (the policy calibration chose for this backend's INT8 target: int8-cpu or int8-trt),
             'fp32' | 'fp16' | 'int8' for all parts, or a mapping / 'image=int8,text=int8,head=fp32' string per part.
         concurrent: both branches at once (on TensorRT: on two CUDA streams, fused with the head).
@@ -67,7 +69,7 @@ class Pipeline:
             stream (your CUDA stream handle: results land on it), cuda_graphs, verify.
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        name = resolve_backend(backend)
+        name, why = choose_backend(backend, bundle)
         kind = backend_class(name)
         label = f"'{name}'" + (f" (what backend='{backend}' chose here)" if backend != name else "")
         opts = kind.Options.parse(label, options)
@@ -80,7 +82,9 @@ class Pipeline:
             for comp in COMPONENTS:
                 opened[comp] = kind.open(bundle, comp, chosen[comp], opts)
             executor = _executor(kind, opened, m.wiring, opts, concurrent)
-            return cls(bundle, opened, name, chosen, tokenizer, executor, opts, text_cache, concurrent)
+            pipe = cls(bundle, opened, name, chosen, tokenizer, executor, opts, text_cache, concurrent)
+            pipe.backend_reason = why
+            return pipe
         except BaseException:
             _close_all([executor, *opened.values()])
             raise

@@ -6,7 +6,7 @@ import importlib
 
 from fusionrt.runtime.errors import BackendUnavailable
 
-__all__ = ["BACKENDS", "backend_class", "resolve_backend"]
+__all__ = ["BACKENDS", "backend_class", "resolve_backend", "choose_backend"]
 
 # name -> "module:class" of its Backend subclass; a module is imported when its backend is chosen
 BACKENDS = {
@@ -15,7 +15,7 @@ BACKENDS = {
     "tensorrt": "fusionrt.runtime.backends.tensorrt:TensorRTBackend",
     "tensorrt_rtx": "fusionrt.runtime.backends.tensorrt:TensorRTRTXBackend",
 }
-_AUTO_ORDER = ("tensorrt", "tensorrt_rtx")  # tried in this order by 'auto'; ONNX Runtime when neither can run
+_AUTO_ORDER = ("tensorrt", "tensorrt_rtx", "openvino", "onnxruntime")  # what 'auto' tries, in this order
 
 
 def backend_class(name: str) -> type:
@@ -29,12 +29,29 @@ def backend_class(name: str) -> type:
     return cls
 
 
-def resolve_backend(name: str) -> str:
-    """'auto' -> 'tensorrt' (or 'tensorrt_rtx') when it can run here, else 'onnxruntime'; other names are checked."""
+def resolve_backend(name: str, bundle=None) -> str:
+    """The backend `name` stands for here ('auto': see `choose_backend`)."""
+    return choose_backend(name, bundle)[0]
+
+
+def choose_backend(name: str, bundle=None) -> tuple:
+    """(backend, why). 'auto' takes the first of TensorRT, TensorRT-RTX, OpenVINO, ONNX Runtime that can run here
+    (its package imports, its device exists) and, for the TensorRT ones, for which `bundle` holds engines; another
+    name is checked and taken as asked."""
     if name != "auto":
         backend_class(name)
-        return name
+        return name, "asked for"
+    skipped = []
     for candidate in _AUTO_ORDER:
-        if backend_class(candidate).usable():
-            return candidate
-    return "onnxruntime"
+        cls = backend_class(candidate)
+        if not cls.usable():
+            skipped.append(f"{candidate} cannot run here")
+            continue
+        if cls.fuses and hasattr(cls, "product") and bundle is not None and not any(
+                e.product == cls.product for c in bundle.manifest.components.values() for e in c.engines):
+            skipped.append(f"{candidate} can run here but the bundle has no {candidate} engines (fusionrt build)")
+            continue
+        return candidate, "auto: the first usable of " + ", ".join(_AUTO_ORDER) + (
+            f" ({'; '.join(skipped)})" if skipped else "")
+    raise BackendUnavailable("no backend can run here: expected at least ONNX Runtime. Install it: pip install "
+                             "'fusionrt[cpu]'.")

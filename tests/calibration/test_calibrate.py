@@ -136,12 +136,12 @@ def test_fidelity_report_figures(calibrated):
 def test_runtime_loads_int8(calibrated):
     bundle, _, _, test = calibrated
     data = LabeledDataset.read(test)
-    with Pipeline.load(bundle, precision="int8") as pipe:
+    with Pipeline.load(bundle, backend="onnxruntime", precision="int8") as pipe:
         preds = pipe.classify_batch([s.image for s in data], [s.text for s in data])
         assert pipe.precision == {"image_encoder": "int8", "text_encoder": "int8", "fusion_head": "int8"}
     assert len(preds) == len(data)
     m = Bundle.open(bundle).manifest
-    with Pipeline.load(bundle) as pipe:  # what calibration chose for ONNX Runtime's CPU kernels
+    with Pipeline.load(bundle, backend="onnxruntime") as pipe:  # what calibration chose for ONNX Runtime's CPU kernels
         assert pipe.precision == m.precision_for("int8-cpu")
 
 
@@ -164,10 +164,10 @@ def test_each_backend_loads_its_targets_policy(calibrated, monkeypatch, tmp_path
     monkeypatch.setattr(OnnxRuntimeBackend, "open", classmethod(
         lambda cls, b, comp, prec, options: opened.append((comp, prec)) or real_open(cls, b, comp, prec,
                                                                                      OnnxRuntimeOptions())))
-    with Pipeline.load(bundle.root, device="tensorrt") as pipe:  # the TensorRT EP: the TensorRT flavour's policy
+    with Pipeline.load(bundle.root, backend="onnxruntime", device="tensorrt") as pipe:  # the TensorRT EP: the TensorRT flavour's policy
         assert pipe.precision == policies["int8-trt"]["precision"]
     assert dict(opened) == policies["int8-trt"]["precision"]
-    with Pipeline.load(bundle.root) as pipe:
+    with Pipeline.load(bundle.root, backend="onnxruntime") as pipe:
         assert pipe.precision == policies["int8-cpu"]["precision"]
 
 
@@ -268,10 +268,10 @@ def test_int8_cpu_on_another_kind_of_cpu_warns(calibrated, tmp_path):
         pytest.skip("this OS does not say whether the CPU has VNNI")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Pipeline.load(bundle.root, precision="int8").close()  # same kind of CPU: silent
+        Pipeline.load(bundle.root, backend="onnxruntime", precision="int8").close()  # same kind of CPU: silent
     bundle.save(dataclasses.replace(bundle.manifest, calibration={**bundle.manifest.calibration, "cpu_vnni": not here}))
     with pytest.warns(RuntimeWarning, match="Re-run `fusionrt calibrate` on this kind of CPU"):
-        Pipeline.load(bundle.root, precision="int8").close()
+        Pipeline.load(bundle.root, backend="onnxruntime", precision="int8").close()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Pipeline.load(bundle.root, precision="fp32").close()  # no INT8 part: nothing to say
+        Pipeline.load(bundle.root, backend="onnxruntime", precision="fp32").close()  # no INT8 part: nothing to say

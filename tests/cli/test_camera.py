@@ -59,7 +59,9 @@ def test_camera_max_frames_and_latest_policy(tiny_bundle, tmp_path):
     assert main(["camera", str(tiny_bundle), "--source", str(video), "--text", "x", "--headless", "--jsonl", str(jsonl),
                  "--policy", "latest", "--max-frames", "3"]) == 0
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert len(records) == 3 and records == sorted(records, key=lambda r: r["frame"])
+    frames = [r["frame"] for r in records]
+    assert frames == sorted(set(frames)) and 1 <= len(frames) <= 3  # newest frames only, in order, at most 3
+    assert len(frames) == 3 or frames[-1] == 23  # fewer only when the file ended first (latest drops the rest)
 
 
 @pytest.mark.parametrize("make, extra, message", [

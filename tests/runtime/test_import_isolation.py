@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "transformers", "onnx", "timm", "torchvision", "onnxscript", "safetensors", "onnxruntime",
-         "tensorrt", "tensorrt_rtx", "matplotlib")
+         "tensorrt", "tensorrt_rtx", "openvino", "nncf", "matplotlib")
 
 
 def test_every_runtime_module_imports_without_torch_or_transformers():

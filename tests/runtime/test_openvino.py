@@ -58,3 +58,43 @@ def test_int8_runs_the_symmetric_qdq_flavour_under_its_policy(calibrated):
 def test_a_device_this_machine_lacks_is_refused(tiny_bundle):
     with pytest.raises(BackendUnavailable, match=r"OpenVINO device 'NPU' not found: this machine has \['CPU'"):
         Pipeline.load(tiny_bundle, backend="openvino", device="NPU")
+
+
+def test_auto_prefers_openvino_on_a_cpu_and_says_why(tiny_bundle, capsys):
+    import json
+
+    from fusionrt.cli import main
+    from fusionrt.runtime.backends import choose_backend
+
+    name, why = choose_backend("auto")
+    assert name == "openvino" and "tensorrt cannot run here" in why  # no GPU here; openvino installed
+    with Pipeline.load(tiny_bundle) as pipe:
+        assert pipe.backend_name == "openvino" and pipe.backend_reason.startswith("auto: the first usable of")
+    assert main(["classify", str(tiny_bundle), "--image", str(_data_image(tiny_bundle)), "--text", "a red circle",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backend"] == "openvino" and "tensorrt_rtx" in out["backend_reason"]
+
+
+def _data_image(tmp_bundle):
+    import cv2
+
+    path = tmp_bundle.parent / "frame.png"
+    cv2.imwrite(str(path), np.full((32, 32, 3), 90, np.uint8))
+    return path
+
+
+def test_a_missing_openvino_names_the_extra_to_install(tiny_bundle, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    monkeypatch.delitem(__import__("sys").modules, "openvino", raising=False)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'fusionrt\[openvino\]'"):
+        Pipeline.load(tiny_bundle, backend="openvino")
