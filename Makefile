@@ -38,8 +38,7 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 	$(BIN)/fusionrt calibrate $(DEMO)/bundle --data $(DEMO)/data/train.csv --eval-data $(DEMO)/data/test.csv \
 		--method percentile --samples 384
 	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv --checkpoint $(DEMO)/checkpoint \
-		--report $(DEMO)/report.json --precision fp32
-	$(BIN)/fusionrt evaluate $(DEMO)/bundle --data $(DEMO)/data/test.csv
+		--backend onnxruntime --report $(DEMO)/report.json
 	@echo "TensorRT engines at the int8-trt policy, built on this CPU by TensorRT-RTX for an sm89 GPU (RTX 40xx):"
 	$(BIN)/fusionrt build $(DEMO)/bundle --target tensorrt-rtx --compute-capability 8.9
 	$(BIN)/fusionrt info $(DEMO)/bundle

@@ -17,7 +17,7 @@ from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.progress import progress
 from fusionrt.runtime.tokenize import TextTokenizer
 
-__all__ = ["bench", "prepared_inputs", "add_speedups", "time_calls"]
+__all__ = ["bench", "prepared_inputs", "longest_text", "add_speedups", "time_calls"]
 
 
 def time_calls(fn, duration_s: float, warmup: int = 3, min_calls: int = 5) -> list:
@@ -33,6 +33,13 @@ def time_calls(fn, duration_s: float, warmup: int = 3, min_calls: int = 5) -> li
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def longest_text(bundle: Bundle, texts) -> int:
+    """The token count of the longest of `texts` (at most the bundle's max_seq_len): every row's sequence length when
+    none is given, so rows at different batch sizes compare."""
+    m = bundle.manifest
+    return int(TextTokenizer(bundle.read(m.tokenizer.file), m.tokenizer.max_seq_len)(list(texts))["input_ids"].shape[1])
 
 
 def prepared_inputs(bundle: Bundle, images, texts, batch: int, seq: int | None = None) -> tuple:
@@ -84,6 +91,7 @@ def bench(bundle, images, texts, backends=("onnxruntime",), precisions=("fp32", 
     """One record per row. `torch_model` (the bundle's FusionClassifier) adds the PyTorch eager baseline, FP32
     (and FP16 on a GPU): every row then carries its speed-up against it."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    seq = seq or longest_text(bundle, texts)  # one sequence length for every row
     speed_only = bool(bundle.manifest.calibration.get("speed_only"))
     jobs = []
     for batch in batches:

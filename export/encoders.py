@@ -101,6 +101,11 @@ def _text_encoder_class():
             super().__init__()
             if pooling not in POOLINGS:
                 raise CheckpointError(f"text pooling '{pooling}' unknown: expected one of {POOLINGS}.")
+            if pooling == "pooler" and getattr(model, "pooler", None) is None:  # checked before any work is done
+                raise CheckpointError(
+                    f"text pooling 'pooler' needs a pooler layer, and this {type(model).__name__} has none (DistilBERT "
+                    "and BERT without add_pooling_layer have no pooler_output): expected a BERT-style model with a "
+                    "pooler. Use --pooling mean (or cls).")
             self.model = model
             self.pooling = pooling
             self.dim = model.config.hidden_size

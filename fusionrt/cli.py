@@ -155,4 +155,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fusionrt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped to `head`, which stopped reading: end quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush must not raise again
+        return 0
 

@@ -124,19 +124,28 @@ def cmd_evaluate(args) -> int:
     from fusionrt.runtime.pipeline import Pipeline
 
     data = LabeledDataset.read(args.data)
-    rows = {}
-    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:
-        bundle_result = evaluate_pipeline(pipe, data)
-        rows[f"bundle ({pipe.backend_name}, {_precision_text(pipe.precision)})"] = bundle_result
-    if args.checkpoint:
+    model = None
+    if args.checkpoint:  # loaded first: a checkpoint that does not load fails before any evaluation runs
         require("torch", "evaluating the PyTorch checkpoint")
         from fusionrt.export.model import FusionClassifier
+
+        model = FusionClassifier.from_pretrained(args.checkpoint)
+    rows, seen = {}, []
+    if model is not None:
         from fusionrt.export.train import evaluate_torch
 
-        torch_result = evaluate_torch(FusionClassifier.from_pretrained(args.checkpoint), data)
-        rows["PyTorch (fp32)"] = torch_result
-        agree = sum(a == b for a, b in zip(torch_result["predictions"], bundle_result["predictions"]))
-        _say(f"top-1 agreement bundle vs PyTorch: {agree}/{len(data)}")
+        rows["PyTorch (fp32)"] = evaluate_torch(model, data)
+    for precision in ("fp32", args.precision):  # the bundle at FP32, and at the policy (or the precision asked)
+        with Pipeline.load(args.bundle, backend=args.backend, precision=precision) as pipe:
+            if pipe.precision in seen:
+                continue
+            seen.append(pipe.precision)
+            rows[f"bundle ({pipe.backend_name}, {_precision_text(pipe.precision)})"] = evaluate_pipeline(pipe, data)
+    reference = next(iter(rows.values()))["predictions"]  # PyTorch FP32, else the bundle's FP32
+    for name, result in rows.items():
+        result["agreement"] = sum(a == b for a, b in zip(reference, result["predictions"])) / len(data)
+    _say(f"top-1 agreement against {next(iter(rows))}: " + ", ".join(
+        f"{name} {round(r['agreement'] * len(data))}/{len(data)}" for name, r in list(rows.items())[1:]))
     print(_metrics_table(rows))
     if args.report:
         report = {name: {k: v for k, v in r.items() if k != "predictions"} for name, r in rows.items()}
@@ -153,10 +162,12 @@ def _precision_text(precision) -> str:
 
 
 def _metrics_table(rows: dict) -> str:
-    lines = ["| model | accuracy | macro recall | macro F1 | samples |", "|---|---|---|---|---|"]
+    reference = next(iter(rows))
+    lines = [f"| model | accuracy | macro recall | macro F1 | agreement with {reference} | samples |",
+             "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {100 * r['accuracy']:.2f} % | {100 * r['macro_recall']:.2f} % | "
-                     f"{100 * r['macro_f1']:.2f} % | {r['count']} |")
+                     f"{100 * r['macro_f1']:.2f} % | {100 * r['agreement']:.2f} % | {r['count']} |")
     return "\n".join(lines)
 
 

@@ -140,3 +140,14 @@ def test_tensorrt_rows_include_cuda_graphs_and_run_the_fused_path(built, calibra
     assert all(r["backend"] == "tensorrt_rtx" and r["throughput"] > 0 and r["image_ms"]["p50"] > 0 for r in rows)
     assert rows[0]["speedup_vs"] == "fp32 sequential" and rows[0]["speedup"] == 1.0
     assert not gpu.open  # each row's pipeline closed its buffers, events and graphs
+
+
+def test_rows_at_every_batch_size_share_one_sequence_length(tiny_bundle, shape_data):
+    from fusionrt.benchmarks.harness import longest_text
+    from fusionrt.data.dataset import LabeledDataset
+
+    data = LabeledDataset.read(shape_data[1])
+    texts = [s.text for s in data]
+    rows = bench(tiny_bundle, [s.image for s in data], texts, ("onnxruntime",), ("fp32",), (1, 4), duration_s=0.1)
+    longest = longest_text(Bundle.open(tiny_bundle), texts)
+    assert {r["seq"] for r in rows} == {longest} and {r["batch"] for r in rows} == {1, 4}

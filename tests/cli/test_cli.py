@@ -56,3 +56,50 @@ def test_a_text_argument_that_is_not_utf8_is_replaced_and_said(tiny_bundle, shap
     assert json.loads(captured.out)["label"] in ("red", "green", "blue")
     assert "--text was not valid UTF-8; its undecodable bytes were replaced with U+FFFD: 'a red caf\ufffd sign'" in \
         captured.err
+
+
+def test_evaluate_shows_the_bundle_fp32_and_its_policy_side_by_side_with_agreement(calibrated, capsys):
+    bundle, _, _, test = calibrated
+    assert main(["evaluate", str(bundle), "--data", str(test), "--backend", "onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| bundle")]
+    assert len(rows) == 2 and "fp32" in rows[0] and "agreement with bundle (onnxruntime, fp32)" in out
+    assert rows[0].split("|")[5].strip() == "100.00 %"  # FP32 against itself
+
+
+def test_evaluate_fails_on_a_bad_checkpoint_before_evaluating(calibrated, tmp_path, capsys):
+    bundle, _, _, test = calibrated
+    assert main(["evaluate", str(bundle), "--data", str(test), "--checkpoint", str(tmp_path / "none")]) == 2
+    captured = capsys.readouterr()
+    assert "fusionrt evaluate: error:" in captured.err and "| bundle" not in captured.out
+
+
+def test_output_piped_to_a_reader_that_stops_ends_quietly(tiny_bundle):
+    """`fusionrt info BUNDLE | head -1`: the reader closes the pipe before fusionrt writes."""
+    process = subprocess.Popen([sys.executable, "-m", "fusionrt", "info", str(tiny_bundle)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # like head after its line: every later write gets EPIPE
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_pooler_pooling_without_a_pooler_is_refused_before_any_work(shape_data, tmp_path, capsys):
+    """A DistilBERT-style text model has no pooler: --pooling pooler fails up front, not halfway through."""
+    import shutil
+
+    import transformers
+
+    from tests.conftest import minilm_dir
+
+    folder = tmp_path / "distil"
+    transformers.DistilBertModel(transformers.DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2,
+                                                               hidden_dim=64)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_dir() / name).exists():
+            shutil.copy(minilm_dir() / name, folder / name)
+    args = ["train", "--data", str(shape_data[0]), "--out", str(tmp_path / "ckpt"), "--text-model", str(folder),
+            "--pooling", "pooler", "--image-backbone", "resnet18", "--epochs", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs a pooler layer, and this DistilBertModel has none" in err and "--pooling mean" in err
+    assert "features" not in err and not (tmp_path / "ckpt").exists()
