@@ -36,9 +36,13 @@ def build_image_encoder(backbone: str):
         except RuntimeError as exc:  # timm raises RuntimeError for unknown names
             raise CheckpointError(f"image backbone '{backbone}': timm does not know it ({exc}). See timm.list_models().") from exc
         return net, net.num_features
+    if backbone == "custom":
+        raise CheckpointError("image backbone 'custom' is your own nn.Module, given in Python "
+                              "(FusionClassifier(config, text_model, image_encoder=...)). From the command line, name it: "
+                              "--image-backbone module:PATH.py:NAME (a class or a function returning the module).")
     raise CheckpointError(
-        f"image backbone '{backbone}' unknown: expected one of {RESNETS}, 'timm:NAME', "
-        "or 'custom' with your own nn.Module passed as image_encoder=."
+        f"image backbone '{backbone}' unknown: expected one of {RESNETS}, 'timm:NAME', or module:PATH.py:NAME "
+        "(your own nn.Module)."
     )
 
 
@@ -51,7 +55,11 @@ def load_image_weights(module, path: Path) -> None:
     if path.suffix == ".safetensors":
         state = require("safetensors.torch").load_file(str(path))
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors only: no code runs
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a training checkpoint around it
+        state = state["state_dict"]
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     own = module.state_dict()
     state = {k: v for k, v in state.items() if k in own}
     missing = [k for k in own if k not in state]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fusionrt.export.encoders import TextEncoder, build_image_encoder
+from fusionrt.export.user_module import is_reference, load_user_encoder
 from fusionrt.runtime.errors import CheckpointError
 from fusionrt.runtime.manifest import PreprocessSpec
 
@@ -30,11 +31,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class FusionConfig:
     labels: tuple
-    image_backbone: str = "resnet50"  # resnet18..resnet152 | timm:NAME | custom
+    image_backbone: str = "resnet50"  # resnet18..resnet152 | timm:NAME | module:PATH.py:NAME | custom (Python only)
+    image_module_sha256: str = ""  # module:...: the sha256 of its file when the checkpoint was made
     image_size: tuple = (224, 224)
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     interpolation: str = "linear"
+    channel_order: str = "rgb"  # what the image encoder takes: "rgb" (torchvision, timm) or "bgr"
     text_pooling: str = "mean"
     max_seq_len: int = 128
     head_hidden: tuple = (512,)
@@ -44,7 +47,8 @@ class FusionConfig:
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        return PreprocessSpec(self.image_size[0], self.image_size[1], tuple(self.mean), tuple(self.std), self.interpolation)
+        return PreprocessSpec(self.image_size[0], self.image_size[1], tuple(self.mean), tuple(self.std), self.interpolation,
+                              self.channel_order)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -84,12 +88,16 @@ class FusionHead(nn.Module):
 
 
 class FusionClassifier(nn.Module):
-    def __init__(self, config: FusionConfig, text_model, image_encoder: nn.Module | None = None, tokenizer=None):
-        """`text_model`: a Hugging Face BERT-family model; `image_encoder`: required when backbone is 'custom'."""
+    def __init__(self, config: FusionConfig, text_model, image_encoder: nn.Module | None = None, tokenizer=None,
+                 allow_changed_module: bool = False):
+        """`text_model`: a Hugging Face BERT-family model; `image_encoder`: your nn.Module, required when the backbone
+        is 'custom' (with 'module:PATH.py:NAME' it is built from that reference)."""
         super().__init__()
+        if image_encoder is None and is_reference(config.image_backbone):
+            image_encoder, sha = load_user_encoder(config.image_backbone, config.image_module_sha256,
+                                                   allow_changed_module)
+            config = dataclasses.replace(config, image_module_sha256=config.image_module_sha256 or sha)
         if image_encoder is None:
-            if config.image_backbone == "custom":
-                raise CheckpointError("image_backbone is 'custom': pass your nn.Module as image_encoder=.")
             image_encoder, image_dim = build_image_encoder(config.image_backbone)
         else:
             image_dim = _probe_dim(image_encoder, config.image_size)
@@ -121,7 +129,10 @@ class FusionClassifier(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, image_encoder: nn.Module | None = None) -> "FusionClassifier":
+    def from_pretrained(cls, folder, image_encoder: nn.Module | None = None,
+                        allow_changed_module: bool = False) -> "FusionClassifier":
+        """A saved checkpoint. A 'module:' image encoder is rebuilt from its reference (its file must be the one it was
+        trained with unless `allow_changed_module`); a 'custom' one must be passed as `image_encoder`."""
         import transformers
         from safetensors.torch import load_file
 
@@ -138,7 +149,11 @@ class FusionClassifier(nn.Module):
         tokenizer = None
         if (folder / TEXT_DIR / "tokenizer.json").is_file():
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder / TEXT_DIR), local_files_only=True)
-        model = cls(config, text_model, image_encoder, tokenizer)
+        if image_encoder is None and config.image_backbone == "custom":
+            raise CheckpointError(f"checkpoint '{folder}' has a 'custom' image encoder (your own nn.Module, given in "
+                                  "Python): load it with FusionClassifier.from_pretrained(folder, image_encoder=...), or "
+                                  "train with --image-backbone module:PATH.py:NAME so the command line can rebuild it.")
+        model = cls(config, text_model, image_encoder, tokenizer, allow_changed_module)
         state = load_file(str(folder / WEIGHTS_NAME))
         try:
             result = model.load_state_dict(state, strict=False)
@@ -158,7 +173,11 @@ class FusionClassifier(nn.Module):
 def _probe_dim(module: nn.Module, size: tuple) -> int:
     with torch.no_grad():
         was_training = module.training
-        out = module.eval()(torch.zeros(1, 3, *size))
+        try:
+            out = module.eval()(torch.zeros(1, 3, *size))
+        except Exception as exc:  # the user's module on the configured size: say so before any work
+            raise CheckpointError(f"the image encoder failed on a (1, 3, {size[0]}, {size[1]}) input "
+                                  f"({type(exc).__name__}: {exc}): expected --image-size to fit it.") from exc
         module.train(was_training)
     if out.ndim != 2:
         raise CheckpointError(f"image encoder must map (N,3,H,W) to (N,D); it returned shape {tuple(out.shape)}.")

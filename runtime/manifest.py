@@ -184,6 +184,7 @@ class PreprocessSpec:
     mean: tuple  # per RGB channel, on the 0..1 scale
     std: tuple
     interpolation: str = "linear"  # "linear" upscaling; downscaling always uses area averaging
+    channel_order: str = "rgb"  # what the image encoder takes: "rgb" (torchvision, timm) or "bgr" (frames as OpenCV has them)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "PreprocessSpec":
@@ -194,12 +195,15 @@ class PreprocessSpec:
             mean=tuple(_need(d, "mean", where, list)),
             std=tuple(_need(d, "std", where, list)),
             interpolation=d.get("interpolation", "linear"),
+            channel_order=d.get("channel_order", "rgb"),
         )
         if spec.height < 1 or spec.width < 1:
             raise BundleError(f"manifest: preprocess height/width must be >= 1, found {spec.height}x{spec.width}.")
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*spec.mean, *spec.std))
         if len(spec.mean) != 3 or len(spec.std) != 3 or not numbers or min(spec.std) <= 0:
             raise BundleError(f"manifest: preprocess mean/std must be 3 values with std > 0, found {spec.mean} / {spec.std}.")
+        if spec.channel_order not in ("rgb", "bgr"):
+            raise BundleError(f"manifest: preprocess.channel_order must be rgb|bgr, found '{spec.channel_order}'.")
         if spec.interpolation not in ("linear", "cubic", "area"):
             raise BundleError(f"manifest: preprocess.interpolation must be linear|cubic|area, found '{spec.interpolation}'.")
         return spec

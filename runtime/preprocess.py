@@ -62,7 +62,7 @@ def preprocess(image, spec: PreprocessSpec, out: np.ndarray | None = None) -> np
         shrinking = h > spec.height or w > spec.width
         interp = cv2.INTER_AREA if shrinking else _INTERP[spec.interpolation]
         bgr = cv2.resize(bgr, (spec.width, spec.height), interpolation=interp)
-    rgb = bgr[:, :, ::-1].astype(np.float32) * (1.0 / 255.0)
+    rgb = (bgr if spec.channel_order == "bgr" else bgr[:, :, ::-1]).astype(np.float32) * (1.0 / 255.0)
     rgb -= np.asarray(spec.mean, dtype=np.float32)
     rgb /= np.asarray(spec.std, dtype=np.float32)
     chw = rgb.transpose(2, 0, 1)

@@ -27,7 +27,8 @@ def test_checkpoint_round_trip_gives_same_logits(trained_checkpoint):
 def test_bad_checkpoints_are_refused(tmp_path, trained_checkpoint):
     with pytest.raises(CheckpointError, match="lacks fusion_config.json"):
         FusionClassifier.from_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="'custom': pass your nn.Module"):
+    with pytest.raises(CheckpointError, match=r"has a 'custom' image encoder .* image_encoder=\.\.\.\), or train with "
+                                              r"--image-backbone module:PATH.py:NAME"):
         FusionClassifier.from_pretrained(trained_checkpoint)
     wrong = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     with pytest.raises(CheckpointError, match="do not match the config"):
