@@ -102,7 +102,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
                                            excluded=sorted(structural))
                 candidates = [n for n in quantizable_nodes(prepared) if n not in structural]
                 ranked = rank_layers(prepared, trial, component_feeds[comp][:RANKING_BATCHES], candidates)
-            for target in TARGETS:
+            for target in progress(TARGETS, f"per-layer search and INT8 files ({comp})", total=len(TARGETS)):
                 written[(comp, target)] = staged = update.stage(f"{comp}.{target.replace('-', '.')}.onnx")
                 chosen, search = _fallback(comp, target, prepared, ranges, structural, ranked, ref, noise_flips,
                                            criterion, Path(tmp)) if requested is None else ([], None)
@@ -118,7 +118,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     fp16_files = {c: written[(c, "fp16")].path for c in COMPONENTS}
     branches = {"fp16": {c: cosine_stats(ref.fp32[c], fp16[c]) for c in ENCODERS}}
     outcomes, rows, times = {}, [], {}
-    for target in TARGETS:
+    for target in progress(TARGETS, "fidelity on the held-out split", total=len(TARGETS)):
         q_files = {c: written[(c, target)].path for c in COMPONENTS}
         q_seconds = {}  # the CPU target runs here: its INT8 speed is measured, not estimated
         q_feats = {c: ref.features(c, q_files[c], EXACT_QDQ[target], q_seconds) for c in ENCODERS}

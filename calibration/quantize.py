@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.optional import require
+from fusionrt.runtime.progress import progress
 
 __all__ = ["METHODS", "RECIPE", "QUANTIZED_OPS", "collect_ranges", "keep_float", "quantize_component"]
 
@@ -68,7 +69,7 @@ def collect_ranges(model: Path, reader, component: str, method: str, out: Path) 
         # different shapes (text lengths) and holds every activation of the whole set in memory.
         # ORT's histogram calibrators print a line per batch; the progress bar already says where we are.
         with contextlib.redirect_stdout(io.StringIO()):
-            for feed in reader:
+            for feed in progress(reader, f"activation ranges ({component})", total=len(reader)):
                 calibrator.collect_data(OneBatch(feed))
                 calibrator.clear_collected_data()
             data = calibrator.compute_data()
