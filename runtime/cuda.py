@@ -12,7 +12,7 @@ from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import require
 
 __all__ = ["cudart", "cuda_call", "Stream", "Event", "PinnedBuffer", "DeviceBuffer", "Graph", "device_count",
-           "compute_capability"]
+           "compute_capability", "set_device"]
 
 
 def cudart():
@@ -40,6 +40,11 @@ def device_count() -> int:
     except BackendUnavailable:
         return 0
     return int(count) if int(err) == 0 else 0
+
+
+def set_device(device: int) -> None:
+    """Make `device` current for this thread: streams, buffers and engines made after this live on it."""
+    cuda_call(cudart().cudaSetDevice(int(device)))
 
 
 def compute_capability(device: int = 0) -> tuple:

@@ -16,6 +16,7 @@ _INSTALL_HINTS = {
     "tensorrt": "pip install 'fusionrt[tensorrt]'  (NVIDIA TensorRT 10/11; needs an NVIDIA GPU to run engines)",
     "tensorrt_rtx": "pip install 'fusionrt[rtx]'  (TensorRT for RTX)",
     "cuda.bindings": "pip install 'fusionrt[tensorrt]'  (cuda-bindings)",
+    "cuda.bindings.runtime": "pip install 'fusionrt[tensorrt]'  (cuda-bindings)",
     "torch": "pip install 'fusionrt[export]'",
     "torchvision": "pip install 'fusionrt[export]'",
     "timm": "pip install 'fusionrt[export]'",

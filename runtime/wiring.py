@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusionrt.runtime.errors import BundleError
+from fusionrt.runtime.errors import BundleError, InputError
 from fusionrt.runtime.tokenize import TOKEN_NAMES
 
 __all__ = ["Wiring"]
@@ -45,4 +45,8 @@ class Wiring:
 
     def text_feeds(self, tokens) -> dict:
         """The text encoder's feeds out of the tokenizer's outputs."""
+        missing = [name for name in self.text_inputs if name not in tokens]
+        if missing:
+            raise InputError(f"the text encoder takes {list(self.text_inputs)}, found {sorted(tokens)}: pass what the "
+                             "pipeline's tokenizer returns (Pipeline.prepare).")
         return {name: tokens[name] for name in self.text_inputs}

@@ -27,13 +27,29 @@ from fusionrt.runtime.execution import Result, Timings
 __all__ = ["TensorRTBackend", "TensorRTRTXBackend", "TensorRTOptions", "TensorRTFusion", "check_engine"]
 
 
-def _gpu() -> tuple:
-    """(compute capability 'X.Y', GPU name) of device 0."""
-    if cuda.device_count() == 0:
+def _gpu(device: int = 0) -> tuple:
+    """(compute capability 'X.Y', GPU name) of `device`, made current. Without cuda-bindings the error says what to
+    install; without a GPU (or with fewer), what there is."""
+    cuda.cudart()  # BackendUnavailable naming the package to install, when cuda-bindings is missing
+    count = cuda.device_count()
+    if count == 0:
         raise BackendUnavailable("no CUDA GPU found: TensorRT engines run on an NVIDIA GPU. Use backend='onnxruntime' "
-                                 "on this machine.")
-    (major, minor), name = cuda.compute_capability(0)
+                                 "or 'openvino' on this machine.")
+    if not 0 <= device < count:
+        raise BackendUnavailable(f"CUDA device {device} asked for: expected 0..{count - 1} on this machine ({count} "
+                                 "GPUs). Pass device=N within that range.")
+    cuda.set_device(device)
+    (major, minor), name = cuda.compute_capability(device)
     return f"{major}.{minor}", name
+
+
+_LOGGERS: dict = {}  # one TensorRT logger per product: TensorRT warns when a second, different one is passed
+
+
+def _logger(trt):
+    if trt.Logger not in _LOGGERS:  # keyed by the product's Logger class: one per TensorRT package
+        _LOGGERS[trt.Logger] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[trt.Logger]
 
 
 def check_engine(record, api: TrtApi, gpu_cc: str, gpu_name: str) -> None:
@@ -72,8 +88,9 @@ def _select(comp, precision: str, api: TrtApi, gpu_cc: str, gpu_name: str):
 class _Tensor:
     """One I/O tensor: a device buffer and a pinned host buffer, both sized for the profile's largest shape."""
 
-    def __init__(self, name: str, dtype, max_shape: tuple):
+    def __init__(self, name: str, dtype, max_shape: tuple, min_shape: tuple | None = None):
         self.name, self.dtype, self.max_shape = name, np.dtype(dtype), tuple(max_shape)
+        self.min_shape = tuple(min_shape) if min_shape is not None else tuple(1 for _ in max_shape)
         self.host = cuda.PinnedBuffer(self.max_shape, self.dtype)
         self.device = cuda.DeviceBuffer(self.host.nbytes)
         self.shape = self.max_shape
@@ -94,6 +111,7 @@ class _Tensor:
 class TensorRTOptions(BackendOptions):
     stream: int | None = None  # a caller's CUDA stream handle (torch, CuPy): the head runs and the results land on it
     cuda_graphs: bool = False  # capture each (batch, sequence) shape of the fused call as a CUDA graph
+    device: int = 0  # the CUDA device the engines run on
 
 
 class TensorRTBackend(Backend):
@@ -113,7 +131,7 @@ class TensorRTBackend(Backend):
         if shared is not None:
             self._logger, self._runtime, self.engine = shared
         else:
-            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._logger = _logger(trt)
             self._runtime = trt.Runtime(self._logger)
             data = bytes(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else Path(plan).read_bytes()
             self.engine = self._runtime.deserialize_cuda_engine(data)
@@ -140,7 +158,7 @@ class TensorRTBackend(Backend):
     @classmethod
     def open(cls, bundle, component: str, precision: str, options: TensorRTOptions) -> "TensorRTBackend":
         api = load_api(cls.product)
-        gpu_cc, gpu_name = _gpu()
+        gpu_cc, gpu_name = _gpu(options.device)
         comp = bundle.manifest.components[component]
         record = _select(comp, precision, api, gpu_cc, gpu_name)
         plan = bundle.read(record.path, record.sha256, verify=options.verify)  # read once: these bytes are the engine
@@ -161,18 +179,30 @@ class TensorRTBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if n not in self.input_names]
+        lowest = {}
         for name in self.input_names:  # the largest shapes of profile 0, to size the buffers once
-            self.context.set_input_shape(name, tuple(self.engine.get_tensor_profile_shape(name, 0)[2]))
+            low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+            lowest[name] = tuple(low)
+            self._set_shape(name, tuple(high))
         for name in names:
             shape = tuple(self.context.get_tensor_shape(name))
-            self._tensors[name] = _Tensor(name, trt.nptype(self.engine.get_tensor_dtype(name)), shape)
+            self._tensors[name] = _Tensor(name, trt.nptype(self.engine.get_tensor_dtype(name)), shape, lowest.get(name))
             self.context.set_tensor_address(name, self._tensors[name].device.ptr)
+
+    def _set_shape(self, name: str, shape: tuple) -> None:
+        if not self.context.set_input_shape(name, tuple(shape)):  # False: TensorRT refused it (it logs why)
+            raise InputError(f"input '{name}': TensorRT refused shape {list(shape)} for {self.record.path}; expected a "
+                             "shape inside the engine's optimization profile (see its log).")
 
     # -- the tensors, by name ----------------------------------------------------------------------------
     def layout(self, name: str) -> tuple:
         """(element dtype, per-sample shape at the profile's maximum) of one I/O tensor."""
         tensor = self._tensors[name]
         return np.dtype(tensor.dtype), tuple(tensor.max_shape[1:])
+
+    def input_shapes(self) -> tuple:
+        """The input shapes set now, as ((name, shape), ...)."""
+        return tuple((name, self._tensors[name].shape) for name in self.input_names)
 
     def buffer_bytes(self) -> dict:
         """name -> bytes of its pinned host buffer (sized once, for the profile's largest shape)."""
@@ -194,12 +224,19 @@ class TensorRTBackend(Backend):
     def set_shapes(self, shapes: Mapping[str, tuple]) -> None:
         """Set the input shapes (host side, nothing enqueued); output shapes follow."""
         for name, shape in shapes.items():
-            tensor = self._tensors[name]
+            tensor = self._tensors.get(name) if name in self.input_names else None
+            if tensor is None:
+                raise InputError(f"'{name}' is not an input of {self.record.path}: expected some of {self.input_names}.")
+            if len(shape) != len(tensor.max_shape):
+                raise InputError(f"input '{name}': expected {len(tensor.max_shape)} dimensions, found shape {list(shape)}.")
             if any(s > m for s, m in zip(shape, tensor.max_shape)):
                 raise InputError(f"input '{name}': shape {list(shape)} exceeds the engine's profile maximum "
                                  f"{list(tensor.max_shape)}; rebuild with a larger --batch/--seq range.")
+            if any(s < m for s, m in zip(shape, tensor.min_shape)):
+                raise InputError(f"input '{name}': shape {list(shape)} is below the engine's profile minimum "
+                                 f"{list(tensor.min_shape)}; rebuild with a smaller --batch/--seq range.")
             tensor.shape = tuple(shape)
-            self.context.set_input_shape(name, tuple(shape))
+            self._set_shape(name, tuple(shape))
         for name in self.output_names:
             self._tensors[name].shape = tuple(self.context.get_tensor_shape(name))
 
@@ -240,7 +277,7 @@ class TensorRTBackend(Backend):
 
     def clone(self) -> "TensorRTBackend":
         """The same engine with its own execution context, buffers and stream: run it from another thread."""
-        stream = cuda.Stream()
+        stream = cuda.Stream()  # on the current device: clone on the thread that will use it, after open's set_device
         try:
             return type(self)(self.api, None, self.record, self.input_specs, self.output_specs, stream,
                               shared=(self._logger, self._runtime, self.engine))
@@ -288,7 +325,7 @@ class TensorRTFusion:
         self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done")}
         self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
         self.graphs: dict = {}
-        self._seen: set = set()
+        self._enqueued: dict = {}  # backend -> the input shapes of its last eager enqueue
         self._lock = threading.Lock()  # the contexts, buffers and graphs serve one call at a time (clone for more)
 
     def _enqueue(self, with_text: bool = True) -> None:
@@ -336,14 +373,14 @@ class TensorRTFusion:
             self.text.check(text_feeds)
             self.text.set_inputs(text_feeds)
             self._head_shapes(n, self.text.layout(w.text_output)[1][0])
-            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue)
+            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue, (self.image, self.text, self.head))
             timings.text_ms = m["text1"].elapsed_ms(m["text0"])
             timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
             text_features = self.text.outputs()[w.text_output]
         else:
             self._head_shapes(n, text_features.shape[1])
             self.head.write_input(w.text_output, text_features)
-            self._run(("text given", n), lambda: self._enqueue(with_text=False))
+            self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head))
             timings.branches_ms = m["image1"].elapsed_ms(m["start"])
         timings.image_ms = m["image1"].elapsed_ms(m["image0"])
         timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
@@ -354,16 +391,21 @@ class TensorRTFusion:
         self.head.set_shapes({w.image_output: (n, *self.image.layout(w.image_output)[1]),
                               w.text_output: (n, text_width)})
 
-    def _run(self, key: tuple, enqueue) -> None:
-        """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync)."""
-        if self.use_graphs and key not in self.graphs and key in self._seen:
-            self.graphs[key] = self._capture(key, enqueue)  # on the 2nd call: TensorRT's 1st enqueue sets up lazily
-        self._seen.add(key)
+    def _run(self, key: tuple, enqueue, backends: tuple) -> None:
+        """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync). A
+        shape is captured only when every context in the call last enqueued eagerly at its shapes of now: after a
+        shape change, TensorRT's first enqueue does set-up work a capture must not record (shapes A, B, A: the second
+        A runs eagerly, the third is captured)."""
+        shapes = {id(b): b.input_shapes() for b in backends}
+        ready = all(self._enqueued.get(k) == v for k, v in shapes.items())
+        if self.use_graphs and key not in self.graphs and ready:
+            self.graphs[key] = self._capture(key, enqueue)
         graph = self.graphs.get(key)
         if graph is not None:
             graph.launch()
         else:
             enqueue()
+            self._enqueued.update(shapes)
         self.head.stream.synchronize()
 
     def _capture(self, key: tuple, enqueue):

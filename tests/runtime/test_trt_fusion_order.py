@@ -112,6 +112,10 @@ class FakeBackend:
     def set_shapes(self, shapes):
         assert set(shapes) <= set(self.inputs), shapes
         self.shapes.update(shapes)
+        self.rec("shape", self.name, *sorted(shapes.items()))
+
+    def input_shapes(self):
+        return tuple(sorted(self.shapes.items()))
 
     def enqueue_copy_in(self, names=None):
         self.rec("copy-in", self.stream.name, *(names or ()))
@@ -190,6 +194,22 @@ def test_cuda_graph_is_captured_on_the_second_call_per_shape_and_replayed_after(
     graphs, events = list(fusion.graphs.values()), [*fusion.joins.values(), *fusion.marks.values()]
     fusion.close()
     assert all(g.closed for g in graphs) and all(e.closed for e in events)
+
+
+def test_capture_waits_for_an_eager_enqueue_at_the_same_shapes(fused):
+    """Shapes A, B, A, A: the second A comes after B's enqueue, so it runs eagerly (TensorRT's first enqueue after a
+    shape change does set-up work); the third A, right after an eager A, is captured."""
+    fusion, rec, _ = fused(graphs=True)
+    for batch in (2, 4, 2):
+        _call(fusion, batch=batch)
+    assert not fusion.graphs and not any(e[0] == "capture-begin" for e in rec.log)
+    _call(fusion, batch=2)
+    assert list(fusion.graphs) == [(2, 5)]
+    begin = rec.log.index(("capture-begin", "head"))
+    last_run = max(i for i, e in enumerate(rec.log[:begin]) if e == ("run", "head"))
+    shapes_then = [e for e in rec.log[:last_run] if e[0] == "shape" and e[1] == "image"]
+    assert shapes_then[-1][2] == ("img", (2, 3))  # the last eager enqueue before the capture was at A
+    assert all(e[2][1][0] == 2 for e in rec.log[last_run:begin] if e[0] == "shape")  # and no other shape since
 
 
 def test_a_shape_whose_capture_fails_runs_without_a_graph(fused, monkeypatch):

@@ -138,7 +138,7 @@ def test_fused_path_feeds_the_head_from_the_encoders_device_outputs(emulated):
 @pytest.mark.parametrize("graphs", [False, True])
 def test_with_the_text_given_the_head_reads_those_features(emulated, graphs):
     with emulated.fused(graphs) as (fusion, backends):
-        for seed in range(3):  # with graphs: eager, captured, replayed
+        for seed in range(3):  # with graphs: the full call and the cached-text call each eager, captured, replayed
             pixels, tokens = _inputs(2, 5, seed=seed)
             result = fusion.run(pixels, tokens)
             np.testing.assert_allclose(result.logits, _expected(pixels, tokens), rtol=1e-5)
@@ -151,10 +151,11 @@ def test_with_the_text_given_the_head_reads_those_features(emulated, graphs):
 
 def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
     with emulated.fused(True) as (fusion, backends):
-        for seed in range(4):  # eager, captured, then replayed twice: each on new data
+        for seed in range(3):  # per bucket: eager, captured (the 2nd call in a row), then replayed, each on new data
             for batch, seq in ((2, 5), (4, 3)):
-                pixels, tokens = _inputs(batch, seq, seed=10 * seed + batch)
-                np.testing.assert_allclose(fusion.run(pixels, tokens).logits, _expected(pixels, tokens), rtol=1e-5)
+                for repeat in range(2):
+                    pixels, tokens = _inputs(batch, seq, seed=100 * seed + 10 * repeat + batch)
+                    np.testing.assert_allclose(fusion.run(pixels, tokens).logits, _expected(pixels, tokens), rtol=1e-5)
         assert sorted(fusion.graphs) == [(2, 5), (4, 3)]
 
 
@@ -186,10 +187,11 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
         with Pipeline.load(bundle, backend="tensorrt_rtx", precision=precision, cuda_graphs=graphs, stream=4321) as pipe:
             assert pipe.precision == chosen, (pipe.precision, chosen)  # the same policy (int8-trt), the same engines
             assert pipe.backends["fusion_head"].stream.ptr == 4321 and not pipe.backends["fusion_head"].stream.owned
-            for _ in range(3):  # eager, then (with graphs) captured and replayed, in two (batch, seq) buckets
+            for _ in range(2):  # per bucket: eager, then (with graphs) captured and replayed, in two buckets
                 for n, want in expected.items():
-                    np.testing.assert_allclose(pipe.logits(*pipe.prepare(images[:n], texts[:n])), want, rtol=1e-5,
-                                               atol=1e-6)
+                    for _ in range(2):
+                        np.testing.assert_allclose(pipe.logits(*pipe.prepare(images[:n], texts[:n])), want,
+                                                   rtol=1e-5, atol=1e-6)
             assert pipe.timings.image_ms > 0 and pipe.timings.head_ms >= 0
             assert len(pipe._executor.graphs) == (2 if graphs else 0)
             pipe.text_cache = TextFeatureCache(8)
@@ -199,3 +201,51 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
             assert (pipe.text_cache.misses, pipe.text_cache.hits) == (8, 8)
             assert [p.label for p in pipe.classify_batch(images[:8], texts[:8])] == labels
         assert not gpu.open  # every buffer, event and graph released by close()
+
+
+def test_shape_and_feed_errors_are_input_errors(emulated):
+    image = emulated.open("image")
+    with pytest.raises(InputError, match=r"shape \[1, 3, 2, 4\] is below the engine's profile minimum \[1, 3, 4, 4\]"):
+        image.set_shapes({"pixel_values": (1, 3, 2, 4)})
+    with pytest.raises(InputError, match=r"expected 4 dimensions, found shape \[1, 3, 4\]"):
+        image.set_shapes({"pixel_values": (1, 3, 4)})
+    with pytest.raises(InputError, match=r"'image_features' is not an input"):
+        image.set_shapes({"image_features": (1, 6)})
+    real = image.context
+    image.context = SimpleNamespace(set_input_shape=lambda name, shape: False)  # TensorRT says no
+    with pytest.raises(InputError, match=r"TensorRT refused shape \[2, 3, 4, 4\]"):
+        image.set_shapes({"pixel_values": (2, 3, 4, 4)})
+    image.context = real
+    image.close()
+    with emulated.fused(False) as (fusion, backends):  # the fused path runs the shared input checks too
+        pixels, tokens = _inputs(2, 5)
+        with pytest.raises(InputError, match="expected dtype float32, found float64"):
+            fusion.run(pixels.astype(np.float64), tokens)
+        with pytest.raises(InputError, match=r"the text encoder takes \['input_ids', 'attention_mask'\], found "
+                                             r"\['input_ids'\]"):
+            fusion.run(pixels, {"input_ids": tokens["input_ids"]})
+
+
+def test_one_logger_per_product_and_the_device_is_checked(emulated, monkeypatch):
+    image, head = emulated.open("image"), emulated.open("head")
+    assert image._logger is head._logger  # TensorRT warns when a second, different logger comes
+    image.close()
+    head.close()
+    from fusionrt.runtime.errors import BackendUnavailable
+
+    trt_backend = emulated.trt_backend
+    monkeypatch.setattr(trt_backend.cuda, "cudart", lambda: None)
+    monkeypatch.setattr(trt_backend.cuda, "device_count", lambda: 1)
+    with pytest.raises(BackendUnavailable, match=r"CUDA device 3 asked for: expected 0\.\.0 on this machine"):
+        trt_backend._gpu(3)
+
+
+def test_without_cuda_bindings_the_error_says_what_to_install(built, monkeypatch):
+    import sys
+
+    from fusionrt.runtime.errors import BackendUnavailable
+    from fusionrt.runtime.pipeline import Pipeline
+
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)  # as if cuda-bindings were not installed
+    with pytest.raises(BackendUnavailable, match=r"cuda-bindings.*pip install 'fusionrt\[tensorrt\]'"):
+        Pipeline.load(built[0], backend="tensorrt_rtx", precision="fp32")

@@ -275,5 +275,5 @@ def emulate_tensorrt(monkeypatch, bundle, precisions=("fp32",)) -> Gpu:
     models = {k: v for p in precisions for k, v in onnx_models(bundle, p).items()}
     module = emulated_trt(trt, gpu, lambda plan: models[hashlib.sha256(plan).hexdigest()])
     monkeypatch.setattr(trt_backend, "load_api", lambda product: TrtApi(product, module, Version(trt.__version__)))
-    monkeypatch.setattr(trt_backend, "_gpu", lambda: (RTX_CC, "an emulated GPU"))
+    monkeypatch.setattr(trt_backend, "_gpu", lambda device=0: (RTX_CC, "an emulated GPU"))
     return gpu
