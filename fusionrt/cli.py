@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=int, help="builder workspace limit, MiB")
     p.add_argument("--force", action="store_true", help="rebuild even when the cache key says nothing changed")
     p.add_argument("--verbose", action="store_true", help="TensorRT's INFO log")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="engines to run with cuda_graphs=True (TensorRT-RTX: built stream-capturable)")
 
     p = sub.add_parser("camera", help="classify a camera, video file or stream live: overlay, annotated video, JSONL")
     p.add_argument("bundle")

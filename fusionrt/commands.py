@@ -282,7 +282,7 @@ def cmd_build(args) -> int:
     from fusionrt.runtime.backends.trt_build import build_engines
 
     results = build_engines(args.bundle, args.target.replace("-", "_"), args.precision, args.batch, args.seq,
-                            args.compute_capability, args.force, args.workspace, args.verbose)
+                            args.compute_capability, args.force, args.workspace, args.verbose, args.cuda_graphs)
     for r in results:
         size = Path(args.bundle, r.record.path).stat().st_size / 2**20
         what = "unchanged, skipped" if r.skipped else f"built in {r.seconds:.1f} s"

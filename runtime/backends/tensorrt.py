@@ -120,7 +120,8 @@ class TensorRTBackend(Backend):
     fuses = True
     product: ClassVar[str] = "tensorrt"  # the Python package whose runtime deserializes the plans
 
-    def __init__(self, api: TrtApi, plan, record, inputs: tuple, outputs: tuple, stream: cuda.Stream, shared=None):
+    def __init__(self, api: TrtApi, plan, record, inputs: tuple, outputs: tuple, stream: cuda.Stream, shared=None,
+                 cuda_graphs: bool = False):
         """plan: the engine's bytes (what `Bundle.read` checked) or its path; or `shared`, the (logger, runtime,
         engine) of the backend this one is a clone of."""
         super().__init__(inputs, outputs)
@@ -138,7 +139,8 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise EngineMismatch(f"{api.product} {api.version} could not deserialize {record.path} (see its log): rebuild it "
                                  "with `fusionrt build` on this machine.")
-        self.context = self.engine.create_execution_context()
+        self.cuda_graphs = cuda_graphs
+        self.context = api.create_context(self.engine, cuda_graphs)  # RTX: its built-in graphs when asked
         try:
             self._allocate(trt)
         except BaseException:
@@ -165,15 +167,17 @@ class TensorRTBackend(Backend):
         borrowed = options.stream if component == "fusion_head" else None
         stream = cuda.Stream(int(borrowed) if borrowed is not None else None)
         try:
-            return cls(api, plan, record, comp.inputs, comp.outputs, stream)
+            return cls(api, plan, record, comp.inputs, comp.outputs, stream, cuda_graphs=options.cuda_graphs)
         except BaseException:
             stream.close()
             raise
 
     @classmethod
     def fuse(cls, backends: Mapping[str, "TensorRTBackend"], wiring, options: TensorRTOptions) -> "TensorRTFusion":
-        return TensorRTFusion(backends["image_encoder"], backends["text_encoder"], backends["fusion_head"], wiring,
-                              graphs=options.cuda_graphs)
+        head = backends["fusion_head"]
+        # TensorRT-RTX runs CUDA graphs itself (its contexts were made with them on): no capture of our own there
+        return TensorRTFusion(backends["image_encoder"], backends["text_encoder"], head, wiring,
+                              graphs=options.cuda_graphs and not head.api.builtin_cuda_graphs)
 
     def _allocate(self, trt) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -195,6 +199,12 @@ class TensorRTBackend(Backend):
                              "shape inside the engine's optimization profile (see its log).")
 
     # -- the tensors, by name ----------------------------------------------------------------------------
+    def capturable(self) -> bool:
+        """Whether this context may be captured into a CUDA graph on its stream (TensorRT-RTX and recent TensorRT
+        say so; where the call does not exist, a capture is simply tried)."""
+        query = getattr(self.context, "is_stream_capturable", None)
+        return bool(query(self.stream.ptr)) if query is not None else True
+
     def layout(self, name: str) -> tuple:
         """(element dtype, per-sample shape at the profile's maximum) of one I/O tensor."""
         tensor = self._tensors[name]
@@ -280,7 +290,7 @@ class TensorRTBackend(Backend):
         stream = cuda.Stream()  # on the current device: clone on the thread that will use it, after open's set_device
         try:
             return type(self)(self.api, None, self.record, self.input_specs, self.output_specs, stream,
-                              shared=(self._logger, self._runtime, self.engine))
+                              shared=(self._logger, self._runtime, self.engine), cuda_graphs=self.cuda_graphs)
         except BaseException:
             stream.close()
             raise
@@ -399,7 +409,7 @@ class TensorRTFusion:
         shapes = {id(b): b.input_shapes() for b in backends}
         ready = all(self._enqueued.get(k) == v for k, v in shapes.items())
         if self.use_graphs and key not in self.graphs and ready:
-            self.graphs[key] = self._capture(key, enqueue)
+            self.graphs[key] = self._capture(key, enqueue, backends)
         graph = self.graphs.get(key)
         if graph is not None:
             graph.launch()
@@ -408,14 +418,21 @@ class TensorRTFusion:
             self._enqueued.update(shapes)
         self.head.stream.synchronize()
 
-    def _capture(self, key: tuple, enqueue):
+    def _capture(self, key: tuple, enqueue, backends: tuple):
         """A CUDA graph of the whole call for this shape, or None (run eagerly) where the engines cannot be
-        captured: some TensorRT engines refuse stream capture, and the pipeline must still run."""
+        captured: some TensorRT engines refuse stream capture, and the pipeline must still run. Each context is
+        asked first whether it can be captured."""
+        shape = f"batch {key[1]} with text features given" if key[0] == "text given" else \
+            f"batch {key[0]}, sequence {key[1]}"
+        refusing = [b.record.path for b in backends if not b.capturable()]
+        if refusing:
+            warnings.warn(f"CUDA graphs: {', '.join(refusing)} cannot be stream-captured (TensorRT says so); {shape} "
+                          "runs without a graph. Rebuild with `fusionrt build --cuda-graphs`.", RuntimeWarning,
+                          stacklevel=4)
+            return None
         try:
             return cuda.Graph(self.head.stream, enqueue)
         except BackendUnavailable as exc:
-            shape = f"batch {key[1]} with text features given" if key[0] == "text given" else \
-                f"batch {key[0]}, sequence {key[1]}"
             warnings.warn(f"CUDA graph capture failed for {shape} ({exc}); this shape runs without a graph.",
                           RuntimeWarning, stacklevel=4)
             return None

@@ -60,8 +60,11 @@ def engine_folder(api: TrtApi, device: str) -> str:
     return f"engines/{api.product}-{api.version}-{device}"
 
 
-def _cache_key(onnx_sha: str, api: TrtApi, device: str, precision: str, profile: Profile) -> str:
-    blob = json.dumps([onnx_sha, api.product, str(api.version), device, precision, profile.to_dict()], sort_keys=True)
+def _cache_key(onnx_sha: str, api: TrtApi, device: str, precision: str, profile: Profile,
+               capturable: bool = False) -> str:
+    parts = [onnx_sha, api.product, str(api.version), device, precision, profile.to_dict()] + (["capturable"] if
+                                                                                                capturable else [])
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -74,7 +77,7 @@ def _layer_counts(network) -> dict:
 
 
 def _build_one(api: TrtApi, logger, onnx_name: str, onnx: bytes, comp, precision: str, profile: Profile, cc,
-               folder: Path, workspace_mib: int | None) -> tuple:
+               folder: Path, workspace_mib: int | None, capturable: bool = False) -> tuple:
     """(plan bytes, layer counts) of one engine, parsed from `onnx`: the bytes whose sha256 was just checked."""
     trt = api.trt
     builder = trt.Builder(logger)
@@ -84,6 +87,8 @@ def _build_one(api: TrtApi, logger, onnx_name: str, onnx: bytes, comp, precision
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BundleError(f"{api.product} {api.version} could not parse {onnx_name}: {errors}")
     config = builder.create_builder_config()
+    if capturable:
+        api.set_capturable(config)
     api.set_precision(config, precision)
     api.set_target(config, cc)
     if workspace_mib:
@@ -114,16 +119,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def build_engines(bundle_dir, product: str = "tensorrt", precision: str = "auto", batch: tuple | None = None,
                   seq: tuple | None = None, compute_capability: str | None = None, force: bool = False,
-                  workspace_mib: int | None = None, verbose: bool = False) -> list:
+                  workspace_mib: int | None = None, verbose: bool = False, cuda_graphs: bool = False) -> list:
     """Build (or skip, when unchanged) one engine per component; returns a BuildResult per component. The engines and
     their records are committed together, under the bundle's write lock."""
     api = load_api(product)
     with Bundle.open(bundle_dir).update("build") as update:
-        return _build_all(update, api, precision, batch, seq, compute_capability, force, workspace_mib, verbose)
+        return _build_all(update, api, precision, batch, seq, compute_capability, force, workspace_mib, verbose,
+                          cuda_graphs)
 
 
 def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capability, force: bool, workspace_mib,
-               verbose: bool) -> list:
+               verbose: bool, cuda_graphs: bool = False) -> list:
     bundle = update.current
     m = bundle.manifest
     profile = Profile(tuple(batch or m.profile.batch), tuple(seq or m.profile.seq))
@@ -142,7 +148,7 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
             raise BundleError(f"{name}: a {prec} engine for {api.product} {api.version} is built from the bundle's "
                               f"'{flavour}' model, which it lacks (has {sorted(comp.files)}): run `fusionrt calibrate` first.")
         source = comp.files[flavour]
-        key = _cache_key(source.sha256, api, device, prec, profile)
+        key = _cache_key(source.sha256, api, device, prec, profile, cuda_graphs)
         known = next((e for e in comp.engines if e.cache_key == key), None)
         if not force and known and (bundle.root / known.path).is_file() \
                 and sha256_of(bundle.root / known.path) == known.sha256:
@@ -150,7 +156,7 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
             continue
         started = time.perf_counter()
         plan, layers = _build_one(api, logger, source.path, bundle.read(source.path, source.sha256), comp, prec,
-                                  profile, cc, folder, workspace_mib)
+                                  profile, cc, folder, workspace_mib, cuda_graphs)
         staged = update.stage(f"{rel_folder}/{name}.{prec}.plan")
         staged.path.write_bytes(plan)
         record = EngineRecord(staged.name, hashlib.sha256(plan).hexdigest(), api.product, str(api.version), device,

@@ -43,6 +43,26 @@ class TrtApi:
     def builds_without_gpu(self) -> bool:
         return self.product == "tensorrt_rtx"
 
+    @property
+    def builtin_cuda_graphs(self) -> bool:
+        """TensorRT-RTX captures and replays CUDA graphs itself, per context and for dynamic shapes too
+        (IRuntimeConfig.cuda_graph_strategy): fusionrt's own capture is not used there."""
+        return self.product == "tensorrt_rtx" and hasattr(self.trt, "CudaGraphStrategy")
+
+    def set_capturable(self, config) -> None:
+        """At build, when CUDA graphs are wanted: TensorRT-RTX engines are stream-capturable only when built with
+        REQUIRE_USER_ALLOCATION (TensorRT 10/11 need nothing)."""
+        if self.product == "tensorrt_rtx":
+            config.set_flag(self.trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
+
+    def create_context(self, engine, cuda_graphs: bool = False):
+        """An execution context; on TensorRT-RTX with `cuda_graphs`, one whose built-in CUDA graphs are on."""
+        if cuda_graphs and self.builtin_cuda_graphs:
+            config = engine.create_runtime_config()
+            config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            return engine.create_execution_context(config)
+        return engine.create_execution_context()
+
     def onnx_flavour(self, precision: str) -> str:
         """Which bundle ONNX file a `precision` engine is built from."""
         if precision == "int8":

@@ -22,6 +22,8 @@ def _jobs(samples, count, seed=0):
         idx = rng.choice(len(images), size=int(rng.integers(1, 4)), replace=False)
         # texts made distinct per call, so a 3-entry text cache keeps evicting while other threads read it
         jobs.append(([images[i] for i in idx], [f"{texts[i]} {int(rng.integers(0, 12))}" for i in idx]))
+        if len(jobs) % 4 == 1:
+            jobs.append(jobs[-1])  # the same texts again at once: a hit, one by one
     return jobs
 
 
@@ -48,9 +50,10 @@ def test_one_pipeline_from_eight_threads_gives_the_sequential_results(tiny_bundl
     jobs = _jobs(samples, THREADS * CALLS)
     with Pipeline.load(tiny_bundle, backend=backend, text_cache=3) as pipe:
         sequential = [[p.probs for p in pipe.classify_batch(*job)] for job in jobs]
+        assert pipe.text_cache.hits > 0 and pipe.text_cache.misses > 0
         pipe.text_cache.clear()
         threaded = _run_all(lambda worker: pipe, jobs)
-        assert pipe.text_cache.hits > 0 and pipe.text_cache.misses > 0  # the cache was used and evicted meanwhile
+        assert len(pipe.text_cache) == 3 and pipe.text_cache.misses > 3  # filled and evicted while threads read it
     _same(threaded, sequential)
 
 

@@ -91,6 +91,10 @@ class FakeBackend:
     def layout(self, name):
         return self.dtypes[name], (self.dims[name],)
 
+    def capturable(self):
+        self.rec("capturable?", self.name)
+        return True
+
     def device_address(self, name):
         return f"{self.name}:{name}"
 

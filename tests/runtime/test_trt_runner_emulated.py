@@ -91,7 +91,13 @@ def emulated(request, monkeypatch, tmp_path):
             backend.close()
         assert not gpu.open
 
-    return SimpleNamespace(open=open_backend, fused=fused, gpu=gpu, trt_backend=trt_backend)
+    return SimpleNamespace(open=open_backend, fused=fused, gpu=gpu, trt_backend=trt_backend, trt=trt)
+
+
+def trt_module():
+    import tensorrt_rtx
+
+    return tensorrt_rtx
 
 
 def _inputs(batch, seq, seed=0):
@@ -193,7 +199,11 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
                         np.testing.assert_allclose(pipe.logits(*pipe.prepare(images[:n], texts[:n])), want,
                                                    rtol=1e-5, atol=1e-6)
             assert pipe.timings.image_ms > 0 and pipe.timings.head_ms >= 0
-            assert len(pipe._executor.graphs) == (2 if graphs else 0)
+            # TensorRT-RTX runs its own CUDA graphs (each context made with them on), so none of fusionrt's own
+            strategies = {b.context.runtime_config.cuda_graph_strategy if b.context.runtime_config else None
+                          for b in pipe.backends.values()}
+            assert strategies == ({trt_module().CudaGraphStrategy.WHOLE_GRAPH_CAPTURE} if graphs else {None})
+            assert not pipe._executor.graphs and not pipe._executor.use_graphs
             pipe.text_cache = TextFeatureCache(8)
             for _ in range(2):  # text cache miss (both branches), then hit (the image branch and the head only)
                 np.testing.assert_allclose(pipe.cached_logits(*pipe.prepare(images[:8], texts[:8])), expected[8],
@@ -249,3 +259,43 @@ def test_without_cuda_bindings_the_error_says_what_to_install(built, monkeypatch
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)  # as if cuda-bindings were not installed
     with pytest.raises(BackendUnavailable, match=r"cuda-bindings.*pip install 'fusionrt\[tensorrt\]'"):
         Pipeline.load(built[0], backend="tensorrt_rtx", precision="fp32")
+
+
+def test_a_context_that_says_it_cannot_be_captured_runs_eagerly(emulated):
+    """Before a capture of its own, fusionrt asks each context (where TensorRT has the call)."""
+    emulated.gpu.capturable = False
+    asks = hasattr(emulated.trt.IExecutionContext, "is_stream_capturable")
+    with emulated.fused(True) as (fusion, backends):
+        pixels, tokens = _inputs(2, 5)
+        fusion.run(pixels, tokens)
+        if asks:
+            with pytest.warns(RuntimeWarning, match="cannot be stream-captured .*`fusionrt build --cuda-graphs`"):
+                fusion.run(pixels, tokens)
+            assert fusion.graphs == {(2, 5): None}  # refused: eager from now on
+        else:  # TensorRT 11's lean runtime has no such call: the capture is tried
+            fusion.run(pixels, tokens)
+            assert fusion.graphs[(2, 5)] is not None
+
+
+@needs_rtx
+def test_engines_for_cuda_graphs_are_built_capturable_on_rtx(built, tmp_path, monkeypatch):
+    import shutil
+
+    from fusionrt.runtime.backends import trt_compat
+    from fusionrt.runtime.backends.trt_build import build_engines
+    from tests.conftest import RTX_CC
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(built[0], bundle)
+    flags, real = [], trt_compat.TrtApi.set_capturable
+
+    def spy(self, config):
+        real(self, config)
+        flags.append(config.get_flag(self.trt.BuilderFlag.REQUIRE_USER_ALLOCATION))
+
+    monkeypatch.setattr(trt_compat.TrtApi, "set_capturable", spy)
+    plain = build_engines(bundle, "tensorrt_rtx", "fp32", compute_capability=RTX_CC)
+    assert all(r.skipped for r in plain) and not flags  # the shared fixture's engines: no capture flag asked
+    capturable = build_engines(bundle, "tensorrt_rtx", "fp32", compute_capability=RTX_CC, cuda_graphs=True)
+    assert not any(r.skipped for r in capturable) and flags == [True, True, True]  # set on the real builder config
+    assert {r.record.cache_key for r in capturable}.isdisjoint({r.record.cache_key for r in plain})

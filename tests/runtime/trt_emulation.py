@@ -66,8 +66,13 @@ class Checked:
     def __init__(self, cls, **impl):
         self._cls, self._impl = cls, impl
 
+    def __setattr__(self, name, value):  # test bookkeeping only (a real object would refuse new attributes)
+        object.__setattr__(self, name, value)
+
     def __getattr__(self, name):
-        assert hasattr(self._cls, name), f"{self._cls.__name__} has no attribute {name!r}"
+        if not hasattr(self._cls, name):  # as the real object would: code that probes with getattr sees it missing
+            raise AttributeError(f"{self._cls.__name__} has no attribute {name!r}")
+        assert name in self._impl, f"the emulation lacks {self._cls.__name__}.{name}: add it"
         value = self._impl[name]
         if isinstance(getattr(self._cls, name), property):
             return value
@@ -84,6 +89,7 @@ class Gpu:
     def __init__(self):
         self.captured = None  # the ops of a capture in progress
         self.open: set = set()
+        self.capturable = True  # what contexts answer to is_stream_capturable
 
     def submit(self, op):
         if self.captured is not None:
@@ -204,27 +210,34 @@ def emulated_engine(trt, gpu: Gpu, model: tuple):
             gpu.submit(run)
             return True
 
-        return Checked(trt.IExecutionContext, set_input_shape=set_input_shape,
-                       get_tensor_shape=lambda n: shapes[n] if n in inputs else output_shape(n),
-                       set_tensor_address=lambda n, p: addresses.__setitem__(n, p) or True,
-                       execute_async_v3=execute_async_v3)
+        context = Checked(trt.IExecutionContext, set_input_shape=set_input_shape,
+                          get_tensor_shape=lambda n: shapes[n] if n in inputs else output_shape(n),
+                          set_tensor_address=lambda n, p: addresses.__setitem__(n, p) or True,
+                          execute_async_v3=execute_async_v3, is_stream_capturable=lambda stream: gpu.capturable)
+        context.runtime_config = _[0] if _ else None  # what it was created with (RTX: its CUDA graph strategy)
+        return context
 
     return Checked(trt.ICudaEngine, num_io_tensors=len(names), get_tensor_name=lambda i: names[i],
                    get_tensor_mode=lambda n: trt.TensorIOMode.INPUT if n in inputs else trt.TensorIOMode.OUTPUT,
                    get_tensor_profile_shape=lambda n, p: [inputs[n][1], inputs[n][2], inputs[n][2]],
                    get_tensor_dtype=lambda n: dtype[(inputs.get(n) or outputs[n])[0]],
-                   create_execution_context=make_context)
+                   create_execution_context=make_context,
+                   create_runtime_config=lambda: SimpleNamespace(cuda_graph_strategy=None))
 
 
-def emulated_trt(trt, gpu: Gpu, model_of):
+def emulated_trt(trt, gpu: Gpu, model_of, builtin_graphs: bool = False):
     """A stand-in for the tensorrt module: the real Logger, TensorIOMode and nptype; a Runtime whose plans
-    deserialize into emulated engines (`model_of(plan bytes)` says which model)."""
+    deserialize into emulated engines (`model_of(plan bytes)` says which model). builtin_graphs: expose the real
+    CudaGraphStrategy (TensorRT-RTX's own CUDA graphs)."""
 
     def runtime(logger):
         check_call(trt.Runtime, "__init__", (logger,))
         return Checked(trt.Runtime, deserialize_cuda_engine=lambda data: emulated_engine(trt, gpu, model_of(bytes(data))))
 
-    return SimpleNamespace(Logger=trt.Logger, Runtime=runtime, TensorIOMode=trt.TensorIOMode, nptype=trt.nptype)
+    module = SimpleNamespace(Logger=trt.Logger, Runtime=runtime, TensorIOMode=trt.TensorIOMode, nptype=trt.nptype)
+    if builtin_graphs:
+        module.CudaGraphStrategy = trt.CudaGraphStrategy
+    return module
 
 
 def install_emulated_cuda(monkeypatch, gpu: Gpu):
@@ -273,7 +286,7 @@ def emulate_tensorrt(monkeypatch, bundle, precisions=("fp32",)) -> Gpu:
     gpu = Gpu()
     install_emulated_cuda(monkeypatch, gpu)
     models = {k: v for p in precisions for k, v in onnx_models(bundle, p).items()}
-    module = emulated_trt(trt, gpu, lambda plan: models[hashlib.sha256(plan).hexdigest()])
+    module = emulated_trt(trt, gpu, lambda plan: models[hashlib.sha256(plan).hexdigest()], builtin_graphs=True)
     monkeypatch.setattr(trt_backend, "load_api", lambda product: TrtApi(product, module, Version(trt.__version__)))
     monkeypatch.setattr(trt_backend, "_gpu", lambda device=0: (RTX_CC, "an emulated GPU"))
     return gpu
