@@ -65,12 +65,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # On a lent GPU machine (its own python3 with PyTorch, cuda-python and CuPy; no TensorRT, no network), not here:
-# the prepared GPU check (about 5 minutes), then the GPU tests. Both run even if the first fails.
+# the prepared GPU check (about 5 minutes), then the GPU tests. Both run even if the first fails. The tests import
+# fusionrt from build/gpu_site: links that lay the checkout's folders out as setup.py maps them (no install step).
 GPU_OUT ?= build/gpu_check
 gpu-check:
 	python3 tests/gpu/gpu_check.py --out $(GPU_OUT); check=$$?; \
-	python3 -m pip install -q --no-index --no-deps --no-build-isolation --target build/gpu_site . && \
-	PYTHONPATH=build/gpu_site python3 -m pytest -q -rs -p no:cacheprovider tests/runtime/test_cuda_layer.py \
+	rm -rf build/gpu_site && mkdir -p build/gpu_site/fusionrt && \
+	for f in fusionrt/*.py; do ln -s "$(CURDIR)/$$f" build/gpu_site/fusionrt/; done && \
+	for p in runtime data export calibration benchmarks; do ln -s "$(CURDIR)/$$p" build/gpu_site/fusionrt/$$p; done && \
+	PYTHONPATH=build/gpu_site python3 -P -m pytest -q -rs -p no:cacheprovider --import-mode=append tests/runtime/test_cuda_layer.py \
 		tests/gpu/test_gpu_check.py tests/runtime/test_trt_fusion_order.py; tests=$$?; \
 	exit $$((check || tests))
 

@@ -248,9 +248,11 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=128)
     args = parser.parse_args()
     t0 = time.time()
-    import torch
-
-    if not torch.cuda.is_available():
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
         print("gpu_check needs an NVIDIA GPU with a CUDA build of PyTorch; none is visible here.", file=sys.stderr)
         return 2
     _use_checkout()
