@@ -153,6 +153,12 @@ class DeviceBuffer(_Resource):
         cuda_call(rt.cudaMemcpyAsync(host.ptr, self.ptr, nbytes or host.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
                                      stream.handle))
 
+    def copy_from_address(self, address: int, stream: Stream, nbytes: int) -> None:
+        """Device to device, from memory we do not own (a caller's device array)."""
+        rt = cudart()
+        cuda_call(rt.cudaMemcpyAsync(self.ptr, int(address), int(nbytes), rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
+                                     stream.handle))
+
     def copy_from_device(self, other: "DeviceBuffer", stream: Stream, nbytes: int | None = None) -> None:
         rt = cudart()
         cuda_call(rt.cudaMemcpyAsync(self.ptr, other.ptr, nbytes or other.nbytes,

@@ -12,6 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
+from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.wiring import Wiring
 
 __all__ = ["Timings", "Result", "BranchExecutor"]
@@ -49,9 +50,12 @@ class BranchExecutor:
         self.wiring = wiring
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrt-image") if concurrent else None
 
-    def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None
-            ) -> Result:
+    def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
+            device_output: bool = False) -> Result:
         """Logits for prepared inputs; with `text_features` given, the text branch does not run."""
+        if device_output:
+            raise InputError("device_output=True: expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
+                             "this one returns host arrays.")
         w, timings = self.wiring, Timings()
         image_feeds = {w.image_input: pixels}
         start = time.perf_counter()

@@ -119,13 +119,16 @@ class Pipeline:
             raise InputError(f"expected as many texts as images, found {len(images)} images and {len(texts)} texts.")
         return preprocess_batch(images, self.manifest.preprocess), self.tokenizer(texts)
 
-    def infer(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_cache: bool = True) -> Inference:
+    def infer(self, pixels, tokens: Mapping[str, np.ndarray], text_cache: bool = True,
+              device_output: bool = False) -> Inference:
         """Model time only: prepared inputs -> logits. With `text_cache` (and the pipeline's cache on), the text
-        branch runs only when some text's features are not cached."""
+        branch runs only when some text's features are not cached. On TensorRT, `pixels` may be a device array
+        (`__cuda_array_interface__`: CuPy, torch) and `device_output=True` returns the logits as a DeviceArray
+        (the pipeline's buffer, valid until its next call), neither going through the host."""
         cache = self.text_cache if text_cache else None
         keys = cache.keys(tokens) if cache is not None else None
         known = cache.lookup(keys) if cache is not None else None
-        result = self._executor.run(pixels, tokens, known)
+        result = self._executor.run(pixels, tokens, known, device_output)
         if cache is not None and known is None:
             cache.store(keys, result.text_features)
         self.timings = result.timings

@@ -20,7 +20,13 @@ from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.optional import is_available
 
-__all__ = ["Backend", "BackendOptions"]
+__all__ = ["Backend", "BackendOptions", "check_spec"]
+
+
+def check_spec(spec: TensorSpec, dtype, shape) -> None:
+    """The shared checks on an input's dtype and shape alone (for device arrays, which have no numpy data)."""
+    _check_tensor(spec, np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=tuple(shape),
+                                                        strides=(0,) * len(shape)))
 
 
 class Backend:
@@ -100,6 +106,9 @@ class Backend:
 
 
 def _check_tensor(spec: TensorSpec, array) -> None:
+    if hasattr(array, "__cuda_array_interface__") and not isinstance(array, np.ndarray):
+        raise InputError(f"input '{spec.name}': a device array reached a backend that takes host arrays: expected a "
+                         "numpy array here. Device arrays go to backend='tensorrt' (or 'tensorrt_rtx').")
     if not isinstance(array, np.ndarray):
         raise InputError(f"input '{spec.name}': expected a numpy array, found {type(array).__name__}.")
     if array.dtype != np.dtype(spec.dtype):

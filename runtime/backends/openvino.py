@@ -16,7 +16,7 @@ from typing import Literal, Mapping
 import numpy as np
 
 from fusionrt.runtime.backends.base import Backend, BackendOptions
-from fusionrt.runtime.errors import BackendUnavailable
+from fusionrt.runtime.errors import BackendUnavailable, InputError
 from fusionrt.runtime.execution import Result, Timings
 from fusionrt.runtime.optional import require
 
@@ -110,8 +110,11 @@ class OpenVINOExecutor:
         self.image, self.text, self.head = (backends[c] for c in ("image_encoder", "text_encoder", "fusion_head"))
         self.wiring = wiring
 
-    def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None
-            ) -> Result:
+    def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
+            device_output: bool = False) -> Result:
+        if device_output:
+            raise InputError("device_output=True: expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
+                             "OpenVINO returns host arrays.")
         w, timings = self.wiring, Timings()
         image_feeds = {w.image_input: pixels}
         self.image.check(image_feeds)

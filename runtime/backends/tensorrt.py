@@ -19,9 +19,10 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from fusionrt.runtime import cuda
-from fusionrt.runtime.backends.base import Backend, BackendOptions
+from fusionrt.runtime.backends.base import Backend, BackendOptions, check_spec
 from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
 from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
+from fusionrt.runtime.device_array import DeviceArray, as_device_array
 from fusionrt.runtime.execution import Result, Timings
 
 __all__ = ["TensorRTBackend", "TensorRTRTXBackend", "TensorRTOptions", "TensorRTFusion", "check_engine"]
@@ -261,6 +262,13 @@ class TensorRTBackend(Backend):
             t = self._tensors[name]
             t.device.copy_from_host(t.host, self.stream, t.nbytes)
 
+    def enqueue_copy_in_device(self, name: str, source: DeviceArray) -> None:
+        """Input `name` from a caller's device array: one device-to-device copy, nothing through the host."""
+        self._tensors[name].device.copy_from_address(source.ptr, self.stream, source.nbytes)
+
+    def output_shape(self, name: str) -> tuple:
+        return tuple(self._tensors[name].shape)
+
     def enqueue_run(self) -> None:
         if not self.context.execute_async_v3(self.stream.ptr):
             raise BackendUnavailable(f"{self.api.product}: enqueue failed for {self.record.path} (see its log).")
@@ -332,7 +340,9 @@ class TensorRTFusion:
         # Two kinds of event, because a CUDA graph treats them differently: joins order the streams (inside a
         # capture they become graph edges), marks time the steps (captured as event-record nodes, so they are
         # recorded again on every replay and can be read after it).
-        self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done")}
+        self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done", "input_ready")}
+        self._device_input: DeviceArray | None = None  # this call's image input, when a device array
+        self._device_output = False
         self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
         self.graphs: dict = {}
         self._enqueued: dict = {}  # backend -> the input shapes of its last eager enqueue
@@ -347,10 +357,17 @@ class TensorRTFusion:
             branches.append((self.text, "text", w.text_output))
         joins["fork"].record(main)  # the branches start after the caller's earlier work on `main`
         marks["start"].record(main, external=True)
+        source = self._device_input
+        if source is not None and source.stream is not None:  # the producer's writes come first
+            joins["input_ready"].record(cuda.Stream(source.stream))
+            self.image.stream.wait(joins["input_ready"])
         for backend, branch, _ in branches:
             backend.stream.wait(joins["fork"])
             marks[f"{branch}0"].record(backend.stream, external=True)
-            backend.enqueue_copy_in()
+            if backend is self.image and source is not None:
+                backend.enqueue_copy_in_device(w.image_input, source)  # device to device: no host copy of the frame
+            else:
+                backend.enqueue_copy_in()
             backend.enqueue_run()
             if branch == "text":
                 backend.enqueue_copy_out()  # a few KiB: the features the pipeline's text cache keeps
@@ -363,54 +380,70 @@ class TensorRTFusion:
             main.wait(joins[f"{branch}_done"])
             self.head.bind(name, backend.device_address(name))  # no host round trip
         self.head.enqueue_run()
-        self.head.enqueue_copy_out()
+        if not self._device_output:
+            self.head.enqueue_copy_out()
         marks["head1"].record(main, external=True)
 
-    def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None
-            ) -> Result:
-        """Both branches at once, then the head; with `text_features` given, the image branch and the head."""
+    def run(self, pixels, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
+            device_output: bool = False) -> Result:
+        """Both branches at once, then the head; with `text_features` given, the image branch and the head.
+        `pixels`: a numpy array, or a device array (`__cuda_array_interface__`: CuPy, torch), copied device to device
+        after its producer's stream. device_output: the logits as a DeviceArray over the head's output buffer (valid
+        until the next call; no copy to the host). Calls with either run without CUDA graphs."""
         with self._lock:
-            return self._run_locked(pixels, tokens, text_features)
+            return self._run_locked(pixels, tokens, text_features, device_output)
 
-    def _run_locked(self, pixels, tokens, text_features) -> Result:
+    def _run_locked(self, pixels, tokens, text_features, device_output: bool) -> Result:
         w, m, timings = self.wiring, self.marks, Timings()
-        image_feeds = {w.image_input: pixels}
-        self.image.check(image_feeds)
-        self.image.set_inputs(image_feeds)
-        n = len(pixels)
+        device = as_device_array(pixels)
+        if device is not None:
+            check_spec(next(s for s in self.image.input_specs if s.name == w.image_input), device.dtype, device.shape)
+            self.image.set_shapes({w.image_input: device.shape})
+        else:
+            image_feeds = {w.image_input: pixels}
+            self.image.check(image_feeds)
+            self.image.set_inputs(image_feeds)
+        self._device_input, self._device_output = device, device_output
+        graphs = device is None and not device_output  # a graph would bake in the caller's pointer or the copy-out
+        n = device.shape[0] if device is not None else len(pixels)
         if text_features is None:
             text_feeds = w.text_feeds(tokens)
             self.text.check(text_feeds)
             self.text.set_inputs(text_feeds)
             self._head_shapes(n, self.text.layout(w.text_output)[1][0])
-            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue, (self.image, self.text, self.head))
+            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue, (self.image, self.text, self.head), graphs)
             timings.text_ms = m["text1"].elapsed_ms(m["text0"])
             timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
             text_features = self.text.outputs()[w.text_output]
         else:
             self._head_shapes(n, text_features.shape[1])
             self.head.write_input(w.text_output, text_features)
-            self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head))
+            self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head), graphs)
             timings.branches_ms = m["image1"].elapsed_ms(m["start"])
         timings.image_ms = m["image1"].elapsed_ms(m["image0"])
         timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
-        return Result(self.head.outputs()[w.logits], text_features, timings)
+        if device_output:
+            logits = DeviceArray(self.head.device_address(w.logits), self.head.output_shape(w.logits),
+                                 self.head.layout(w.logits)[0], self.head.stream.ptr, owner=self)
+        else:
+            logits = self.head.outputs()[w.logits]
+        return Result(logits, text_features, timings)
 
     def _head_shapes(self, n: int, text_width: int) -> None:
         w = self.wiring
         self.head.set_shapes({w.image_output: (n, *self.image.layout(w.image_output)[1]),
                               w.text_output: (n, text_width)})
 
-    def _run(self, key: tuple, enqueue, backends: tuple) -> None:
+    def _run(self, key: tuple, enqueue, backends: tuple, graphs: bool = True) -> None:
         """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync). A
         shape is captured only when every context in the call last enqueued eagerly at its shapes of now: after a
         shape change, TensorRT's first enqueue does set-up work a capture must not record (shapes A, B, A: the second
         A runs eagerly, the third is captured)."""
         shapes = {id(b): b.input_shapes() for b in backends}
         ready = all(self._enqueued.get(k) == v for k, v in shapes.items())
-        if self.use_graphs and key not in self.graphs and ready:
+        if graphs and self.use_graphs and key not in self.graphs and ready:
             self.graphs[key] = self._capture(key, enqueue, backends)
-        graph = self.graphs.get(key)
+        graph = self.graphs.get(key) if graphs else None
         if graph is not None:
             graph.launch()
         else:

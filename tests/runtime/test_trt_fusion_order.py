@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fusionrt.runtime.backends import tensorrt as trt_backend
+from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.wiring import Wiring
 
 # Names unlike the exported bundles' ones: the fused path must take every name from the wiring (the manifest).
@@ -23,7 +24,7 @@ class Recorder:
 
 class FakeStream:
     def __init__(self, name, rec):
-        self.name, self.rec = name, rec
+        self.name, self.rec, self.ptr = name, rec, f"stream:{name}"
 
     def wait(self, event):
         # Inside a capture, a stream joins the graph only by waiting on an event recorded plainly inside it.
@@ -86,6 +87,7 @@ class FakeBackend:
         self.dims = {**inputs, **outputs}
         self.dtypes = {n: np.dtype(np.float32) for n in self.dims}
         self.inputs, self.outputs_ = inputs, outputs
+        self.input_specs = tuple(TensorSpec(n, "float32", ("batch", d)) for n, d in inputs.items())
         self.addresses, self.shapes, self.written, self.checked = {}, {}, {}, []
 
     def layout(self, name):
@@ -121,6 +123,12 @@ class FakeBackend:
     def input_shapes(self):
         return tuple(sorted(self.shapes.items()))
 
+    def enqueue_copy_in_device(self, name, source):
+        self.rec("copy-in-device", self.stream.name, name, source.ptr)
+
+    def output_shape(self, name):
+        return (next(iter(self.shapes.values()))[0], self.dims[name])
+
     def enqueue_copy_in(self, names=None):
         self.rec("copy-in", self.stream.name, *(names or ()))
 
@@ -140,6 +148,7 @@ def fused(monkeypatch):
     rec = Recorder()
     monkeypatch.setattr(trt_backend.cuda, "Event", lambda timing=True: FakeEvent(rec, timing))
     monkeypatch.setattr(trt_backend.cuda, "Graph", lambda stream, enqueue: FakeGraph(stream, enqueue, rec))
+    monkeypatch.setattr(trt_backend.cuda, "Stream", lambda handle=None: FakeStream(f"caller:{handle}", rec))
     image = FakeBackend("image", rec, {"img": 3}, {"img_vec": 16})
     text = FakeBackend("text", rec, {"ids": 8, "mask": 8}, {"txt_vec": 8})
     head = FakeBackend("head", rec, {"img_vec": 16, "txt_vec": 8}, {"scores": 3})
@@ -265,3 +274,49 @@ def test_with_the_text_given_only_the_image_branch_runs_and_the_head_uploads_the
     assert logits.shape == (2, 3) and timings.text_ms == 0 and timings.image_ms > 0 and timings.head_ms > 0
     _call(fusion)  # the full path points the head back at the text encoder's output
     assert head.addresses["txt_vec"] == "text:txt_vec"
+
+
+class CudaArray:
+    """What CuPy or a torch CUDA tensor shows of itself: a pointer, a shape, a dtype and its stream."""
+
+    def __init__(self, ptr, shape, dtype="<f4", stream=None):
+        self.__cuda_array_interface__ = {"data": (ptr, False), "shape": shape, "typestr": dtype, "strides": None,
+                                         "version": 3, "stream": stream}
+
+
+def test_a_device_array_input_is_copied_device_to_device_after_its_producer(fused):
+    fusion, rec, head = fused(graphs=True)
+    tokens = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    for _ in range(3):  # with graphs on: still eager (a graph would bake in the caller's pointer)
+        start = len(rec.log)
+        result = fusion.run(CudaArray(0xBEEF, (2, 3), stream=555), tokens)
+        log = rec.log[start:]
+        copy = log.index(("copy-in-device", "image", "img", 0xBEEF))
+        assert log.index(("record", "caller:555", "input_ready")) < log.index(("wait", "image", "input_ready")) < copy
+        assert ("copy-in", "image") not in log and copy < log.index(("run", "image"))  # no host copy of the frame
+        assert result.logits.shape == (2, 3)
+    assert not fusion.graphs and not any(e[0] == "capture-begin" for e in rec.log)
+
+
+def test_device_output_leaves_the_logits_in_the_heads_buffer(fused):
+    from fusionrt.runtime.device_array import DeviceArray
+
+    fusion, rec, head = fused(graphs=False)
+    tokens = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    start = len(rec.log)
+    result = fusion.run(np.zeros((2, 3), np.float32), tokens, device_output=True)
+    assert isinstance(result.logits, DeviceArray) and result.logits.ptr == "head:scores"
+    assert result.logits.shape == (2, 3) and ("copy-out", "head") not in rec.log[start:]
+
+
+def test_a_device_array_with_the_wrong_dtype_or_shape_is_an_input_error(fused):
+    from fusionrt.runtime.errors import InputError
+
+    fusion, _, _ = fused(graphs=False)
+    tokens = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    with pytest.raises(InputError, match="expected dtype float32, found float16"):
+        fusion.run(CudaArray(1, (2, 3), "<f2"), tokens)
+    with pytest.raises(InputError, match="expected a C-contiguous one"):
+        array = CudaArray(1, (2, 3))
+        array.__cuda_array_interface__["strides"] = (4, 8)
+        fusion.run(array, tokens)

@@ -299,3 +299,40 @@ def test_engines_for_cuda_graphs_are_built_capturable_on_rtx(built, tmp_path, mo
     capturable = build_engines(bundle, "tensorrt_rtx", "fp32", compute_capability=RTX_CC, cuda_graphs=True)
     assert not any(r.skipped for r in capturable) and flags == [True, True, True]  # set on the real builder config
     assert {r.record.cache_key for r in capturable}.isdisjoint({r.record.cache_key for r in plain})
+
+
+class HostBackedCudaArray:
+    """On the emulated GPU host memory is device memory: a numpy array shown as a CUDA array interface."""
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(array)
+        self.__cuda_array_interface__ = {"data": (self.array.ctypes.data, False), "shape": self.array.shape,
+                                         "typestr": self.array.dtype.str, "strides": None, "version": 3, "stream": None}
+
+
+def test_device_arrays_in_and_out_skip_the_host(emulated):
+    from fusionrt.runtime.device_array import DeviceArray
+    from tests.runtime.trt_emulation import view
+
+    with emulated.fused(True) as (fusion, backends):
+        for seed in range(3):
+            pixels, tokens = _inputs(2, 5, seed=seed)
+            result = fusion.run(HostBackedCudaArray(pixels), tokens, device_output=True)
+            assert isinstance(result.logits, DeviceArray) and result.logits.shape == (2, 3)
+            logits = view(result.logits.ptr, result.logits.dtype, result.logits.shape).copy()
+            np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
+        image, head = backends["image_encoder"], backends["fusion_head"]
+        assert not image._tensors["pixel_values"].host.array.any()  # white-box: the frame never went through the host
+        assert not head._tensors["logits"].host.array.any()  # nor the logits
+        assert not fusion.graphs  # device in or out: eager (a graph would bake in the caller's pointer)
+
+
+def test_a_host_backend_refuses_device_arrays_clearly(tiny_bundle):
+    from fusionrt.runtime.pipeline import Pipeline
+
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
+        pixels, tokens = pipe.prepare([np.zeros((32, 32, 3), np.uint8)], ["a red circle"])
+        with pytest.raises(InputError, match="a device array reached a backend that takes host arrays"):
+            pipe.infer(HostBackedCudaArray(pixels), tokens)
+        with pytest.raises(InputError, match="device_output=True: expected a backend that runs on the GPU"):
+            pipe.infer(pixels, tokens, device_output=True)

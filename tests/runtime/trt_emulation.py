@@ -125,6 +125,9 @@ def emulated_cuda(gpu: Gpu):
             assert nbytes <= self.nbytes, f"copy of {nbytes} bytes into a {self.nbytes}-byte buffer"
             gpu.submit(lambda: ctypes.memmove(dst, src, nbytes))
 
+        def copy_from_address(self, address, stream, nbytes):
+            self._copy(self.ptr, int(address), int(nbytes))
+
         def copy_from_host(self, host, stream, nbytes=None):
             self._copy(self.ptr, host.ptr, nbytes or host.nbytes)
 
