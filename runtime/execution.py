@@ -51,10 +51,10 @@ class BranchExecutor:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrt-image") if concurrent else None
 
     def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
-            device_output: bool = False) -> Result:
+            device_output: bool = False, sync: bool = True) -> Result:
         """Logits for prepared inputs; with `text_features` given, the text branch does not run."""
-        if device_output:
-            raise InputError("device_output=True: expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
+        if device_output or not sync:
+            raise InputError("device_output=True (and sync=False): expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
                              "this one returns host arrays.")
         w, timings = self.wiring, Timings()
         image_feeds = {w.image_input: pixels}

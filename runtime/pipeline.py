@@ -120,15 +120,17 @@ class Pipeline:
         return preprocess_batch(images, self.manifest.preprocess), self.tokenizer(texts)
 
     def infer(self, pixels, tokens: Mapping[str, np.ndarray], text_cache: bool = True,
-              device_output: bool = False) -> Inference:
+              device_output: bool = False, sync: bool = True) -> Inference:
         """Model time only: prepared inputs -> logits. With `text_cache` (and the pipeline's cache on), the text
         branch runs only when some text's features are not cached. On TensorRT, `pixels` may be a device array
         (`__cuda_array_interface__`: CuPy, torch) and `device_output=True` returns the logits as a DeviceArray
-        (the pipeline's buffer, valid until its next call), neither going through the host."""
+        (the pipeline's buffer, valid until its next call), neither going through the host; with `sync=False` too,
+        the call returns without waiting for the GPU: the logits are ready on the head's stream (yours, with
+        `stream=`), and the call's timings are not measured."""
         cache = self.text_cache if text_cache else None
         keys = cache.keys(tokens) if cache is not None else None
         known = cache.lookup(keys) if cache is not None else None
-        result = self._executor.run(pixels, tokens, known, device_output)
+        result = self._executor.run(pixels, tokens, known, device_output, sync)
         if cache is not None and known is None:
             cache.store(keys, result.text_features)
         self.timings = result.timings

@@ -111,9 +111,9 @@ class OpenVINOExecutor:
         self.wiring = wiring
 
     def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
-            device_output: bool = False) -> Result:
-        if device_output:
-            raise InputError("device_output=True: expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
+            device_output: bool = False, sync: bool = True) -> Result:
+        if device_output or not sync:
+            raise InputError("device_output=True (and sync=False): expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
                              "OpenVINO returns host arrays.")
         w, timings = self.wiring, Timings()
         image_feeds = {w.image_input: pixels}

@@ -343,6 +343,8 @@ class TensorRTFusion:
         self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done", "input_ready")}
         self._device_input: DeviceArray | None = None  # this call's image input, when a device array
         self._device_output = False
+        self._pending = False  # a call returned without waiting for its work (sync=False)
+        self._ran: set = set()  # which optional branch the last call ran
         self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
         self.graphs: dict = {}
         self._enqueued: dict = {}  # backend -> the input shapes of its last eager enqueue
@@ -385,15 +387,22 @@ class TensorRTFusion:
         marks["head1"].record(main, external=True)
 
     def run(self, pixels, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
-            device_output: bool = False) -> Result:
+            device_output: bool = False, sync: bool = True) -> Result:
         """Both branches at once, then the head; with `text_features` given, the image branch and the head.
         `pixels`: a numpy array, or a device array (`__cuda_array_interface__`: CuPy, torch), copied device to device
         after its producer's stream. device_output: the logits as a DeviceArray over the head's output buffer (valid
-        until the next call; no copy to the host). Calls with either run without CUDA graphs."""
+        until the next call; no copy to the host). Calls with either run without CUDA graphs. sync=False (with
+        device_output): return without waiting for the head; its results are ordered on the head's stream (the
+        caller's, with `stream=`); timings are not read, and the next call waits before reusing the buffers."""
+        if not sync and not device_output:
+            raise InputError("sync=False leaves the results on the GPU: expected device_output=True with it.")
         with self._lock:
-            return self._run_locked(pixels, tokens, text_features, device_output)
+            if self._pending:  # the last call did not wait: its copies may still read our pinned buffers
+                self.head.stream.synchronize()
+                self._pending = False
+            return self._run_locked(pixels, tokens, text_features, device_output, sync)
 
-    def _run_locked(self, pixels, tokens, text_features, device_output: bool) -> Result:
+    def _run_locked(self, pixels, tokens, text_features, device_output: bool, sync: bool = True) -> Result:
         w, m, timings = self.wiring, self.marks, Timings()
         device = as_device_array(pixels)
         if device is not None:
@@ -411,17 +420,25 @@ class TensorRTFusion:
             self.text.check(text_feeds)
             self.text.set_inputs(text_feeds)
             self._head_shapes(n, self.text.layout(w.text_output)[1][0])
-            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue, (self.image, self.text, self.head), graphs)
-            timings.text_ms = m["text1"].elapsed_ms(m["text0"])
-            timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
+            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue, (self.image, self.text, self.head), graphs,
+                      sync)
+            if not sync:
+                self.text.stream.synchronize()  # the few KiB of text features the text cache keeps, not the head
             text_features = self.text.outputs()[w.text_output]
         else:
             self._head_shapes(n, text_features.shape[1])
             self.head.write_input(w.text_output, text_features)
-            self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head), graphs)
-            timings.branches_ms = m["image1"].elapsed_ms(m["start"])
-        timings.image_ms = m["image1"].elapsed_ms(m["image0"])
-        timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
+            self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head), graphs, sync)
+        if sync:
+            if "text" in self._ran:
+                timings.text_ms = m["text1"].elapsed_ms(m["text0"])
+                timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
+            else:
+                timings.branches_ms = m["image1"].elapsed_ms(m["start"])
+            timings.image_ms = m["image1"].elapsed_ms(m["image0"])
+            timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
+        else:
+            self._pending = True
         if device_output:
             logits = DeviceArray(self.head.device_address(w.logits), self.head.output_shape(w.logits),
                                  self.head.layout(w.logits)[0], self.head.stream.ptr, owner=self)
@@ -434,7 +451,7 @@ class TensorRTFusion:
         self.head.set_shapes({w.image_output: (n, *self.image.layout(w.image_output)[1]),
                               w.text_output: (n, text_width)})
 
-    def _run(self, key: tuple, enqueue, backends: tuple, graphs: bool = True) -> None:
+    def _run(self, key: tuple, enqueue, backends: tuple, graphs: bool = True, sync: bool = True) -> None:
         """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync). A
         shape is captured only when every context in the call last enqueued eagerly at its shapes of now: after a
         shape change, TensorRT's first enqueue does set-up work a capture must not record (shapes A, B, A: the second
@@ -449,7 +466,9 @@ class TensorRTFusion:
         else:
             enqueue()
             self._enqueued.update(shapes)
-        self.head.stream.synchronize()
+        self._ran = {"text"} if self.text in backends else set()
+        if sync:
+            self.head.stream.synchronize()
 
     def _capture(self, key: tuple, enqueue, backends: tuple):
         """A CUDA graph of the whole call for this shape, or None (run eagerly) where the engines cannot be

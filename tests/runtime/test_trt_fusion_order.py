@@ -320,3 +320,20 @@ def test_a_device_array_with_the_wrong_dtype_or_shape_is_an_input_error(fused):
         array = CudaArray(1, (2, 3))
         array.__cuda_array_interface__["strides"] = (4, 8)
         fusion.run(array, tokens)
+
+
+def test_without_sync_the_results_stay_on_the_heads_stream_until_the_next_call(fused):
+    from fusionrt.runtime.errors import InputError
+
+    fusion, rec, head = fused(graphs=False)
+    tokens = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    start = len(rec.log)
+    result = fusion.run(CudaArray(0xF00D, (2, 3)), tokens, device_output=True, sync=False)
+    log = rec.log[start:]
+    assert ("sync", "head") not in log and ("sync", "text") in log  # only the cached text features were waited on
+    assert result.logits.stream == "stream:head" and result.timings.head_ms == 0  # not measured: nothing waited
+    start = len(rec.log)
+    fusion.run(np.zeros((2, 3), np.float32), tokens)
+    assert rec.log[start] == ("sync", "head")  # the next call first waits before reusing the buffers
+    with pytest.raises(InputError, match="expected device_output=True with it"):
+        fusion.run(np.zeros((2, 3), np.float32), tokens, sync=False)
