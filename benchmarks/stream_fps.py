@@ -36,10 +36,11 @@ def write_pan_video(path: Path, frames: int = 150, size=(640, 480)) -> Path:
 
 def stream_fps(bundle, video: Path, precision: str, text_cache: int) -> dict:
     with Pipeline.load(bundle, precision=precision, text_cache=text_cache) as pipe, VideoSource(str(video)) as source:
+        backend = pipe.backend_name
         latencies, last = [], None
         for last in pipe.stream(source, "a photo taken by a dashboard camera on a sunny day", policy="all"):
             latencies.append(last.latency_ms)
-    return {"precision": precision, "text_cache": bool(text_cache), "frames": last.processed,
+    return {"backend": backend, "precision": precision, "text_cache": bool(text_cache), "frames": last.processed,
             "fps": round(last.fps, 1), "latency_ms_p50": round(float(np.percentile(latencies[5:], 50)), 1)}
 
 
@@ -53,9 +54,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(args.video) if args.video else write_pan_video(Path(tmp) / "pan.mp4", args.frames)
         rows = [stream_fps(args.bundle, video, p, cache) for p in args.precision.split(",") for cache in (0, 64)]
-    print("| precision | text cache | frames | fps | latency p50 ms |\n|---|---|---|---|---|")
+    print("| backend | precision | text cache | frames | fps | latency p50 ms |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['precision']} | {'on' if r['text_cache'] else 'off'} | {r['frames']} | {r['fps']} | {r['latency_ms_p50']} |")
+        print(f"| {r['backend']} | {r['precision']} | {'on' if r['text_cache'] else 'off'} | {r['frames']} | {r['fps']} | "
+              f"{r['latency_ms_p50']} |")
     print(json.dumps(rows))
     return 0
 
