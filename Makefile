@@ -42,8 +42,9 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 	@echo "TensorRT engines at the int8-trt policy, built on this CPU by TensorRT-RTX for an sm89 GPU (RTX 40xx):"
 	$(BIN)/fusionrt build $(DEMO)/bundle --target tensorrt-rtx --compute-capability 8.9
 	$(BIN)/fusionrt info $(DEMO)/bundle
-	@echo "CPU speed, FP32 vs every part INT8 vs the calibrated policy (short run; 'make bench' for the full table):"
-	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --precision fp32,int8,auto --batch 1,8 \
+	@echo "CPU speed, ONNX Runtime and OpenVINO: FP32, every part INT8, the calibrated policy (short run; see make bench):"
+	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --backend onnxruntime,openvino \
+		--precision fp32,int8,auto --batch 1,8 \
 		--duration 2 --out $(DEMO)/bench
 
 # Short CPU benchmark (about 5 minutes on 2 cores the first time, when the reference model is exported and

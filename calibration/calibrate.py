@@ -24,12 +24,15 @@ from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.cpu import cpu_info
 from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.manifest import COMPONENTS, INT8_TARGETS, ModelFile, sha256_of
+from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.precision import format_precision, parse_precision
 from fusionrt.runtime.progress import progress
 
 __all__ = ["calibrate_bundle", "TARGETS"]
 
-TARGETS = INT8_TARGETS
+TARGETS = ("int8-cpu", "int8-trt")  # the INT8 files written, one per target
+OV_TARGET = "int8-ov"  # OpenVINO runs the int8-trt files; its policy is measured on its own kernels when installed
+assert set(TARGETS) | {OV_TARGET} == set(INT8_TARGETS)
 # The TensorRT flavour is measured with its Q/DQ nodes run as written (ONNX Runtime's graph optimizations off):
 # the exact products and int32 sums TensorRT computes. Fused into this CPU's integer kernels it would carry the
 # CPU's own rounding (U8S8 pair sums saturate without VNNI) into a figure meant for the GPU.
@@ -140,10 +143,15 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         if not EXACT_QDQ[target]:  # CPU kernels: FP16 runs as FP32 on ONNX Runtime's CPU (no FP16 math there)
             times[target] = {c: {"fp32": ref.seconds[c], "fp16": ref.seconds[c], "int8": q_seconds[c]} for c in COMPONENTS}
 
+    targets = TARGETS
+    if is_available("openvino"):  # OpenVINO's own kernels: fp32 forced, fp16 = BF16 where the CPU has it
+        _measure_openvino(ref, written, fp32_files, outcomes, rows, times, branches, noise_flips, criterion)
+        kept[OV_TARGET], targets = kept["int8-trt"], (*TARGETS, OV_TARGET)
+
     # One policy per target: different Q/DQ graphs on different hardware, so INT8 that one cannot hold does not
     # cost the other its speed.
     policies = {}
-    for target in TARGETS:
+    for target in targets:
         if requested is None:
             key, reason = choose_policy({k: {target: o[target]} for k, o in outcomes.items()}, ref.outcome["accuracy"],
                                         COMPONENTS, criterion, ref.seconds, {target: noise_flips}, times.get(target))
@@ -197,6 +205,35 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
                      "cpu": cpu["model"], "cpu_vnni": cpu["vnni"]},
     ))
     return report
+
+
+def _measure_openvino(ref: Evaluator, written: dict, fp32_files: dict, outcomes: dict, rows: list, times: dict,
+                      branches: dict, noise_flips: int, criterion: Criterion) -> None:
+    """Every configuration on OpenVINO, as its backend runs it: fp32 (FP32 forced), fp16 (the CPU's 16-bit float on
+    the FP32 file), int8 (the int8-trt Q/DQ file); fidelity against FP32 and the time of each part."""
+    files = {"fp32": fp32_files, "fp16": fp32_files, "int8": {c: written[(c, "int8-trt")].path for c in COMPONENTS}}
+    seconds = {c: {} for c in COMPONENTS}
+    features = {}
+    for precision in progress(("fp32", "fp16", "int8"), "OpenVINO fidelity and speed", total=3):
+        measured = {}
+        features[precision] = {c: ref.features_ov(c, files[precision][c], precision, measured) for c in ENCODERS}
+        ref.head_ov(files[precision]["fusion_head"], ref.fp32["image_encoder"], ref.fp32["text_encoder"], precision,
+                    measured)
+        for comp, value in measured.items():
+            seconds[comp][precision] = value
+    branches[OV_TARGET] = {c: cosine_stats(ref.fp32[c], features["int8"][c]) for c in ENCODERS}
+    for config in combinations(COMPONENTS):
+        key = tuple(config[c] for c in COMPONENTS)
+        if key == ("fp32",) * 3:
+            continue
+        head = config["fusion_head"]
+        logits = ref.head_ov(files[head]["fusion_head"], features[config["image_encoder"]]["image_encoder"],
+                             features[config["text_encoder"]]["text_encoder"], head)
+        outcome = ref.judge_logits(logits)
+        outcome["rule"] = judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)[1]
+        outcomes.setdefault(key, {})[OV_TARGET] = outcome
+        rows.append({"config": format_precision(config), "target": OV_TARGET, **outcome})
+    times[OV_TARGET] = seconds
 
 
 def _fallback(comp: str, target: str, prepared: Path, ranges: Path, structural: dict, ranked: list, ref: Evaluator,

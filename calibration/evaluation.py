@@ -10,7 +10,7 @@ import numpy as np
 from fusionrt.calibration.fidelity import head_outcome
 from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-__all__ = ["ENCODERS", "run_component", "bf16_round", "Evaluator"]
+__all__ = ["ENCODERS", "run_component", "run_component_ov", "bf16_round", "Evaluator"]
 
 ENCODERS = ("image_encoder", "text_encoder")
 
@@ -25,6 +25,24 @@ def run_component(spec, path, feeds: list, exact: bool = False, seconds: dict | 
         if seconds is not None:
             seconds[spec.name] = time.perf_counter() - start
         return out
+
+
+def run_component_ov(spec, path, feeds: list, precision: str, seconds: dict | None = None) -> np.ndarray:
+    """Like `run_component`, on OpenVINO's CPU kernels at `precision` (fp16: the CPU's 16-bit float, BF16 where it has
+    it), compiled as the openvino backend compiles it."""
+    from pathlib import Path
+
+    from fusionrt.runtime.backends.openvino import compile_model
+
+    request = compile_model(Path(path).read_bytes(), "CPU", precision).create_infer_request()
+    names, output = {s.name for s in spec.inputs}, spec.outputs[0].name
+    start, out = time.perf_counter(), []
+    for feed in feeds:
+        request.infer({k: v for k, v in feed.items() if k in names})
+        out.append(np.array(request.get_tensor(output).data, copy=True))
+    if seconds is not None:
+        seconds[spec.name] = time.perf_counter() - start
+    return np.concatenate(out)
 
 
 def bf16_round(x: np.ndarray) -> np.ndarray:
@@ -51,6 +69,13 @@ class Evaluator:
     def head(self, path, image: np.ndarray, text: np.ndarray, exact: bool = False, seconds: dict | None = None):
         feed = {self.wiring.image_output: image.astype(np.float32), self.wiring.text_output: text.astype(np.float32)}
         return run_component(self.manifest.components["fusion_head"], path, [feed], exact, seconds)
+
+    def features_ov(self, component: str, path, precision: str, seconds: dict | None = None) -> np.ndarray:
+        return run_component_ov(self.manifest.components[component], path, self.feeds, precision, seconds)
+
+    def head_ov(self, path, image: np.ndarray, text: np.ndarray, precision: str, seconds: dict | None = None):
+        feed = {self.wiring.image_output: image.astype(np.float32), self.wiring.text_output: text.astype(np.float32)}
+        return run_component_ov(self.manifest.components["fusion_head"], path, [feed], precision, seconds)
 
     def judge_logits(self, logits: np.ndarray) -> dict:
         return head_outcome(logits, self.logits, self.labels, len(self.manifest.labels))

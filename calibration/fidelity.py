@@ -83,7 +83,8 @@ def fidelity_markdown(report: dict) -> str:
     lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}. int8-cpu was measured with ONNX "
               f"Runtime's integer kernels on this CPU ({measured.get('cpu') or 'unknown'}, {vnni}): its figures hold "
               "for CPUs of the same kind. int8-trt was measured on its Q/DQ arithmetic as written, as TensorRT "
-              "computes it.", ""]
+              "computes it." + (" int8-ov was measured on OpenVINO's CPU kernels (fp16 there is the CPU's 16-bit "
+                                "float: BF16 where it has it)." if "int8-ov" in report["policy"] else ""), ""]
     for target, policy in report["policy"].items():
         lines.append(f"**Chosen for {target}:** {policy['chosen']} — {policy['reason']}  ")
     lines.append("")

@@ -38,7 +38,8 @@ COMPONENTS = ("image_encoder", "text_encoder", "fusion_head")
 # Precision flavours a component file may exist in. int8 has one file per target: ONNX Runtime's CPU
 # kernels are fast on U8S8, TensorRT needs symmetric S8S8 with float biases.
 FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt")
-INT8_TARGETS = ("int8-cpu", "int8-trt")
+# policies per target: ONNX Runtime's CPU kernels, TensorRT's Q/DQ arithmetic, OpenVINO's kernels (measured there)
+INT8_TARGETS = ("int8-cpu", "int8-trt", "int8-ov")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 
 
@@ -415,13 +416,18 @@ class Manifest:
             out.update({e.path: e.sha256 for e in comp.engines})
         return dict(sorted(out.items()))
 
+    def _policy(self, target: str):
+        # OpenVINO runs the int8-trt files: a bundle calibrated without openvino has that target's policy for it
+        return self.policies.get(target) or self.policies.get({"int8-ov": "int8-trt"}.get(target, ""))
+
     def precision_for(self, target: str) -> dict:
-        """The calibrated policy for an INT8 target ('int8-cpu' | 'int8-trt'); `precision` where none was recorded."""
-        policy = self.policies.get(target)
+        """The calibrated policy for a target ('int8-cpu' | 'int8-trt' | 'int8-ov'); `precision` where none was
+        recorded."""
+        policy = self._policy(target)
         return dict(policy["precision"]) if policy else dict(self.precision)
 
     def reason_for(self, target: str) -> str:
-        policy = self.policies.get(target)
+        policy = self._policy(target)
         return policy["reason"] if policy else self.precision_reason
 
     def with_component(self, comp: Component) -> "Manifest":

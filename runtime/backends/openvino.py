@@ -1,10 +1,12 @@
 """OpenVINO backend: the bundle's ONNX files compiled by OpenVINO for an Intel/AMD CPU, an Intel GPU or NPU.
 
-OpenVINO reads the ONNX bytes directly (no conversion step, no torch). Its CPU plugin defaults to BF16 where the CPU
-has it (AVX-512 BF16, AMX), which flips samples against FP32, so FP32 is forced (`precision_hint='f32'`) unless
-BF16 is asked for. Both branches run at once with OpenVINO's asynchronous infer requests (the image branch runs
-while the text branch runs on the caller's thread), then the head. INT8 runs the bundle's symmetric Q/DQ flavour
-(`int8-trt`: its Q/DQ as written is what OpenVINO computes), so the int8-trt policy applies."""
+OpenVINO reads the ONNX bytes directly (no conversion step, no torch). Precisions per part:
+- fp32: the FP32 file with FP32 forced (OpenVINO's CPU default is BF16 where the CPU has it, which flips samples);
+- fp16: the device's 16-bit float, on the FP32 file: BF16 on a CPU that has it (AVX-512 BF16, AMX), FP16 on a GPU;
+- int8: the bundle's symmetric Q/DQ flavour (`int8-trt`), its float parts in that 16-bit float.
+`calibrate` measures these on OpenVINO itself (the `int8-ov` policy, where openvino is installed); bundles without it
+use the int8-trt policy. Both branches run at once with OpenVINO's asynchronous infer requests (the image branch runs
+while the text branch runs on the caller's thread), then the head."""
 
 from __future__ import annotations
 
@@ -20,21 +22,43 @@ from fusionrt.runtime.errors import BackendUnavailable, InputError
 from fusionrt.runtime.execution import Result, Timings
 from fusionrt.runtime.optional import require
 
-__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor"]
+__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model", "inference_hint"]
 
-FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8-trt"}  # fp16: the FP32 file, f16 hint
+FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8-trt"}  # fp16: the FP32 file, a 16-bit hint
 
 
 @dataclass(frozen=True)
 class OpenVINOOptions(BackendOptions):
     device: Literal["CPU", "GPU", "NPU", "AUTO"] = "CPU"
     threads: int = 0  # inference threads per model; 0 = OpenVINO's choice
-    precision_hint: Literal["f32", "bf16"] = "f32"  # f32 keeps FP32 fidelity; bf16 is a precision of its own
+    precision_hint: Literal["f32", "bf16"] | None = None  # override the hint of every part (default: by precision)
     performance_hint: Literal["latency", "throughput"] = "latency"
 
 
 def _ov():
     return require("openvino", "the openvino backend")
+
+
+def inference_hint(core, device: str, precision: str) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for a part at `precision`: f32 for fp32; for fp16 and int8 (its float
+    parts) the device's 16-bit float: bf16 on a CPU that has it, f16 on a GPU, else f32."""
+    if precision == "fp32":
+        return "f32"
+    if device == "CPU":
+        return "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    return "f16"
+
+
+def compile_model(data: bytes, device: str = "CPU", precision: str = "fp32", threads: int = 0,
+                  performance_hint: str = "latency"):
+    """An OpenVINO compiled model from ONNX bytes, as the backend compiles it (calibration measures the same)."""
+    ov = _ov()
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": performance_hint.upper(), "INFERENCE_PRECISION_HINT":
+              inference_hint(core, device, precision)}
+    if threads and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(core.read_model(data), device, config)
 
 
 class OpenVINOBackend(Backend):
@@ -57,7 +81,7 @@ class OpenVINOBackend(Backend):
 
     @classmethod
     def int8_target(cls, options: OpenVINOOptions) -> str:
-        return "int8-trt"
+        return "int8-ov"
 
     @classmethod
     def open(cls, bundle, component: str, precision: str, options: OpenVINOOptions) -> "OpenVINOBackend":
@@ -72,7 +96,7 @@ class OpenVINOBackend(Backend):
             raise BackendUnavailable(f"OpenVINO device '{options.device}' not found: this machine has "
                                      f"{core.available_devices}. Pass device='CPU' (or 'AUTO').")
         model = core.read_model(bundle.read(comp.files[flavour].path, comp.files[flavour].sha256, verify=options.verify))
-        hint = "f16" if precision == "fp16" and options.device != "CPU" else options.precision_hint
+        hint = options.precision_hint or inference_hint(core, options.device, precision)
         config = {"PERFORMANCE_HINT": options.performance_hint.upper()}
         if options.device in ("CPU", "GPU"):
             config["INFERENCE_PRECISION_HINT"] = hint
