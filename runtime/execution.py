@@ -15,7 +15,14 @@ import numpy as np
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.wiring import Wiring
 
-__all__ = ["Timings", "Result", "BranchExecutor"]
+__all__ = ["Timings", "Result", "BranchExecutor", "host_results_only"]
+
+
+def host_results_only(device_output: bool, sync: bool, who: str) -> None:
+    """InputError for device results asked of an executor that gives host arrays."""
+    if device_output or not sync:
+        raise InputError(f"device_output=True (and sync=False): expected a backend that runs on the GPU (tensorrt, "
+                         f"tensorrt_rtx); {who} returns host arrays.")
 
 
 @dataclass
@@ -53,9 +60,7 @@ class BranchExecutor:
     def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
             device_output: bool = False, sync: bool = True) -> Result:
         """Logits for prepared inputs; with `text_features` given, the text branch does not run."""
-        if device_output or not sync:
-            raise InputError("device_output=True (and sync=False): expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
-                             "this one returns host arrays.")
+        host_results_only(device_output, sync, "this backend")
         w, timings = self.wiring, Timings()
         image_feeds = {w.image_input: pixels}
         start = time.perf_counter()

@@ -18,8 +18,8 @@ from typing import Literal, Mapping
 import numpy as np
 
 from fusionrt.runtime.backends.base import Backend, BackendOptions
-from fusionrt.runtime.errors import BackendUnavailable, InputError
-from fusionrt.runtime.execution import Result, Timings
+from fusionrt.runtime.errors import BackendUnavailable
+from fusionrt.runtime.execution import Result, Timings, host_results_only
 from fusionrt.runtime.optional import require
 
 __all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model", "inference_hint"]
@@ -136,9 +136,7 @@ class OpenVINOExecutor:
 
     def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
             device_output: bool = False, sync: bool = True) -> Result:
-        if device_output or not sync:
-            raise InputError("device_output=True (and sync=False): expected a backend that runs on the GPU (tensorrt, tensorrt_rtx); "
-                             "OpenVINO returns host arrays.")
+        host_results_only(device_output, sync, "OpenVINO")
         w, timings = self.wiring, Timings()
         image_feeds = {w.image_input: pixels}
         self.image.check(image_feeds)
