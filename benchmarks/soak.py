@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from fusionrt.benchmarks.stats import percentiles
 from fusionrt.runtime.pipeline import Pipeline

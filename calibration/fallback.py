@@ -88,7 +88,6 @@ def rank_layers(fp32_model: Path, qdq_model: Path, feeds: list, candidates: list
     ranked = []
     for node in chosen:
         activations = [i for i in node.input if i and i not in inits]
-        needed = [i for i in node.input if i in inits]
         extra = [producers[i] for i in activations if i in weights and i in producers]  # weights made by a node
         single = helper.make_model(
             helper.make_graph([*extra, node], "layer", [helper.make_tensor_value_info(a, TensorProto.FLOAT, None)

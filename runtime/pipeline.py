@@ -59,14 +59,15 @@ class Pipeline:
 
         backend: 'auto' (the first of tensorrt, tensorrt_rtx, openvino, onnxruntime that runs here, TensorRT only with
             the bundle's engines; `backend_reason` says why) | 'onnxruntime' | 'openvino' | 'tensorrt' | 'tensorrt_rtx'.
-        precision: None (the policy calibration chose for this backend's INT8 target: int8-cpu or int8-trt),
+        precision: None (the policy calibration chose for this backend's target: int8-cpu, int8-trt or int8-ov),
             'fp32' | 'fp16' | 'int8' for all parts, or a mapping / 'image=int8,text=int8,head=fp32' string per part.
         concurrent: both branches at once (on TensorRT: on two CUDA streams, fused with the head).
         text_cache: how many texts' features `classify*` and `stream` keep (LRU); 0 turns the cache off.
             `logits` never uses it (benchmarks time the text branch).
         options: the backend's own, typed and checked (an unknown one is an InputError listing the valid ones):
-            onnxruntime: device, providers, threads, allow_fallback, optimize, verify; tensorrt and tensorrt_rtx:
-            stream (your CUDA stream handle: results land on it), cuda_graphs, verify.
+            onnxruntime: device, providers, threads, allow_fallback, optimize, verify; openvino: device, threads,
+            precision_hint, performance_hint, verify; tensorrt and tensorrt_rtx: stream (your CUDA stream handle:
+            results land on it), cuda_graphs, device, verify.
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         name, why = choose_backend(backend, bundle)

@@ -1,0 +1,196 @@
+"""The fused TensorRT call (`TensorRTFusion`): the image and text branches on their own CUDA streams at once, the head on
+a third (the caller's, with `stream=`) after `cudaStreamWaitEvent` on both, reading the encoders' device outputs
+directly; one host sync per call, or none (`sync=False`); optionally each shape captured as a CUDA graph. It drives
+the three TensorRT backends through their public steps, by the manifest's tensor names (`wiring`)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+from fusionrt.runtime import cuda
+from fusionrt.runtime.backends.base import check_spec
+from fusionrt.runtime.device_array import DeviceArray, as_device_array
+from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
+from fusionrt.runtime.execution import Result, Timings
+
+__all__ = ["TensorRTFusion"]
+
+
+class TensorRTFusion:
+    """Both branches at once on two streams, the head after both (events), one host sync; CUDA graphs optional.
+    With the text's features given (the pipeline's text cache), the image branch and the head alone. Tensors are
+    addressed by the manifest's names (`wiring`); the backends are driven through their public steps."""
+
+    def __init__(self, image, text, head, wiring,
+                 graphs: bool = False):
+        self.image, self.text, self.head, self.wiring, self.use_graphs = image, text, head, wiring, graphs
+        for name, source in ((wiring.image_output, image), (wiring.text_output, text)):
+            # The head reads these buffers as they are: element type and feature width must agree byte for byte.
+            (out_dtype, out_shape), (in_dtype, in_shape) = source.layout(name), head.layout(name)
+            if (out_dtype, out_shape) != (in_dtype, in_shape):
+                raise EngineMismatch(f"{name}: the encoder's engine writes {out_dtype} {list(out_shape)} per sample but "
+                                     f"the head's engine reads {in_dtype} {list(in_shape)}; rebuild the engines from "
+                                     "one bundle with `fusionrt build`.")
+        # Two kinds of event, because a CUDA graph treats them differently: joins order the streams (inside a
+        # capture they become graph edges), marks time the steps (captured as event-record nodes, so they are
+        # recorded again on every replay and can be read after it).
+        self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done", "input_ready")}
+        self._device_input: DeviceArray | None = None  # this call's image input, when a device array
+        self._device_output = False
+        self._pending = False  # a call returned without waiting for its work (sync=False)
+        self._ran: set = set()  # which optional branch the last call ran
+        self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
+        self.graphs: dict = {}
+        self._enqueued: dict = {}  # backend -> the input shapes of its last eager enqueue
+        self._lock = threading.Lock()  # the contexts, buffers and graphs serve one call at a time (clone for more)
+
+    def _enqueue(self, with_text: bool = True) -> None:
+        """Both branches (or the image branch alone, when the head's text features come from the pipeline's cache),
+        then the head on the main stream."""
+        joins, marks, main, w = self.joins, self.marks, self.head.stream, self.wiring
+        branches = [(self.image, "image", w.image_output)]
+        if with_text:
+            branches.append((self.text, "text", w.text_output))
+        joins["fork"].record(main)  # the branches start after the caller's earlier work on `main`
+        marks["start"].record(main, external=True)
+        source = self._device_input
+        if source is not None and source.stream is not None:  # the producer's writes come first
+            joins["input_ready"].record(cuda.Stream(source.stream))
+            self.image.stream.wait(joins["input_ready"])
+        for backend, branch, _ in branches:
+            backend.stream.wait(joins["fork"])
+            marks[f"{branch}0"].record(backend.stream, external=True)
+            if backend is self.image and source is not None:
+                backend.enqueue_copy_in_device(w.image_input, source)  # device to device: no host copy of the frame
+            else:
+                backend.enqueue_copy_in()
+            backend.enqueue_run()
+            if branch == "text":
+                backend.enqueue_copy_out()  # a few KiB: the features the pipeline's text cache keeps
+            marks[f"{branch}1"].record(backend.stream, external=True)
+            joins[f"{branch}_done"].record(backend.stream)
+        if not with_text:  # cached features: uploaded to the head's own input while the image branch runs
+            self.head.bind(w.text_output)
+            self.head.enqueue_copy_in([w.text_output])
+        for backend, branch, name in branches:
+            main.wait(joins[f"{branch}_done"])
+            self.head.bind(name, backend.device_address(name))  # no host round trip
+        self.head.enqueue_run()
+        if not self._device_output:
+            self.head.enqueue_copy_out()
+        marks["head1"].record(main, external=True)
+
+    def run(self, pixels, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
+            device_output: bool = False, sync: bool = True) -> Result:
+        """Both branches at once, then the head; with `text_features` given, the image branch and the head.
+        `pixels`: a numpy array, or a device array (`__cuda_array_interface__`: CuPy, torch), copied device to device
+        after its producer's stream. device_output: the logits as a DeviceArray over the head's output buffer (valid
+        until the next call; no copy to the host). Calls with either run without CUDA graphs. sync=False (with
+        device_output): return without waiting for the head; its results are ordered on the head's stream (the
+        caller's, with `stream=`); timings are not read, and the next call waits before reusing the buffers."""
+        if not sync and not device_output:
+            raise InputError("sync=False leaves the results on the GPU: expected device_output=True with it.")
+        with self._lock:
+            if self._pending:  # the last call did not wait: its copies may still read our pinned buffers
+                self.head.stream.synchronize()
+                self._pending = False
+            return self._run_locked(pixels, tokens, text_features, device_output, sync)
+
+    def _run_locked(self, pixels, tokens, text_features, device_output: bool, sync: bool = True) -> Result:
+        w, m, timings = self.wiring, self.marks, Timings()
+        device = as_device_array(pixels)
+        if device is not None:
+            check_spec(next(s for s in self.image.input_specs if s.name == w.image_input), device.dtype, device.shape)
+            self.image.set_shapes({w.image_input: device.shape})
+        else:
+            image_feeds = {w.image_input: pixels}
+            self.image.check(image_feeds)
+            self.image.set_inputs(image_feeds)
+        self._device_input, self._device_output = device, device_output
+        graphs = device is None and not device_output  # a graph would bake in the caller's pointer or the copy-out
+        n = device.shape[0] if device is not None else len(pixels)
+        if text_features is None:
+            text_feeds = w.text_feeds(tokens)
+            self.text.check(text_feeds)
+            self.text.set_inputs(text_feeds)
+            self._head_shapes(n, self.text.layout(w.text_output)[1][0])
+            self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue, (self.image, self.text, self.head), graphs,
+                      sync)
+            if not sync:
+                self.text.stream.synchronize()  # the few KiB of text features the text cache keeps, not the head
+            text_features = self.text.outputs()[w.text_output]
+        else:
+            self._head_shapes(n, text_features.shape[1])
+            self.head.write_input(w.text_output, text_features)
+            self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head), graphs, sync)
+        if sync:
+            if "text" in self._ran:
+                timings.text_ms = m["text1"].elapsed_ms(m["text0"])
+                timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
+            else:
+                timings.branches_ms = m["image1"].elapsed_ms(m["start"])
+            timings.image_ms = m["image1"].elapsed_ms(m["image0"])
+            timings.head_ms = m["head1"].elapsed_ms(m["start"]) - timings.branches_ms
+        else:
+            self._pending = True
+        if device_output:
+            logits = DeviceArray(self.head.device_address(w.logits), self.head.output_shape(w.logits),
+                                 self.head.layout(w.logits)[0], self.head.stream.ptr, owner=self)
+        else:
+            logits = self.head.outputs()[w.logits]
+        return Result(logits, text_features, timings)
+
+    def _head_shapes(self, n: int, text_width: int) -> None:
+        w = self.wiring
+        self.head.set_shapes({w.image_output: (n, *self.image.layout(w.image_output)[1]),
+                              w.text_output: (n, text_width)})
+
+    def _run(self, key: tuple, enqueue, backends: tuple, graphs: bool = True, sync: bool = True) -> None:
+        """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync). A
+        shape is captured only when every context in the call last enqueued eagerly at its shapes of now: after a
+        shape change, TensorRT's first enqueue does set-up work a capture must not record (shapes A, B, A: the second
+        A runs eagerly, the third is captured)."""
+        shapes = {id(b): b.input_shapes() for b in backends}
+        ready = all(self._enqueued.get(k) == v for k, v in shapes.items())
+        if graphs and self.use_graphs and key not in self.graphs and ready:
+            self.graphs[key] = self._capture(key, enqueue, backends)
+        graph = self.graphs.get(key) if graphs else None
+        if graph is not None:
+            graph.launch()
+        else:
+            enqueue()
+            self._enqueued.update(shapes)
+        self._ran = {"text"} if self.text in backends else set()
+        if sync:
+            self.head.stream.synchronize()
+
+    def _capture(self, key: tuple, enqueue, backends: tuple):
+        """A CUDA graph of the whole call for this shape, or None (run eagerly) where the engines cannot be
+        captured: some TensorRT engines refuse stream capture, and the pipeline must still run. Each context is
+        asked first whether it can be captured."""
+        shape = f"batch {key[1]} with text features given" if key[0] == "text given" else \
+            f"batch {key[0]}, sequence {key[1]}"
+        refusing = [b.record.path for b in backends if not b.capturable()]
+        if refusing:
+            warnings.warn(f"CUDA graphs: {', '.join(refusing)} cannot be stream-captured (TensorRT says so); {shape} "
+                          "runs without a graph. Rebuild with `fusionrt build --cuda-graphs`.", RuntimeWarning,
+                          stacklevel=4)
+            return None
+        try:
+            return cuda.Graph(self.head.stream, enqueue)
+        except BackendUnavailable as exc:
+            warnings.warn(f"CUDA graph capture failed for {shape} ({exc}); this shape runs without a graph.",
+                          RuntimeWarning, stacklevel=4)
+            return None
+
+    def close(self) -> None:
+        for graph in self.graphs.values():
+            if graph is not None:
+                graph.close()
+        for event in (*self.joins.values(), *self.marks.values()):
+            event.close()
+        self.graphs, self.joins, self.marks = {}, {}, {}
