@@ -25,8 +25,7 @@ class TensorRTFusion:
     With the text's features given (the pipeline's text cache), the image branch and the head alone. Tensors are
     addressed by the manifest's names (`wiring`); the backends are driven through their public steps."""
 
-    def __init__(self, image, text, head, wiring,
-                 graphs: bool = False):
+    def __init__(self, image, text, head, wiring, graphs: bool = False):
         self.image, self.text, self.head, self.wiring, self.use_graphs = image, text, head, wiring, graphs
         for name, source in ((wiring.image_output, image), (wiring.text_output, text)):
             # The head reads these buffers as they are: element type and feature width must agree byte for byte.
@@ -42,7 +41,6 @@ class TensorRTFusion:
         self._device_input: DeviceArray | None = None  # this call's image input, when a device array
         self._device_output = False
         self._pending = False  # a call returned without waiting for its work (sync=False)
-        self._ran: set = set()  # which optional branch the last call ran
         self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
         self.graphs: dict = {}
         self._enqueued: dict = {}  # backend -> the input shapes of its last eager enqueue
@@ -113,7 +111,8 @@ class TensorRTFusion:
         self._device_input, self._device_output = device, device_output
         graphs = device is None and not device_output  # a graph would bake in the caller's pointer or the copy-out
         n = device.shape[0] if device is not None else len(pixels)
-        if text_features is None:
+        with_text = text_features is None  # else the pipeline's text cache gave them
+        if with_text:
             text_feeds = w.text_feeds(tokens)
             self.text.check(text_feeds)
             self.text.set_inputs(text_feeds)
@@ -128,7 +127,7 @@ class TensorRTFusion:
             self.head.write_input(w.text_output, text_features)
             self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head), graphs, sync)
         if sync:
-            if "text" in self._ran:
+            if with_text:
                 timings.text_ms = m["text1"].elapsed_ms(m["text0"])
                 timings.branches_ms = max(m["image1"].elapsed_ms(m["start"]), m["text1"].elapsed_ms(m["start"]))
             else:
@@ -164,7 +163,6 @@ class TensorRTFusion:
         else:
             enqueue()
             self._enqueued.update(shapes)
-        self._ran = {"text"} if self.text in backends else set()
         if sync:
             self.head.stream.synchronize()
 
