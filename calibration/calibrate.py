@@ -128,18 +128,14 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         branches[target] = {c: cosine_stats(ref.fp32[c], q_feats[c]) for c in ENCODERS}
         features = {"int8": q_feats, "fp16": fp16, "fp32": ref.fp32}
         heads = {"int8": q_files["fusion_head"], "fp16": fp16_files["fusion_head"], "fp32": fp32_files["fusion_head"]}
-        for config in combinations(COMPONENTS):
-            key = tuple(config[c] for c in COMPONENTS)
-            if key == ("fp32",) * 3:
-                continue
-            exact = EXACT_QDQ[target] and config["fusion_head"] == "int8"
-            head_seconds = q_seconds if config["fusion_head"] == "int8" else None
-            logits = ref.head(heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
-                              features[config["text_encoder"]]["text_encoder"], exact, head_seconds)
-            outcome = ref.judge_logits(logits)
-            outcome["rule"] = judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)[1]
-            outcomes.setdefault(key, {})[target] = outcome
-            rows.append({"config": format_precision(config), "target": target, **outcome})
+
+        def logits_of(config):  # called within this iteration: the loop's names are the ones meant
+            int8_head = config["fusion_head"] == "int8"
+            return ref.head(heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
+                            features[config["text_encoder"]]["text_encoder"], EXACT_QDQ[target] and int8_head,
+                            q_seconds if int8_head else None)
+
+        _judge_configurations(target, logits_of, ref, noise_flips, criterion, outcomes, rows)
         if not EXACT_QDQ[target]:  # CPU kernels: FP16 runs as FP32 on ONNX Runtime's CPU (no FP16 math there)
             times[target] = {c: {"fp32": ref.seconds[c], "fp16": ref.seconds[c], "int8": q_seconds[c]} for c in COMPONENTS}
 
@@ -222,18 +218,28 @@ def _measure_openvino(ref: Evaluator, written: dict, fp32_files: dict, outcomes:
         for comp, value in measured.items():
             seconds[comp][precision] = value
     branches[OV_TARGET] = {c: cosine_stats(ref.fp32[c], features["int8"][c]) for c in ENCODERS}
+
+    def logits_of(config):
+        head = config["fusion_head"]
+        return ref.head_ov(files[head]["fusion_head"], features[config["image_encoder"]]["image_encoder"],
+                           features[config["text_encoder"]]["text_encoder"], head)
+
+    _judge_configurations(OV_TARGET, logits_of, ref, noise_flips, criterion, outcomes, rows)
+    times[OV_TARGET] = seconds
+
+
+def _judge_configurations(target: str, logits_of, ref: Evaluator, noise_flips: int, criterion: Criterion,
+                          outcomes: dict, rows: list) -> None:
+    """Every configuration but all-FP32 on `target`: `logits_of(config)` judged against FP32, into `outcomes` (key ->
+    {target: outcome}) and `rows`."""
     for config in combinations(COMPONENTS):
         key = tuple(config[c] for c in COMPONENTS)
-        if key == ("fp32",) * 3:
+        if key == ("fp32",) * len(COMPONENTS):
             continue
-        head = config["fusion_head"]
-        logits = ref.head_ov(files[head]["fusion_head"], features[config["image_encoder"]]["image_encoder"],
-                             features[config["text_encoder"]]["text_encoder"], head)
-        outcome = ref.judge_logits(logits)
+        outcome = ref.judge_logits(logits_of(config))
         outcome["rule"] = judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)[1]
-        outcomes.setdefault(key, {})[OV_TARGET] = outcome
-        rows.append({"config": format_precision(config), "target": OV_TARGET, **outcome})
-    times[OV_TARGET] = seconds
+        outcomes.setdefault(key, {})[target] = outcome
+        rows.append({"config": format_precision(config), "target": target, **outcome})
 
 
 def _fallback(comp: str, target: str, prepared: Path, ranges: Path, structural: dict, ranked: list, ref: Evaluator,
