@@ -50,12 +50,13 @@ def inference_hint(core, device: str, precision: str) -> str:
 
 
 def compile_model(data: bytes, device: str = "CPU", precision: str = "fp32", threads: int = 0,
-                  performance_hint: str = "latency"):
-    """An OpenVINO compiled model from ONNX bytes, as the backend compiles it (calibration measures the same)."""
-    ov = _ov()
-    core = ov.Core()
-    config = {"PERFORMANCE_HINT": performance_hint.upper(), "INFERENCE_PRECISION_HINT":
-              inference_hint(core, device, precision)}
+                  performance_hint: str = "latency", precision_hint: str | None = None, core=None):
+    """An OpenVINO compiled model from ONNX bytes: the one place the backend (and calibration, which measures what the
+    backend runs) sets OpenVINO's hints. precision_hint overrides the one `precision` implies."""
+    core = core or _ov().Core()
+    config = {"PERFORMANCE_HINT": performance_hint.upper()}
+    if device in ("CPU", "GPU"):
+        config["INFERENCE_PRECISION_HINT"] = precision_hint or inference_hint(core, device, precision)
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return core.compile_model(core.read_model(data), device, config)
@@ -95,15 +96,10 @@ class OpenVINOBackend(Backend):
         if options.device != "AUTO" and options.device not in core.available_devices:
             raise BackendUnavailable(f"OpenVINO device '{options.device}' not found: this machine has "
                                      f"{core.available_devices}. Pass device='CPU' (or 'AUTO').")
-        model = core.read_model(bundle.read(comp.files[flavour].path, comp.files[flavour].sha256, verify=options.verify))
-        hint = options.precision_hint or inference_hint(core, options.device, precision)
-        config = {"PERFORMANCE_HINT": options.performance_hint.upper()}
-        if options.device in ("CPU", "GPU"):
-            config["INFERENCE_PRECISION_HINT"] = hint
-        if options.threads and options.device == "CPU":
-            config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        data = bundle.read(comp.files[flavour].path, comp.files[flavour].sha256, verify=options.verify)
         try:
-            compiled = core.compile_model(model, options.device, config)
+            compiled = compile_model(data, options.device, precision, options.threads, options.performance_hint,
+                                     options.precision_hint, core)
         except RuntimeError as exc:
             raise BackendUnavailable(f"OpenVINO could not compile {component} for {options.device} ({exc}).") from exc
         return cls(compiled, comp.inputs, comp.outputs)
