@@ -37,13 +37,14 @@ class Pipeline:
     """Load with `Pipeline.load(bundle)`; use as a context manager, or call `close()`."""
 
     def __init__(self, bundle: Bundle, backends: Mapping, backend_name: str, precision: Mapping[str, str],
-                 tokenizer: TextTokenizer, executor, options, text_cache: int = 64, concurrent: bool = True):
+                 tokenizer: TextTokenizer, executor, options, text_cache: int = 64, concurrent: bool = True,
+                 backend_reason: str = "asked for"):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.labels = self.manifest.labels
         self.backends = dict(backends)
         self.backend_name = backend_name
-        self.backend_reason = "asked for"  # why this backend (Pipeline.load says, for backend='auto')
+        self.backend_reason = backend_reason  # why this backend (for backend='auto': what choose_backend said)
         self.precision = dict(precision)
         self.options = options  # the backend's typed options, as validated at load
         self.tokenizer = tokenizer
@@ -83,9 +84,7 @@ class Pipeline:
             for comp in COMPONENTS:
                 opened[comp] = kind.open(bundle, comp, chosen[comp], opts)
             executor = _executor(kind, opened, m.wiring, opts, concurrent)
-            pipe = cls(bundle, opened, name, chosen, tokenizer, executor, opts, text_cache, concurrent)
-            pipe.backend_reason = why
-            return pipe
+            return cls(bundle, opened, name, chosen, tokenizer, executor, opts, text_cache, concurrent, why)
         except BaseException:
             _close_all([executor, *opened.values()])
             raise
@@ -101,7 +100,7 @@ class Pipeline:
             kind = backend_class(self.backend_name)
             executor = _executor(kind, backends, self.manifest.wiring, self.options, self.concurrent)
             twin = Pipeline(self.bundle, backends, self.backend_name, self.precision, self.tokenizer, executor,
-                            self.options, 0, self.concurrent)
+                            self.options, 0, self.concurrent, self.backend_reason)
         except BaseException:
             _close_all([executor, *backends.values()])
             raise
