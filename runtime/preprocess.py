@@ -20,7 +20,7 @@ _INTERP = {"linear": 1, "cubic": 2, "area": 3}  # cv2.INTER_LINEAR / INTER_CUBIC
 
 
 def load_image(source) -> np.ndarray:
-    """Return an HxWx3 BGR uint8 array from a path or an array (grey and BGRA are converted)."""
+    """Return an HxWx3 BGR uint8 array from a path, an encoded file's bytes or an array (grey and BGRA are converted)."""
     import cv2
 
     if isinstance(source, (str, Path)):
@@ -32,8 +32,14 @@ def load_image(source) -> np.ndarray:
             raise InputError(f"image file '{path}' could not be decoded: expected PNG/JPEG/BMP/TIFF/WebP. Re-save it in one of those formats.")
     elif isinstance(source, np.ndarray):
         image = source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        image = cv2.imdecode(np.frombuffer(source, np.uint8), cv2.IMREAD_UNCHANGED) if len(source) else None
+        if image is None:
+            raise InputError(f"image bytes ({len(source)} bytes, starting {bytes(source[:8])!r}) could not be decoded: "
+                             "expected an encoded PNG/JPEG/BMP/TIFF/WebP file. Send the file's bytes, not raw pixels.")
     else:
-        raise InputError(f"expected an image path or a numpy HxWx3 BGR uint8 array, found {type(source).__name__}.")
+        raise InputError(f"expected an image path, encoded image bytes or a numpy HxWx3 BGR uint8 array, found "
+                         f"{type(source).__name__}.")
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     if image.dtype != np.uint8:

@@ -8,7 +8,7 @@ import numpy as np
 
 from fusionrt.runtime.errors import BundleError, InputError
 
-__all__ = ["TextTokenizer", "TOKEN_NAMES"]
+__all__ = ["TextTokenizer", "TOKEN_NAMES", "check_text"]
 
 # What the tokenizer gives, under the names Hugging Face models (and so the exported text encoders) take.
 TOKEN_NAMES = ("input_ids", "attention_mask")
@@ -38,8 +38,9 @@ class TextTokenizer:
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_seq_len)
 
-    def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> dict:
-        """Return {'input_ids', 'attention_mask'} as (N, L) int64; L = longest text, or `pad_to`."""
+    def __call__(self, texts: Sequence[str], pad_to: int | None = None, pad_multiple: int | None = None) -> dict:
+        """Return {'input_ids', 'attention_mask'} as (N, L) int64; L = longest text, or `pad_to`, or the longest
+        rounded up to a multiple of `pad_multiple` (at most max_seq_len): batches of similar texts then share a shape."""
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, Sequence) or isinstance(texts, (bytes, bytearray)):
@@ -48,9 +49,11 @@ class TextTokenizer:
             raise InputError("expected at least one text, found an empty list.")
         for i, t in enumerate(texts):
             where = f"text {i} of the batch of {len(texts)}: " if len(texts) > 1 else ""
-            _check_text(t, where)
+            check_text(t, where)
         encodings = self._tok.encode_batch(list(texts))
         length = max(len(e.ids) for e in encodings)
+        if pad_multiple:
+            length = min(-(-length // pad_multiple) * pad_multiple, max(self.max_seq_len, length))
         if pad_to is not None:
             if pad_to < length:
                 raise InputError(f"pad_to={pad_to} is shorter than the longest tokenized text ({length}).")
@@ -63,7 +66,7 @@ class TextTokenizer:
         return {"input_ids": ids, "attention_mask": mask}
 
 
-def _check_text(text, where: str) -> None:
+def check_text(text, where: str) -> None:
     if not isinstance(text, str):
         raise InputError(f"{where}expected text as str, found {type(text).__name__}.")
     if not text.strip():

@@ -20,7 +20,7 @@ __all__ = ["ROOT", "package_sources", "violations"]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"fusionrt.runtime": 0, "fusionrt.data": 1, "fusionrt.export": 2, "fusionrt.calibration": 2,
-          "fusionrt.benchmarks": 3, "fusionrt": 4}
+          "fusionrt.serving": 2, "fusionrt.benchmarks": 3, "fusionrt": 4}
 IMPORT_TIME_ALLOWED = {"numpy", "cv2", "tokenizers", "packaging"} | set(sys.stdlib_module_names)
 ENGINE_HOMES = {"onnxruntime": {"fusionrt.runtime.backends.onnxruntime"},
                 "tensorrt": {"fusionrt.runtime.backends.trt_compat"},

@@ -53,13 +53,17 @@ def test_grey_and_bgra_and_paths(tmp_path):
     assert (load_image(bgra) == 255).all()
     cv2.imwrite(str(tmp_path / "x.png"), grey)
     assert preprocess_batch([tmp_path / "x.png", grey], SPEC).shape == (2, 3, 224, 224)
+    png = (tmp_path / "x.png").read_bytes()  # an encoded file's bytes (what a Triton client sends) decode the same
+    np.testing.assert_array_equal(load_image(png), load_image(tmp_path / "x.png"))
 
 
 @pytest.mark.parametrize("bad, message", [
     ("/no/such/file.png", "not found"),
     (np.zeros((4, 4, 3), np.float32), "expected a uint8 image"),
     (np.zeros((4, 4, 2), np.uint8), "expected an HxWx3"),
-    (42, "expected an image path or a numpy"),
+    (42, "expected an image path, encoded image bytes or a numpy"),
+    (b"\x89PNG but cut short", "could not be decoded: expected an encoded PNG"),
+    (b"", "0 bytes"),
 ])
 def test_bad_images_are_refused(bad, message):
     with pytest.raises(InputError, match=message):

@@ -27,6 +27,17 @@ def test_pads_to_longest_not_fixed_length():
     assert tok(["short"], pad_to=20)["input_ids"].shape == (1, 20)
 
 
+def test_pad_multiple_rounds_up_within_max_seq_len():
+    tok = TextTokenizer(minilm_dir() / "tokenizer.json", max_seq_len=40)
+    plain = tok(["a little longer text"])
+    padded = tok(["a little longer text"], pad_multiple=16)
+    length = plain["input_ids"].shape[1]
+    assert padded["input_ids"].shape[1] == 16 and length < 16
+    np.testing.assert_array_equal(padded["input_ids"][:, :length], plain["input_ids"])
+    assert not padded["attention_mask"][:, length:].any()
+    assert tok(["x " * 300], pad_multiple=16)["input_ids"].shape[1] == 40  # never past max_seq_len
+
+
 def test_empty_text_refused():
     tok = TextTokenizer(minilm_dir() / "tokenizer.json", max_seq_len=128)
     with pytest.raises(InputError, match="non-empty text"):

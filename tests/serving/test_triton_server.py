@@ -1,0 +1,140 @@
+"""End to end against the real Triton Inference Server (the `tritonserver` binary PyPI's nvidia-pytriton ships), on
+loopback, on the `--platform python` repository: predictions over HTTP and gRPC equal the embedded runtime's on the
+same inputs, and a client gets clear errors. The server runs in its own Python environment (build/triton_env, which
+`make test` creates: Triton's Python backend stub needs numpy<2); the test starts the server and stops it."""
+
+import platform
+import subprocess
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.layers import ROOT
+
+pytest.importorskip("tritonclient.http", reason="needs fusionrt[triton] (tritonclient)")
+
+SERVER_ENV = ROOT / "build" / "triton_env"
+
+
+def _server_can_run() -> None:
+    from fusionrt.serving.tritonserver import find_tritonserver
+
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        pytest.skip(f"nvidia-pytriton's tritonserver runs on Linux x86_64 only, this is {platform.system()} "
+                    f"{platform.machine()}")
+    home = find_tritonserver(SERVER_ENV)  # a missing environment fails: `make test` builds it
+    probe = subprocess.run([str(home / "bin" / "tritonserver"), "--help"], capture_output=True, text=True, timeout=60,
+                           env={"LD_LIBRARY_PATH": str(home.parents[1] / "nvidia_pytriton.libs")})
+    if "--model-repository" not in probe.stdout + probe.stderr:
+        pytest.skip(f"the tritonserver binary cannot run here: {(probe.stderr or probe.stdout)[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def served(calibrated, tmp_path_factory):
+    """(server, bundle, repository summary, samples) with Triton serving the calibrated tiny bundle."""
+    from fusionrt.data.dataset import LabeledDataset
+    from fusionrt.serving.repository import RepositoryOptions, write_repository
+    from fusionrt.serving.tritonserver import TritonServer
+
+    _server_can_run()
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    summary = write_repository(calibrated[0], repo, RepositoryOptions(platform="python", max_batch=8, threads=1,
+                                                                      queue_delay_us=2000, seq_bucket=8))
+    samples = LabeledDataset.read(calibrated[3]).head(8)
+    with TritonServer(repo, SERVER_ENV) as server:
+        yield server, calibrated[0], summary, samples
+    assert server.process.poll() is not None  # stopped, with its Python stubs
+
+
+def _embedded(bundle, summary, samples):
+    from fusionrt.runtime.pipeline import Pipeline
+
+    with Pipeline.load(bundle, backend="onnxruntime", precision=summary["precision"]) as pipe:
+        return [pipe.classify(cv2.imread(str(s.image)), s.text) for s in samples]
+
+
+def _same(got, want) -> None:
+    assert [p.label for p in got] == [p.label for p in want]
+    np.testing.assert_allclose(np.stack([p.probs for p in got]), np.stack([p.probs for p in want]), atol=2e-5)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_predictions_equal_the_embedded_runtimes(served, protocol):
+    from fusionrt.client import TritonClient
+
+    server, bundle, summary, samples = served
+    url = server.http_url if protocol == "http" else server.grpc_url
+    want = _embedded(bundle, summary, samples)
+    with TritonClient(url, protocol=protocol, bundle=bundle) as client:
+        one_by_one = [client.classify(s.image, s.text) for s in samples]  # file bytes, as a camera app would send
+        frames = [cv2.imread(str(s.image)) for s in samples]
+        batched = client.classify_batch(frames, [s.text for s in samples])  # BGR frames, encoded as PNG
+    _same(one_by_one, want)
+    _same(batched, want)
+
+
+def test_concurrent_clients_get_their_own_answers(served):
+    """Requests from several threads at once: the dynamic batcher merges them (texts of different lengths among
+    them), and every client still gets the prediction for its own pair."""
+    from fusionrt.client import TritonClient
+
+    server, bundle, summary, samples = served
+    want = _embedded(bundle, summary, samples)
+    got, errors = [None] * len(samples), []
+
+    def ask(i):
+        try:
+            with TritonClient(server.grpc_url, protocol="grpc") as client:
+                for _ in range(3):
+                    got[i] = client.classify(samples[i].image, samples[i].text)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(samples))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    _same(got, want)
+    import tritonclient.http
+
+    stats = tritonclient.http.InferenceServerClient(server.http_url).get_inference_statistics("preprocess")
+    counts = stats["model_stats"][0]
+    assert counts["execution_count"] < counts["inference_count"]  # some requests ran as one batch
+
+
+def test_clear_errors_for_a_missing_model_a_wrong_model_and_a_bad_request(served, tiny_bundle, tmp_path):
+    import dataclasses
+
+    from fusionrt.client import ServingError, TritonClient
+    from fusionrt.runtime.bundle import Bundle
+
+    server, bundle, _, samples = served
+    with pytest.raises(ServingError, match=r"no ready model 'nope'.*fusionrt"):
+        TritonClient(server.http_url, model="nope")
+    with pytest.raises(ServingError, match="expected .*IMAGE"):
+        TritonClient(server.http_url, model="image_encoder")
+    other = Bundle.open(tiny_bundle)
+    relabelled = dataclasses.replace(other.manifest, labels=tuple(reversed(other.manifest.labels)))
+    with pytest.raises(ServingError, match="serves another model"):
+        TritonClient(server.grpc_url, protocol="grpc", bundle=Bundle(other.root, relabelled))
+    with TritonClient(server.http_url) as client:
+        with pytest.raises(ServingError, match="could not be decoded"):
+            client.classify(b"these bytes are no image", "a red circle")
+        assert client.classify(samples[0].image, samples[0].text).label  # the server goes on
+
+
+def test_unreachable_server_is_a_clear_error():
+    import socket
+
+    from fusionrt.client import ServingError, TritonClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket closes
+    for protocol in ("http", "grpc"):
+        with pytest.raises(ServingError, match="could not reach Triton|refused"):
+            TritonClient(f"127.0.0.1:{port}", protocol=protocol, timeout_s=2)
