@@ -8,7 +8,7 @@ EMOJI  := emoji-datasource-google@16.0.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all install demo test bench soak gpu-check clean
+.PHONY: all install demo test bench soak triton-load gpu-check clean
 
 all: test
 
@@ -67,6 +67,12 @@ bench: $(STAMP)
 		--out build/bench
 	@if test -f $(DEMO)/bundle/manifest.json; then $(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle; \
 	else echo "(run 'make demo' first for the streaming fps of the demo bundle)"; fi
+
+# A bounded load on Triton (loopback, the demo bundle's --platform python repository) beside the embedded runtime.
+triton-load: $(STAMP) $(TRITON_ENV)/.installed
+	@test -f $(DEMO)/bundle/manifest.json || { echo "run 'make demo' first: the load runs on the demo bundle"; exit 2; }
+	$(BIN)/python benchmarks/triton_load.py $(DEMO)/bundle --data $(DEMO)/data/test.csv --threads 4 --requests 400 \
+		--out build/triton_load
 
 # 20,000 calls on the demo bundle (CPU backend): memory growth and latency drift per 1,000 calls (about 3-5 minutes).
 soak: $(STAMP)
