@@ -1,9 +1,15 @@
-"""Streaming fps of a bundle on a real encoded video, per precision, text cache on and off.
+"""Streaming fps of a bundle on a real encoded video, per precision, text cache on and off; and many cameras.
 
     python -m fusionrt.benchmarks.stream_fps BUNDLE [--video FILE] [--frames 150] [--precision fp32,int8]
+    python -m fusionrt.benchmarks.stream_fps BUNDLE --sources 1,4,8 [--frames 60] [--precision auto]
 
 Without --video it writes one (scikit-image's photos, panned, MPEG-4). Every frame is classified
-(policy 'all') so the figures are the pipeline's own rate, not the source's."""
+(policy 'all') so the figures are the pipeline's own rate, not the source's.
+
+With --sources, for each N: N sources (each its own decoder on the video) batched by one pipeline's `stream_many`,
+against N independent single-source pipelines (`Pipeline.load` and `stream` each, run at once on N threads), in the
+same run: aggregate fps, the slowest source's fps against the mean, latency p50/p99. Goal on a 2-core CPU at 8
+sources: batched >= 1.3x the independent pipelines' aggregate fps, and no source below 80 % of the mean."""
 
 from __future__ import annotations
 
@@ -17,7 +23,10 @@ import numpy as np
 from fusionrt.runtime.pipeline import Pipeline
 from fusionrt.runtime.video import VideoSource
 
-__all__ = ["write_pan_video", "stream_fps"]
+__all__ = ["write_pan_video", "stream_fps", "many_sources_fps", "GOAL_SPEEDUP", "GOAL_FAIRNESS"]
+
+GOAL_SPEEDUP, GOAL_FAIRNESS = 1.3, 0.8
+TEXT = "a photo taken by a dashboard camera on a sunny day"
 
 
 def write_pan_video(path: Path, frames: int = 150, size=(640, 480)) -> Path:
@@ -38,10 +47,89 @@ def stream_fps(bundle, video: Path, precision: str, text_cache: int) -> dict:
     with Pipeline.load(bundle, precision=precision, text_cache=text_cache) as pipe, VideoSource(str(video)) as source:
         backend = pipe.backend_name
         latencies, last = [], None
-        for last in pipe.stream(source, "a photo taken by a dashboard camera on a sunny day", policy="all"):
+        for last in pipe.stream(source, TEXT, policy="all"):
             latencies.append(last.latency_ms)
     return {"backend": backend, "precision": precision, "text_cache": bool(text_cache), "frames": last.processed,
             "fps": round(last.fps, 1), "latency_ms_p50": round(float(np.percentile(latencies[5:], 50)), 1)}
+
+
+def _row(mode: str, n: int, wall: float, per_source: dict, latencies: list, batches=None) -> dict:
+    frames = sum(per_source.values())
+    rates = [count / wall for count in per_source.values()]
+    mean = sum(rates) / len(rates)
+    row = {"mode": mode, "sources": n, "frames": frames, "seconds": round(wall, 2),
+           "aggregate_fps": round(frames / wall, 1), "source_fps_min": round(min(rates), 2),
+           "source_fps_mean": round(mean, 2), "fairness": round(min(rates) / mean, 3),
+           "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
+           "latency_ms_p99": round(float(np.percentile(latencies, 99)), 1)}
+    if batches:
+        row["mean_batch"] = round(sum(batches) / len(batches), 2)
+    return row
+
+
+def many_sources_fps(bundle, video: Path, n: int, precision: str = "auto") -> list:
+    """[batched row, independent row] for `n` sources of `video`, measured one after the other in this run."""
+    import threading
+    import time
+
+    with Pipeline.load(bundle, precision=precision) as pipe:
+        pipe.classify(np.zeros((64, 64, 3), np.uint8), TEXT)  # sessions warm, the text cached: as a camera box runs
+        sources = {f"cam{i}": VideoSource(str(video)) for i in range(n)}
+        counts, latencies = dict.fromkeys(sources, 0), []
+        start = time.perf_counter()
+        with pipe.stream_many(sources, TEXT, policy="all") as streams:
+            for r in streams:
+                counts[r.source] += 1
+                latencies.append(r.latency_ms)
+        wall = time.perf_counter() - start
+        for source in sources.values():
+            source.close()
+        batched = _row("batched (stream_many)", n, wall, counts, latencies, streams.batch_sizes)
+
+    pipes = [Pipeline.load(bundle, precision=precision) for _ in range(n)]
+    counts, latencies, lock = {}, [], threading.Lock()
+
+    def run(i, p):
+        mine = []
+        with VideoSource(str(video)) as source:
+            for r in p.stream(source, TEXT, policy="all"):
+                mine.append(r.latency_ms)
+        with lock:
+            counts[f"cam{i}"] = len(mine)
+            latencies.extend(mine)
+
+    try:
+        for p in pipes:
+            p.classify(np.zeros((64, 64, 3), np.uint8), TEXT)
+        threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(pipes)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+    finally:
+        for p in pipes:
+            p.close()
+    return [batched, _row("independent pipelines", n, wall, counts, latencies)]
+
+
+def _many_sources_main(args, video: Path) -> int:
+    rows = []
+    for n in (int(v) for v in args.sources.split(",")):
+        rows.extend(many_sources_fps(args.bundle, video, n, args.precision))
+    print("| sources | mode | aggregate fps | slowest / mean source fps | latency p50 / p99 ms | mean batch |\n"
+          "|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['sources']} | {r['mode']} | {r['aggregate_fps']} | {r['source_fps_min']} / {r['source_fps_mean']} "
+              f"({r['fairness']:.0%}) | {r['latency_ms_p50']} / {r['latency_ms_p99']} | {r.get('mean_batch', 1)} |")
+    for batched, independent in zip(rows[::2], rows[1::2]):
+        speedup = batched["aggregate_fps"] / independent["aggregate_fps"]
+        print(f"{batched['sources']} sources: batched {speedup:.2f}x the independent pipelines' aggregate fps; "
+              f"slowest source at {batched['fairness']:.0%} of the mean"
+              + (f" (goal at 8: >= {GOAL_SPEEDUP}x, >= {GOAL_FAIRNESS:.0%})" if batched["sources"] == 8 else ""))
+    print(json.dumps(rows))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -49,8 +137,15 @@ def main(argv=None) -> int:
     parser.add_argument("bundle")
     parser.add_argument("--video")
     parser.add_argument("--frames", type=int, default=150)
-    parser.add_argument("--precision", default="fp32,int8")
+    parser.add_argument("--precision", help="comma list (default fp32,int8); with --sources one value (default auto)")
+    parser.add_argument("--sources", help="comma list of source counts, e.g. 1,4,8: batched vs independent pipelines")
     args = parser.parse_args(argv)
+    if args.sources:
+        args.precision = args.precision or "auto"
+        with tempfile.TemporaryDirectory() as tmp:
+            video = Path(args.video) if args.video else write_pan_video(Path(tmp) / "pan.mp4", args.frames)
+            return _many_sources_main(args, video)
+    args.precision = args.precision or "fp32,int8"
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(args.video) if args.video else write_pan_video(Path(tmp) / "pan.mp4", args.frames)
         rows = [stream_fps(args.bundle, video, p, cache) for p in args.precision.split(",") for cache in (0, 64)]

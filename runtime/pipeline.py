@@ -19,6 +19,7 @@ from fusionrt.runtime.manifest import COMPONENTS
 from fusionrt.runtime.precision import parse_precision
 from fusionrt.runtime.prediction import Prediction, predictions, softmax
 from fusionrt.runtime.preprocess import preprocess_batch
+from fusionrt.runtime.multistream import MultiStream, MultiStreamHandle
 from fusionrt.runtime.stream import StreamHandle, stream
 from fusionrt.runtime.text_cache import TextFeatureCache
 from fusionrt.runtime.tokenize import TextTokenizer
@@ -169,6 +170,21 @@ class Pipeline:
         """The callback form of `stream`: runs on a thread, calls `on_prediction(FramePrediction)`; returns a
         StreamHandle (stop(), join(), a context manager)."""
         return StreamHandle(self, frames, text, on_prediction, policy, queue_size)
+
+    def stream_many(self, sources, text, policy: str = "latest", max_batch: int | None = None,
+                    max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
+                    max_reconnects: int | None = None) -> MultiStream:
+        """Many sources batched into one call per round: iterate the result for SourceFrame (source id, frame index,
+        prediction, latency, drops); `.summary()` per source. `sources`: a list or a mapping id -> source (camera
+        index, video file, stream URL, an iterable of frames, or a callable that opens one: reopened when it ends).
+        `text`: one str for all, a mapping source id -> str, or a callable(source_id) -> str. See
+        `fusionrt.runtime.multistream`."""
+        return MultiStream(self, sources, text, policy, max_batch, max_wait_ms, queue_size, backoff_s, max_reconnects)
+
+    def start_stream_many(self, sources, text, on_result, **options) -> MultiStreamHandle:
+        """The callback form of `stream_many`: runs on a thread, calls `on_result(SourceFrame)`; returns a handle
+        (stop(), join() -> the summary, a context manager)."""
+        return MultiStreamHandle(self.stream_many(sources, text, **options), on_result)
 
     def close(self) -> None:
         """Close the executor and every backend; all are closed even when one raises (the first error is raised)."""

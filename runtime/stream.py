@@ -20,7 +20,7 @@ from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.prediction import Prediction
 from fusionrt.runtime.preprocess import load_image, preprocess_batch
 
-__all__ = ["POLICIES", "FramePrediction", "stream", "StreamHandle"]
+__all__ = ["POLICIES", "FramePrediction", "Mailbox", "stream", "StreamHandle"]
 
 POLICIES = ("latest", "all")
 READER_JOIN_S = 1.0  # how long closing a stream waits for a reader blocked in its source
@@ -39,10 +39,11 @@ class FramePrediction:
     text_cached: bool  # the text branch was skipped: the text's features were cached
 
 
-class _Mailbox:
-    """Hands frames from the reader thread to the consumer under a policy."""
+class Mailbox:
+    """Hands frames from a reader thread to the consumer under a policy. `on_put` (optional) is called after each
+    put and at close: a batcher over many mailboxes waits on one condition instead of polling each."""
 
-    def __init__(self, policy: str, size: int, stop: threading.Event):
+    def __init__(self, policy: str, size: int, stop: threading.Event, on_put: Callable[[], None] | None = None):
         self.capacity = 1 if policy == "latest" else size
         self.policy, self.stop = policy, stop
         self.items: deque = deque()
@@ -50,6 +51,7 @@ class _Mailbox:
         self.closed = False
         self.error: BaseException | None = None
         self.cond = threading.Condition()
+        self._on_put = on_put or (lambda: None)
 
     def put(self, item) -> None:
         with self.cond:
@@ -62,6 +64,22 @@ class _Mailbox:
                     self.cond.wait(0.1)
             self.items.append(item)
             self.cond.notify_all()
+        self._on_put()
+
+    def take(self):
+        """The next item without waiting, or None when there is none now."""
+        with self.cond:
+            if not self.items:
+                return None
+            item = self.items.popleft()
+            self.cond.notify_all()
+            return item
+
+    @property
+    def finished(self) -> bool:
+        """Closed and emptied: the reader will put nothing more."""
+        with self.cond:
+            return self.closed and not self.items
 
     def get(self):
         """The next item, or None at the end of the source (or on stop)."""
@@ -80,9 +98,10 @@ class _Mailbox:
         with self.cond:
             self.closed, self.error = True, error
             self.cond.notify_all()
+        self._on_put()
 
 
-def _read(frames: Iterable, spec, box: _Mailbox) -> None:
+def _read(frames: Iterable, spec, box: Mailbox) -> None:
     try:
         for index, frame in enumerate(frames):
             if box.stop.is_set():
@@ -104,7 +123,7 @@ def stream(pipeline, frames: Iterable, text: str | Callable[[], str], policy: st
         raise InputError(f"queue_size must be >= 1, found {queue_size}.")
     current_text = text if callable(text) else (lambda: text)
     stop = stop or threading.Event()
-    box = _Mailbox(policy, queue_size, stop)
+    box = Mailbox(policy, queue_size, stop)
     reader = threading.Thread(target=_read, args=(frames, pipeline.manifest.preprocess, box), name="fusionrt-frames",
                               daemon=True)
     reader.start()

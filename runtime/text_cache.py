@@ -48,6 +48,10 @@ class TextFeatureCache:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._entries
+
     def __len__(self) -> int:
         return len(self._entries)
 

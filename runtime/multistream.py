@@ -1,0 +1,334 @@
+"""Many cameras, one pipeline: frames batched across sources into one inference call (what DeepStream's nvstreammux
+does), for surveillance boxes with 4-16 cameras and cars with 6-8 surround cameras.
+
+One reader thread per source decodes and preprocesses into a mailbox ("latest": one slot, a stale frame is dropped
+and counted; "all": a bounded queue, for files). The batcher takes the newest frame of every source that has one,
+waits at most `max_wait_ms` after the first for the others, and runs one call per `max_batch` frames. A slow or
+stalled source is simply not in the batch; a live source (camera index, RTSP/HTTP URL, or a callable that opens
+one) that ends or fails is reopened with exponential backoff; a file or iterable that ends is removed and the rest
+go on. Every such event is in the per-source summary. The text branch runs only for texts the cache does not hold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from fusionrt.runtime.errors import FusionRTError, InputError
+from fusionrt.runtime.prediction import Prediction
+from fusionrt.runtime.preprocess import load_image, preprocess_batch
+from fusionrt.runtime.stream import POLICIES, READER_JOIN_S, Mailbox
+from fusionrt.runtime.text_cache import TextFeatureCache
+
+__all__ = ["SourceFrame", "MultiStream", "MultiStreamHandle", "source_ids"]
+
+_LATENCY_WINDOW = 2000  # latencies each source keeps for its summary percentiles
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    source: str  # the source's id
+    index: int  # the frame's position in its source (counting on across reconnects)
+    frame: np.ndarray = field(repr=False)  # BGR, for overlays
+    prediction: Prediction
+    latency_ms: float  # frame taken from its source -> prediction ready
+    batch: int  # frames classified in the same call
+    processed: int  # this source's frames classified so far, this one included
+    dropped: int  # this source's stale frames dropped so far
+    text_cached: bool  # this frame's text features came from the cache
+
+
+def source_ids(sources) -> dict:
+    """id -> source: a mapping's keys; for a list, the source itself (a camera index, path or URL) or 'source-N',
+    made unique."""
+    if isinstance(sources, Mapping):
+        items = [(str(k), v) for k, v in sources.items()]
+    elif isinstance(sources, (str, bytes)) or not hasattr(sources, "__iter__"):
+        raise InputError(f"sources: expected a list or a mapping of sources, found {type(sources).__name__}.")
+    else:
+        items = [(str(s) if isinstance(s, (str, int, Path)) else f"source-{i}", s) for i, s in enumerate(sources)]
+    out: dict = {}
+    for i, (key, source) in enumerate(items):
+        out[key if key not in out else f"{key}#{i}"] = source
+    if not out:
+        raise InputError("sources: expected at least one source, found none.")
+    return out
+
+
+class _Feed:
+    """One source: its reader thread, mailbox and running account."""
+
+    def __init__(self, sid: str, source, spec, policy: str, queue_size: int, stop: threading.Event, on_put,
+                 backoff_s: tuple, max_reconnects: int | None):
+        from fusionrt.runtime.video import is_live
+
+        self.id, self.source, self.spec, self.stop = sid, source, spec, stop
+        self.live = callable(source) or (isinstance(source, (str, int)) and is_live(str(source)))
+        self.kind = "live" if self.live else ("file" if isinstance(source, (str, Path)) else "frames")
+        self.box = Mailbox(policy, queue_size, stop, on_put)
+        self.backoff_s, self.max_reconnects = backoff_s, max_reconnects
+        self.events: list = []
+        self.reconnects = self.processed = 0
+        self.latencies: deque = deque(maxlen=_LATENCY_WINDOW)
+        self.first_at = self.last_at = None
+        self.next_index = 0
+        self.thread = threading.Thread(target=self._run, name=f"fusionrt-source-{sid}", daemon=True)
+
+    def _event(self, what: str) -> None:
+        self.events.append({"t": round(time.time(), 3), "event": what})
+
+    def _open(self):
+        if callable(self.source):
+            return self.source(), None
+        if isinstance(self.source, (str, int, Path)):
+            from fusionrt.runtime.video import VideoSource
+
+            video = VideoSource(str(self.source))
+            return video, video
+        return self.source, None
+
+    def _run(self) -> None:
+        try:
+            self._read()
+        except BaseException as exc:  # not the source's failure (those are events): handed to the consumer
+            self.box.close(exc)
+        else:
+            self.box.close()
+
+    def _read(self) -> None:
+        delay = self.backoff_s[0]
+        while not self.stop.is_set():
+            frames = closer = None
+            read, opened_at = 0, time.monotonic()
+            try:
+                frames, closer = self._open()
+                for frame in frames:
+                    if self.stop.is_set():
+                        break
+                    taken = time.perf_counter()
+                    image = load_image(frame) if isinstance(frame, (str, Path)) else frame
+                    self.box.put((self.next_index, image, preprocess_batch([image], self.spec), taken))
+                    self.next_index += 1
+                    read += 1
+                outcome = f"ended after {read} frames"
+            except Exception as exc:  # noqa: BLE001 - a failing source is an event of its own; the others go on
+                outcome = f"failed after {read} frames: {exc if isinstance(exc, FusionRTError) else repr(exc)}"
+            finally:
+                if closer is not None:
+                    closer.close()
+            if self.stop.is_set():
+                break
+            if not self.live or (self.max_reconnects is not None and self.reconnects >= self.max_reconnects):
+                self._event(f"{outcome}; removed" + (f" after {self.reconnects} reconnects" if self.live else ""))
+                break
+            if time.monotonic() - opened_at >= self.backoff_s[1]:
+                delay = self.backoff_s[0]  # it stayed up a while: a new outage starts from the shortest wait
+            self._event(f"{outcome}; reconnecting in {delay:g} s")
+            if self.stop.wait(delay):
+                break
+            self.reconnects += 1
+            delay = min(delay * 2, self.backoff_s[1])
+
+    def summary(self) -> dict:
+        seconds = (self.last_at - self.first_at) if self.first_at is not None else 0.0
+        lat = np.asarray(self.latencies) if self.latencies else None
+        return {"kind": self.kind, "processed": self.processed, "dropped": self.box.dropped,
+                "fps": round((self.processed - 1) / seconds, 2) if seconds > 0 else 0.0,
+                "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
+                "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,
+                "reconnects": self.reconnects, "ended": self.box.finished, "events": list(self.events)}
+
+
+class MultiStream:
+    """Iterate for SourceFrame results; `summary()` per source; `stop()`; a context manager (stops and joins)."""
+
+    def __init__(self, pipeline, sources, text, policy: str = "latest", max_batch: int | None = None,
+                 max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
+                 max_reconnects: int | None = None):
+        if policy not in POLICIES:
+            raise InputError(f"stream policy '{policy}' unknown: expected one of {POLICIES}.")
+        limit = pipeline.manifest.profile.batch[2]
+        max_batch = limit if max_batch is None else max_batch
+        if type(max_batch) is not int or not 1 <= max_batch <= limit:
+            raise InputError(f"max_batch: expected 1..{limit} (the bundle's profile maximum batch), found {max_batch!r}.")
+        if max_wait_ms < 0 or queue_size < 1:
+            raise InputError(f"max_wait_ms must be >= 0 and queue_size >= 1, found {max_wait_ms} and {queue_size}.")
+        self.pipeline, self.max_batch, self.max_wait_s = pipeline, max_batch, max_wait_ms / 1e3
+        self._ids = source_ids(sources)
+        self._text = _text_for(text, self._ids)
+        self._stop = threading.Event()
+        self._arrived = threading.Condition()
+        self._feeds = [_Feed(sid, src, pipeline.manifest.preprocess, policy, queue_size, self._stop, self._notify,
+                             backoff_s, max_reconnects) for sid, src in self._ids.items()]
+        self._tokens: dict = {}
+        self._turn = 0
+        self.batches = 0
+        self.batch_sizes: list = []
+        self._started = False
+
+    def _notify(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        if self._started:
+            raise InputError("a MultiStream runs once: call Pipeline.stream_many again for another run.")
+        self._started = True
+        for feed in self._feeds:
+            feed.thread.start()
+        try:
+            while (batch := self._next_batch()) is not None:
+                for start in range(0, len(batch), self.max_batch):
+                    yield from self._classify(batch[start:start + self.max_batch])
+        finally:
+            self.stop()
+
+    def _next_batch(self) -> list | None:
+        """(feed, item) for every source with a frame: after the first one is ready, up to max_wait for the rest."""
+        with self._arrived:
+            while True:
+                if self._stop.is_set():
+                    return None
+                ready = [f for f in self._feeds if f.box.items]
+                for feed in self._feeds:
+                    if feed.box.error is not None:
+                        raise feed.box.error
+                if ready:
+                    break
+                if all(f.box.finished for f in self._feeds):
+                    return None
+                self._arrived.wait(0.1)
+            deadline = time.perf_counter() + self.max_wait_s
+            while not self._stop.is_set():
+                waiting = [f for f in self._feeds if not f.box.items and not f.box.finished]
+                left = deadline - time.perf_counter()
+                if not waiting or left <= 0:
+                    break
+                self._arrived.wait(left)
+        # rotate who comes first, so that with more sources than max_batch the same ones do not always wait
+        order = self._feeds[self._turn:] + self._feeds[:self._turn]
+        self._turn = (self._turn + 1) % len(self._feeds)
+        return [(f, item) for f in order if (item := f.box.take()) is not None]
+
+    def _tokens_of(self, text: str) -> dict:
+        if text not in self._tokens:
+            if len(self._tokens) > 256:
+                self._tokens.clear()
+            self._tokens[text] = self.pipeline.tokenizer([text])
+        return self._tokens[text]
+
+    def _classify(self, batch: list):
+        texts = []
+        for feed, _ in batch:
+            words = self._text(feed.id)
+            if not isinstance(words, str) or not words.strip():
+                raise InputError(f"source '{feed.id}': its text must be a non-empty str, found {words!r}.")
+            texts.append(words)
+        pixels = np.concatenate([item[2] for _, item in batch])
+        logits, cached = self._logits(pixels, texts)
+        self.batches += 1
+        self.batch_sizes.append(len(batch))
+        now = time.perf_counter()
+        for (feed, (index, image, _, taken)), prediction, hit in zip(batch, self.pipeline.predictions(logits), cached):
+            feed.processed += 1
+            feed.first_at = feed.first_at if feed.first_at is not None else now
+            feed.last_at = now
+            latency = (now - taken) * 1e3
+            feed.latencies.append(latency)
+            yield SourceFrame(feed.id, index, image, prediction, latency, len(batch), feed.processed, feed.box.dropped,
+                              hit)
+
+    def _logits(self, pixels: np.ndarray, texts: list) -> tuple:
+        """Logits for the rows, and which rows' text features were cached. Texts the cache lacks run the text branch
+        once each, in a call of their own rows; the rest of the batch then runs on cached features."""
+        cache: TextFeatureCache | None = self.pipeline.text_cache
+        tokenize = self.pipeline.tokenizer
+        if cache is None:
+            return self.pipeline.infer(pixels, tokenize(texts), text_cache=False).logits, [False] * len(texts)
+        missing = [t for t in dict.fromkeys(texts) if cache.keys(self._tokens_of(t))[0] not in cache]
+        first_rows = [texts.index(t) for t in missing]
+        rest = [i for i in range(len(texts)) if i not in set(first_rows)]
+        logits = np.empty((len(texts), len(self.pipeline.labels)), np.float32)
+        if first_rows:
+            logits[first_rows] = self.pipeline.infer(pixels[first_rows], tokenize(missing)).logits
+        if rest:
+            logits[rest] = self.pipeline.infer(pixels[rest], tokenize([texts[i] for i in rest])).logits
+        return logits, [i not in first_rows for i in range(len(texts))]
+
+    def summary(self) -> dict:
+        """Per source: kind, processed, dropped, fps, latency p50/p99, reconnects, ended, events."""
+        return {feed.id: feed.summary() for feed in self._feeds}
+
+    def stop(self) -> None:
+        """Stop the readers (each leaves at its next frame; a stalled one is waited for a bounded time)."""
+        self._stop.set()
+        self._notify()
+        for feed in self._feeds:
+            if feed.thread.is_alive():
+                feed.thread.join(timeout=READER_JOIN_S)
+
+    def __enter__(self) -> "MultiStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _text_for(text, ids: dict) -> Callable[[str], str]:
+    if isinstance(text, str):
+        return lambda sid: text
+    if isinstance(text, Mapping):
+        keyed = {str(k): v for k, v in text.items()}
+        missing = sorted(set(ids) - set(keyed))
+        if missing:
+            raise InputError(f"text: a mapping needs a text for every source; missing {missing} (sources: "
+                             f"{sorted(ids)}).")
+        return keyed.__getitem__
+    if callable(text):
+        return text
+    raise InputError(f"text: expected a str, a mapping source id -> str, or a callable(source_id) -> str, found "
+                     f"{type(text).__name__}.")
+
+
+class MultiStreamHandle:
+    """Runs a MultiStream on a thread and hands each SourceFrame to `on_result`."""
+
+    def __init__(self, multistream: MultiStream, on_result: Callable):
+        self.stream, self.error, self.last = multistream, None, None
+        self._thread = threading.Thread(target=self._run, args=(on_result,), name="fusionrt-streams", daemon=True)
+        self._thread.start()
+
+    def _run(self, on_result) -> None:
+        try:
+            for result in self.stream:
+                self.last = result
+                on_result(result)
+        except BaseException as exc:  # kept for join() to raise in the caller's thread
+            self.error = exc
+
+    def stop(self) -> None:
+        self.stream.stop()
+
+    def join(self, timeout: float | None = None) -> dict:
+        """Wait for every source to end (or stop()); raises what the stream raised; returns the summary."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.stream.summary()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        self.join()
