@@ -50,6 +50,14 @@ def _show(frame: np.ndarray) -> bool:
     return key not in (ord("q"), 27)
 
 
+def _refuse_to_overwrite(outputs, overwrite: bool) -> None:
+    """(option, path) pairs: an existing file is kept unless `overwrite`, so no earlier results are lost."""
+    for option, path in outputs:
+        if path and Path(path).exists() and not overwrite:
+            raise InputError(f"{option} {path} already exists: expected a new file, so no earlier results are lost. "
+                             "Choose another path, or pass --overwrite to replace it.")
+
+
 def run_camera(pipeline, source, text: str, headless: bool, out=None, jsonl=None, policy=None, max_frames=None,
                say=print, overwrite: bool = False) -> dict:
     """Run until the source ends, Ctrl-C, q/Esc, or `max_frames`; returns the summary (also printed)."""
@@ -58,10 +66,7 @@ def run_camera(pipeline, source, text: str, headless: bool, out=None, jsonl=None
 
     if headless and not (out or jsonl):
         raise InputError("--headless shows nothing: pass --out annotated.mp4 and/or --jsonl predictions.jsonl.")
-    for option, path in (("--out", out), ("--jsonl", jsonl)):
-        if path and Path(path).exists() and not overwrite:
-            raise InputError(f"{option} {path} already exists: expected a new file, so no earlier results are lost. "
-                             "Choose another path, or pass --overwrite to replace it.")
+    _refuse_to_overwrite([("--out", out), ("--jsonl", jsonl)], overwrite)
     latencies, started, last, interrupted = [], time.perf_counter(), None, False
     with VideoSource(source) as video:
         policy = policy or ("latest" if video.live else "all")

@@ -179,15 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("camera", help="classify a camera, video file or stream live: overlay, annotated video, JSONL")
     p.add_argument("bundle")
-    p.add_argument("--source", required=True, help="camera index (0), video file, or stream URL (rtsp://...)")
-    p.add_argument("--text", required=True, help="the text paired with every frame")
+    p.add_argument("--source", required=True, action="append",
+                   help="camera index (0), video file, or stream URL (rtsp://...); repeat for several sources, "
+                        "batched into one call per round")
+    texts = p.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--text", help="the text paired with every frame (of every source)")
+    texts.add_argument("--text-per-source", action="append", help="one per --source, in the same order")
+    p.add_argument("--mosaic", action="store_true", help="several sources: one --out video of all, in a grid")
     p.add_argument("--headless", action="store_true", help="no window (servers, CI): write --out and/or --jsonl")
-    p.add_argument("--out", help="annotated video to write (.mp4)")
-    p.add_argument("--jsonl", help="one JSON line per classified frame")
+    p.add_argument("--out", help="annotated video to write (.mp4); several sources: OUT-0.mp4, OUT-1.mp4, ... or --mosaic")
+    p.add_argument("--jsonl", help="one JSON line per classified frame (with its source's id)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out or --jsonl file")
     p.add_argument("--policy", choices=["latest", "all"],
                    help="latest: drop stale frames (default for cameras/streams); all: every frame (default for files)")
-    p.add_argument("--max-frames", type=int, help="stop after this many classified frames")
+    p.add_argument("--max-frames", type=int, help="stop after this many classified frames (per source)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default=None)
     p.add_argument("--text-cache", type=int, default=64, help="texts whose features are kept (0: off)")

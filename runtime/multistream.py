@@ -29,6 +29,7 @@ from fusionrt.runtime.text_cache import TextFeatureCache
 __all__ = ["SourceFrame", "MultiStream", "MultiStreamHandle", "source_ids"]
 
 _LATENCY_WINDOW = 2000  # latencies each source keeps for its summary percentiles
+_FPS_WINDOW = 30  # predictions a source's fps figure averages over
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class SourceFrame:
     frame: np.ndarray = field(repr=False)  # BGR, for overlays
     prediction: Prediction
     latency_ms: float  # frame taken from its source -> prediction ready
+    fps: float  # this source's predictions per second over its last few
     batch: int  # frames classified in the same call
     processed: int  # this source's frames classified so far, this one included
     dropped: int  # this source's stale frames dropped so far
@@ -76,6 +78,7 @@ class _Feed:
         self.events: list = []
         self.reconnects = self.processed = 0
         self.latencies: deque = deque(maxlen=_LATENCY_WINDOW)
+        self.recent: deque = deque(maxlen=_FPS_WINDOW)  # when its last few predictions were ready
         self.first_at = self.last_at = None
         self.next_index = 0
         self.thread = threading.Thread(target=self._run, name=f"fusionrt-source-{sid}", daemon=True)
@@ -241,8 +244,11 @@ class MultiStream:
             feed.last_at = now
             latency = (now - taken) * 1e3
             feed.latencies.append(latency)
-            yield SourceFrame(feed.id, index, image, prediction, latency, len(batch), feed.processed, feed.box.dropped,
-                              hit)
+            feed.recent.append(now)
+            span = feed.recent[-1] - feed.recent[0]
+            fps = (len(feed.recent) - 1) / span if span > 0 else 0.0
+            yield SourceFrame(feed.id, index, image, prediction, latency, fps, len(batch), feed.processed,
+                              feed.box.dropped, hit)
 
     def _logits(self, pixels: np.ndarray, texts: list) -> tuple:
         """Logits for the rows, and which rows' text features were cached. Texts the cache lacks run the text branch
