@@ -60,13 +60,15 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 
 # Short CPU benchmark (about 5 minutes on 2 cores the first time, when the reference model is exported and
 # quantized into ~/.cache/fusionrt; about 2 after): ResNet-50 + BERT-base, ONNX Runtime FP32 and INT8 vs
-# PyTorch eager, batch 1 and 8; then the demo bundle's streaming fps, text cache on and off.
+# PyTorch eager, batch 1 and 8; then the demo bundle's streaming fps, text cache on and off, and with 1, 4 and 8
+# sources batched by one pipeline against as many independent pipelines.
 bench: $(STAMP)
 	$(BIN)/fusionrt bench --arch resnet50+bert-base --backend openvino,onnxruntime,torch --precision fp32,int8 \
 		--batch 1,8 --seq 128 --duration 2 \
 		--out build/bench
-	@if test -f $(DEMO)/bundle/manifest.json; then $(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle; \
-	else echo "(run 'make demo' first for the streaming fps of the demo bundle)"; fi
+	@if test -f $(DEMO)/bundle/manifest.json; then $(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle && \
+		$(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle --sources 1,4,8 --frames 60; \
+	else echo "(run 'make demo' first for the streaming fps of the demo bundle, one source and many)"; fi
 
 # A bounded load on Triton (loopback, the demo bundle's --platform python repository) beside the embedded runtime.
 triton-load: $(STAMP) $(TRITON_ENV)/.installed
