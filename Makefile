@@ -67,7 +67,7 @@ bench: $(STAMP)
 		--batch 1,8 --seq 128 --duration 2 \
 		--out build/bench
 	@if test -f $(DEMO)/bundle/manifest.json; then $(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle && \
-		$(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle --sources 1,4,8 --frames 60; \
+		$(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle --sources 1,4,8; \
 	else echo "(run 'make demo' first for the streaming fps of the demo bundle, one source and many)"; fi
 
 # A bounded load on Triton (loopback, the demo bundle's --platform python repository) beside the embedded runtime.
