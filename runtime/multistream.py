@@ -250,11 +250,24 @@ class MultiStream:
             yield SourceFrame(feed.id, index, image, prediction, latency, fps, len(batch), feed.processed,
                               feed.box.dropped, hit)
 
+    def _batch_tokens(self, texts: list) -> dict:
+        """The tokenizer's outputs for `texts`, from each text's tokens kept since its first frame (padded to the
+        longest): a camera's text rarely changes, so it is tokenized once, not once per call."""
+        rows = [self._tokens_of(t) for t in texts]
+        length = max(r["input_ids"].shape[1] for r in rows)
+        out = {}
+        for name in rows[0]:
+            pad = self.pipeline.tokenizer.pad_id if name == "input_ids" else 0
+            out[name] = np.full((len(rows), length), pad, dtype=rows[0][name].dtype)
+            for i, r in enumerate(rows):
+                out[name][i, :r[name].shape[1]] = r[name][0]
+        return out
+
     def _logits(self, pixels: np.ndarray, texts: list) -> tuple:
         """Logits for the rows, and which rows' text features were cached. Texts the cache lacks run the text branch
         once each, in a call of their own rows; the rest of the batch then runs on cached features."""
         cache: TextFeatureCache | None = self.pipeline.text_cache
-        tokenize = self.pipeline.tokenizer
+        tokenize = self._batch_tokens
         if cache is None:
             return self.pipeline.infer(pixels, tokenize(texts), text_cache=False).logits, [False] * len(texts)
         missing = [t for t in dict.fromkeys(texts) if cache.keys(self._tokens_of(t))[0] not in cache]
