@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import threading
+import time
+from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["latency_stats", "percentiles", "speedup"]
+__all__ = ["latency_stats", "percentiles", "speedup", "run_together"]
 
 
 def percentiles(times_ms: Sequence[float]) -> dict:
@@ -30,3 +32,14 @@ def speedup(baseline_ms: float, candidate_ms: float) -> float:
     if candidate_ms <= 0:
         raise ValueError(f"expected a positive time, found {candidate_ms}")
     return baseline_ms / candidate_ms
+
+
+def run_together(jobs: Sequence[Callable[[], None]]) -> float:
+    """Run the jobs at once, one thread each; the wall seconds from the first start to the last end."""
+    threads = [threading.Thread(target=job) for job in jobs]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start

@@ -86,8 +86,11 @@ def many_sources_fps(bundle, video: Path, n: int, precision: str = "auto", sourc
                      seconds: float = 5.0, frames: int = 60) -> list:
     """[batched row, independent row] for `n` cameras offering `source_fps` each for `seconds` (policy 'latest':
     what cannot be classified in time is dropped), measured one after the other in this run."""
+    import functools
     import threading
     import time
+
+    from fusionrt.benchmarks.stats import run_together
 
     with VideoSource(str(video)) as source:
         decoded = [f for _, f in zip(range(frames), source)]
@@ -116,13 +119,7 @@ def many_sources_fps(bundle, video: Path, n: int, precision: str = "auto", sourc
     try:
         for p in pipes:
             p.classify(blank, TEXT)
-        threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(pipes)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        wall = run_together([functools.partial(run, i, p) for i, p in enumerate(pipes)])
     finally:
         for p in pipes:
             p.close()

@@ -13,13 +13,14 @@ how many executions Triton's dynamic batcher made of the requests. The server is
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from fusionrt.benchmarks.stats import percentiles
+from fusionrt.benchmarks.stats import percentiles, run_together
 from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.pipeline import Pipeline
 from fusionrt.serving.client import TritonClient
@@ -56,13 +57,7 @@ def load_run(make_classify, pairs, threads: int, requests: int) -> dict:
         with lock:
             latencies.extend(mine)
 
-    workers = [threading.Thread(target=worker, args=(c,)) for c in classifiers]
-    start = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    seconds = time.perf_counter() - start
+    seconds = run_together([functools.partial(worker, c) for c in classifiers])
     if errors:
         raise errors[0]
     p = percentiles(latencies)

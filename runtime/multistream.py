@@ -23,7 +23,7 @@ import numpy as np
 from fusionrt.runtime.errors import FusionRTError, InputError
 from fusionrt.runtime.prediction import Prediction
 from fusionrt.runtime.preprocess import load_image, preprocess_batch
-from fusionrt.runtime.stream import POLICIES, READER_JOIN_S, Mailbox
+from fusionrt.runtime.stream import POLICIES, READER_JOIN_S, Mailbox, StreamHandle
 from fusionrt.runtime.text_cache import TextFeatureCache
 
 __all__ = ["SourceFrame", "MultiStream", "MultiStreamHandle", "source_ids"]
@@ -315,39 +315,14 @@ def _text_for(text, ids: dict) -> Callable[[str], str]:
                      f"{type(text).__name__}.")
 
 
-class MultiStreamHandle:
-    """Runs a MultiStream on a thread and hands each SourceFrame to `on_result`."""
+class MultiStreamHandle(StreamHandle):
+    """Runs a MultiStream on a thread and hands each SourceFrame to `on_result`; `join()` returns the summary."""
 
     def __init__(self, multistream: MultiStream, on_result: Callable):
-        self.stream, self.error, self.last = multistream, None, None
-        self._thread = threading.Thread(target=self._run, args=(on_result,), name="fusionrt-streams", daemon=True)
-        self._thread.start()
-
-    def _run(self, on_result) -> None:
-        try:
-            for result in self.stream:
-                self.last = result
-                on_result(result)
-        except BaseException as exc:  # kept for join() to raise in the caller's thread
-            self.error = exc
-
-    def stop(self) -> None:
-        self.stream.stop()
+        self.stream = multistream
+        self._begin(iter(multistream), multistream.stop, on_result)
 
     def join(self, timeout: float | None = None) -> dict:
         """Wait for every source to end (or stop()); raises what the stream raised; returns the summary."""
-        self._thread.join(timeout)
-        if self.error is not None:
-            raise self.error
+        super().join(timeout)
         return self.stream.summary()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        self.join()

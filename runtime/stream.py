@@ -156,25 +156,29 @@ class StreamHandle:
     """Runs a stream on a thread and hands each FramePrediction to `on_prediction`."""
 
     def __init__(self, pipeline, frames, text, on_prediction: Callable, policy: str = "latest", queue_size: int = 2):
-        self._stop = threading.Event()
-        self._generator = stream(pipeline, frames, text, policy, queue_size, self._stop)
+        stop = threading.Event()
+        self._begin(stream(pipeline, frames, text, policy, queue_size, stop), stop.set, on_prediction)
+
+    def _begin(self, results: Iterator, stop: Callable[[], None], on_result: Callable) -> None:
+        """Hand each of `results` (a generator) to `on_result` on a thread; `stop()` ends the results early."""
+        self._results, self._stop = results, stop
         self.error: BaseException | None = None
-        self.last: FramePrediction | None = None
-        self._thread = threading.Thread(target=self._run, args=(on_prediction,), name="fusionrt-stream", daemon=True)
+        self.last = None
+        self._thread = threading.Thread(target=self._run, args=(on_result,), name="fusionrt-stream", daemon=True)
         self._thread.start()
 
-    def _run(self, on_prediction) -> None:
+    def _run(self, on_result) -> None:
         try:
-            for result in self._generator:
+            for result in self._results:
                 self.last = result
-                on_prediction(result)
+                on_result(result)
         except BaseException as exc:  # kept for join() to raise in the caller's thread
             self.error = exc
         finally:
-            self._generator.close()
+            self._results.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stop()
 
     def join(self, timeout: float | None = None) -> FramePrediction | None:
         """Wait for the end of the source (or stop()); raises what the stream raised; returns the last result."""

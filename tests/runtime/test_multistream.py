@@ -160,3 +160,16 @@ def test_the_text_branch_runs_only_for_texts_the_cache_lacks(tiny_bundle, frames
     assert len(results) == 20
     assert sum(rows) == 2  # two distinct texts: one text-branch row each, whatever the batches
     assert sum(not r.text_cached for r in results) == 2
+
+
+def test_callback_form_runs_on_a_thread_and_joins_with_the_summary(pipe, frames_by_colour):
+    seen, caller = [], threading.get_ident()
+    red = frames_by_colour["red"][:4]
+
+    def on_result(r):
+        seen.append((r.source, r.index, threading.get_ident()))
+
+    with pipe.start_stream_many({"a": red, "b": red}, "a shape", on_result, policy="all") as handle:
+        summary = handle.join(30)
+    assert not handle.running and sorted(s[:2] for s in seen) == [(k, i) for k in "ab" for i in range(4)]
+    assert all(t != caller for *_, t in seen) and summary["a"]["processed"] == summary["b"]["processed"] == 4
