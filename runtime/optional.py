@@ -25,6 +25,9 @@ _INSTALL_HINTS = {
     "safetensors": "pip install 'fusionrt[export]'",
     "matplotlib": "pip install 'fusionrt[bench]'",
     "tqdm": "pip install 'fusionrt[dev]'",
+    "tritonclient.http": "pip install 'fusionrt[triton]'  (tritonclient, for fusionrt.client)",
+    "tritonclient.grpc": "pip install 'fusionrt[triton]'  (tritonclient, for fusionrt.client)",
+    "tritonclient.utils": "pip install 'fusionrt[triton]'  (tritonclient, for fusionrt.client)",
 }
 
 

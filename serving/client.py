@@ -61,7 +61,7 @@ class TritonClient:
             raise InputError(f"protocol: expected 'http' or 'grpc', found '{protocol}'.")
         self.protocol, self.model = protocol, model
         self.url = url or f"127.0.0.1:{_PORTS[protocol]}"
-        self._api = require(f"tritonclient.{protocol}", "fusionrt.client (pip install 'fusionrt[triton]')")
+        self._api = require(f"tritonclient.{protocol}", "fusionrt.client")
         self._errors = require("tritonclient.utils").InferenceServerException
         if protocol == "http":
             self._client = self._api.InferenceServerClient(self.url, connection_timeout=timeout_s,
