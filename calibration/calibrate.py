@@ -15,7 +15,7 @@ from fusionrt.calibration.criterion import Criterion, judge, noise_band
 from fusionrt.calibration.evaluation import ENCODERS, Evaluator, bf16_round, run_component
 from fusionrt.calibration.fallback import quantizable_nodes, rank_layers, search_fallback, structural_float
 from fusionrt.calibration.fidelity import combinations, cosine_stats, fidelity_markdown
-from fusionrt.calibration.half import write_fp16
+from fusionrt.calibration.half import write_fp16, write_int8_fp16
 from fusionrt.calibration.policy import choose_policy
 from fusionrt.calibration.quantize import collect_ranges, preprocess_for_quantization, quantize_component
 from fusionrt.calibration.reader import MIN_HELD_OUT, CalibrationSource, OrtReader, select_calibration
@@ -31,6 +31,7 @@ from fusionrt.runtime.progress import progress
 __all__ = ["calibrate_bundle", "TARGETS"]
 
 TARGETS = ("int8-cpu", "int8-trt")  # the INT8 files written, one per target
+STRONGLY_TYPED_INT8 = "int8-trt-fp16"  # the int8-trt graph on an FP16 base (TensorRT 11, TensorRT-RTX)
 OV_TARGET = "int8-ov"  # OpenVINO runs the int8-trt files; its policy is measured on its own kernels when installed
 assert set(TARGETS) | {OV_TARGET} == set(INT8_TARGETS)
 # The TensorRT flavour is measured with its Q/DQ nodes run as written (ONNX Runtime's graph optimizations off):
@@ -156,6 +157,8 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         policies[target] = {"precision": dict(zip(COMPONENTS, key)), "reason": reason,
                             "outcome": outcomes.get(key, {}).get(target, ref.outcome),
                             "kept_float": {c: kept[target][c] for c in COMPONENTS if key[COMPONENTS.index(c)] == "int8"}}
+    strongly_typed = _fp16_base(ref, written, policies["int8-trt"]["precision"], kept["int8-trt"], fp16, fp16_files,
+                                noise_flips, criterion, update)
     cpu = cpu_info()
     report = {
         "calibration": {"method": method, "samples": len(calib), "data": str(data)},
@@ -174,6 +177,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         "fallback_search": {t: {c: [{"kept": k, "passed": ok, "rule": rule} for k, ok, rule in s.trace]
                                 for c, s in per.items()} for t, per in searches.items()},
         "policy": {t: {"chosen": format_precision(p["precision"]), "reason": p["reason"]} for t, p in policies.items()},
+        "int8-trt-fp16": strongly_typed,
     }
     report["summary"] = {
         "fp32_accuracy": ref.outcome["accuracy"], "noise_floor_flips": noise_flips,
@@ -187,7 +191,10 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     components = {}
     for comp in COMPONENTS:
         files = dict(m.components[comp].files)
-        for flavour in (*TARGETS, "fp16"):
+        for flavour in (*TARGETS, "fp16", STRONGLY_TYPED_INT8):
+            if (comp, flavour) not in written:  # int8-trt-fp16 where it failed the criterion
+                files.pop(flavour, None)
+                continue
             staged = written[(comp, flavour)]
             files[flavour] = ModelFile(staged.name, sha256_of(staged.path))
         components[comp] = dataclasses.replace(m.components[comp], files=files)
@@ -226,6 +233,36 @@ def _measure_openvino(ref: Evaluator, written: dict, fp32_files: dict, outcomes:
 
     _judge_configurations(OV_TARGET, logits_of, ref, noise_flips, criterion, outcomes, rows)
     times[OV_TARGET] = seconds
+
+
+def _fp16_base(ref: Evaluator, written: dict, chosen: dict, kept: dict, fp16: dict, fp16_files: dict,
+               noise_flips: int, criterion: Criterion, update) -> dict:
+    """The int8-trt files on an FP16 base, for the strongly typed builders (TensorRT 11, TensorRT-RTX), judged end
+    to end at the int8-trt policy: first with the layers the per-layer search kept float in FP16 too (the fastest
+    float), else with them in FP32 (as they were judged). Neither passing: no such files, and strongly typed builds
+    keep the FP32-base Q/DQ graph. Returns what the report says of it."""
+    tried = []
+    for fallback in ("fp16", "fp32"):
+        for comp in COMPONENTS:
+            keep = [e["node"] for e in kept.get(comp, []) if e["why"].startswith("per-layer search")] \
+                if fallback == "fp32" else []
+            written[(comp, STRONGLY_TYPED_INT8)] = staged = update.stage(f"{comp}.int8.trt.fp16.onnx")
+            write_int8_fp16(written[(comp, "int8-trt")].path, staged.path, keep)
+        files = {c: written[(c, STRONGLY_TYPED_INT8)].path for c in COMPONENTS}
+        features = {c: ref.features(c, files[c], True) if chosen[c] == "int8" else
+                    (fp16[c] if chosen[c] == "fp16" else ref.fp32[c]) for c in ENCODERS}
+        head = {"int8": files, "fp16": fp16_files, "fp32": ref.files}[chosen["fusion_head"]]["fusion_head"]
+        outcome = ref.judge_logits(ref.head(head, features["image_encoder"], features["text_encoder"],
+                                            chosen["fusion_head"] == "int8"))
+        passed, rule = judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)
+        tried.append({"fallback_layers": fallback, "passed": passed, "rule": rule,
+                      **{k: outcome[k] for k in ("top1_agreement", "flips", "accuracy")},
+                      **{f"{c}_cosine_min": cosine_stats(ref.fp32[c], features[c])["min"] for c in ENCODERS}})
+        if passed:
+            return {"written": True, "fallback_layers": fallback, "tried": tried}
+    for comp in COMPONENTS:
+        del written[(comp, STRONGLY_TYPED_INT8)]
+    return {"written": False, "tried": tried}
 
 
 def _judge_configurations(target: str, logits_of, ref: Evaluator, noise_flips: int, criterion: Criterion,

@@ -298,8 +298,9 @@ def cmd_build(args) -> int:
         size = Path(args.bundle, r.record.path).stat().st_size / 2**20
         what = "unchanged, skipped" if r.skipped else f"built in {r.seconds:.1f} s"
         qdq = r.layers.get("QUANTIZE", 0) + r.layers.get("DEQUANTIZE", 0)
+        floats = ", ".join(f"{n} {k}" for k, n in sorted(r.float_compute.items()))
         print(f"{r.component:14s} {r.record.precision:5s} {r.record.path}  {size:.1f} MiB  {what}"
-              + (f"  ({qdq} Q/DQ layers)" if qdq else ""))
+              + (f"  ({qdq} Q/DQ layers)" if qdq else "") + (f"  float compute: {floats}" if floats else ""))
     return 0
 
 

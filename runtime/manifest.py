@@ -37,7 +37,7 @@ MANIFEST_NAME = "manifest.json"
 COMPONENTS = ("image_encoder", "text_encoder", "fusion_head")
 # Precision flavours a component file may exist in. int8 has one file per target: ONNX Runtime's CPU
 # kernels are fast on U8S8, TensorRT needs symmetric S8S8 with float biases.
-FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt")
+FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8-trt-fp16")  # int8-trt-fp16: the Q/DQ graph on FP16
 # policies per target: ONNX Runtime's CPU kernels, TensorRT's Q/DQ arithmetic, OpenVINO's kernels (measured there)
 INT8_TARGETS = ("int8-cpu", "int8-trt", "int8-ov")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")

@@ -35,6 +35,7 @@ class BuildResult:
     skipped: bool  # the cache key matched an engine already built
     layers: dict  # layer type -> count in the parsed network (empty when skipped)
     seconds: float
+    float_compute: dict = dataclasses.field(default_factory=dict)  # 'FP16' / 'FP32' -> float compute layers parsed
 
 
 def _target(api: TrtApi, compute_capability: str | None) -> tuple:
@@ -76,9 +77,27 @@ def _layer_counts(network) -> dict:
     return counts
 
 
+_COMPUTE = ("CONVOLUTION", "MATRIX_MULTIPLY", "ELEMENTWISE", "ACTIVATION", "NORMALIZATION", "SOFTMAX", "REDUCE",
+            "POOLING", "UNARY")
+
+
+def _float_compute(network) -> dict:
+    """How many of the parsed network's float compute layers give FP16 and FP32 (a strongly typed network runs each
+    at its output's type; a Q/DQ layer's INT8 math shows as the float it dequantizes to)."""
+    counts = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type.name in _COMPUTE and layer.num_outputs:
+            kind = {"HALF": "FP16", "FLOAT": "FP32", "BF16": "BF16"}.get(layer.get_output(0).dtype.name)
+            if kind:
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def _build_one(api: TrtApi, logger, onnx_name: str, onnx: bytes, comp, precision: str, profile: Profile, cc,
                folder: Path, workspace_mib: int | None, capturable: bool = False) -> tuple:
-    """(plan bytes, layer counts) of one engine, parsed from `onnx`: the bytes whose sha256 was just checked."""
+    """(plan bytes, layer counts, float compute counts) of one engine, parsed from `onnx`: the bytes whose sha256 was
+    just checked."""
     trt = api.trt
     builder = trt.Builder(logger)
     network = api.create_network(builder)
@@ -108,7 +127,7 @@ def _build_one(api: TrtApi, logger, onnx_name: str, onnx: bytes, comp, precision
                                  "(its log above says why).")
     if timing is not None:
         _write_atomic(cache_file, bytes(timing.serialize()))
-    return bytes(plan), _layer_counts(network)
+    return bytes(plan), _layer_counts(network), _float_compute(network)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -143,7 +162,7 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
     results, components = [], dict(m.components)
     for name in COMPONENTS:
         comp, prec = components[name], precisions[name]
-        flavour = api.onnx_flavour(prec)
+        flavour = api.onnx_flavour(prec, comp.files)
         if flavour not in comp.files:
             raise BundleError(f"{name}: a {prec} engine for {api.product} {api.version} is built from the bundle's "
                               f"'{flavour}' model, which it lacks (has {sorted(comp.files)}): run `fusionrt calibrate` first.")
@@ -155,7 +174,7 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
             results.append(BuildResult(name, known, True, {}, 0.0))
             continue
         started = time.perf_counter()
-        plan, layers = _build_one(api, logger, source.path, bundle.read(source.path, source.sha256), comp, prec,
+        plan, layers, float_compute = _build_one(api, logger, source.path, bundle.read(source.path, source.sha256), comp, prec,
                                   profile, cc, folder, workspace_mib, cuda_graphs)
         staged = update.stage(f"{rel_folder}/{name}.{prec}.plan")
         staged.path.write_bytes(plan)
@@ -165,7 +184,7 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
         same_slot = (api.product, str(api.version), device, prec)
         engines = tuple(e for e in comp.engines if (e.product, e.version, e.device, e.precision) != same_slot) + (record,)
         components[name] = dataclasses.replace(comp, engines=engines)
-        results.append(BuildResult(name, record, False, layers, time.perf_counter() - started))
+        results.append(BuildResult(name, record, False, layers, time.perf_counter() - started, float_compute))
     if any(not r.skipped for r in results):
         update.commit(dataclasses.replace(m, components=components))
     return results

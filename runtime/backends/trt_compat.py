@@ -63,10 +63,11 @@ class TrtApi:
             return engine.create_execution_context(config)
         return engine.create_execution_context()
 
-    def onnx_flavour(self, precision: str) -> str:
-        """Which bundle ONNX file a `precision` engine is built from."""
+    def onnx_flavour(self, precision: str, available=()) -> str:
+        """Which bundle ONNX file a `precision` engine is built from (`available`: the component's flavours)."""
         if precision == "int8":
-            return "int8-trt"
+            # strongly typed: the float the Q/DQ graph keeps runs at the ONNX's own precision, so the FP16 base
+            return "int8-trt-fp16" if self.strongly_typed and "int8-trt-fp16" in available else "int8-trt"
         if precision == "fp16" and self.strongly_typed:
             return "fp16"
         return "fp32"

@@ -107,6 +107,42 @@ def test_fp16_model_keeps_float32_io_and_normalization(calibrated):
         assert source is not None and source.op_type == "Cast"  # fed float32 through a cast
 
 
+def test_int8_trt_on_an_fp16_base_keeps_every_weight_within_half_a_step(calibrated, tmp_path):
+    """The strongly typed builders' int8-trt file: FP16 scales (opset 19), INT8 weights requantized on them, the
+    FP32 ops still FP32, and the layers asked to stay FP32 kept so; judged at the policy in the report."""
+    from onnx import numpy_helper
+
+    from fusionrt.calibration.half import write_int8_fp16
+
+    bundle = calibrated[0]
+    src = onnx.load(str(bundle / "text_encoder.int8.trt.onnx"))
+    matmul = next(n.name for n in src.graph.node if n.op_type == "MatMul" and n.name)
+    out = write_int8_fp16(bundle / "text_encoder.int8.trt.onnx", tmp_path / "t.onnx", keep_fp32_nodes=[matmul])
+    half = onnx.load(str(out))
+    assert next(o.version for o in half.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    old = {i.name: numpy_helper.to_array(i) for i in src.graph.initializer}
+    new = {i.name: numpy_helper.to_array(i) for i in half.graph.initializer}
+    weights = [n for n in half.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in new]
+    assert weights
+    for node in weights:
+        q, scale = new[node.input[0]], new[node.input[1]]
+        assert scale.dtype == np.float16
+        shape = [1] * q.ndim
+        if scale.ndim:
+            shape[next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim] = -1
+        before = old[node.input[0]] * old[node.input[1]].astype(np.float64).reshape(shape)
+        after = q * scale.astype(np.float64).reshape(shape)
+        assert np.all(np.abs(after - before) <= 0.5 * scale.astype(np.float64).reshape(shape) + 1e-12), node.name
+    kinds = {n.name: n for n in half.graph.node}
+    produced = {o: n for n in half.graph.node for o in n.output}
+    for node in (n for n in half.graph.node if n.op_type in ("Softmax", "LayerNormalization")):
+        assert produced[node.input[0]].op_type == "Cast"  # fed FP32 through a cast
+    assert produced[kinds[matmul].input[0]].op_type == "Cast"  # kept FP32 as asked
+    report = json.loads((bundle / "reports" / "fidelity.json").read_text())["int8-trt-fp16"]
+    assert report["tried"][0]["fallback_layers"] == "fp16"
+    assert report["written"] == ("int8-trt-fp16" in Bundle.open(bundle).manifest.components["text_encoder"].files)
+
+
 def test_cpu_target_is_u8s8_and_dynamic_for_text(calibrated):
     bundle = calibrated[0]
     image = _ops(bundle / "image_encoder.int8.cpu.onnx")

@@ -48,6 +48,23 @@ def test_int8_network_holds_qdq_layers_and_its_engine_is_smaller(built):
 
 
 @needs_rtx
+def test_int8_on_a_strongly_typed_builder_runs_its_float_in_fp16(built):
+    """TensorRT-RTX builds the FP16-base Q/DQ graph: every float compute layer gives FP16 but those the FP16 model
+    keeps in FP32 too (LayerNorm, Softmax, reductions); the FP32-base graph would give FP32 throughout."""
+    bundle, results = built
+    int8, fp16 = ({r.component: r for r in results[p]} for p in ("int8", "fp16"))
+    m = Bundle.open(bundle).manifest
+    for name, r in int8.items():
+        source = next(e for e in m.components[name].engines if e.precision == "int8")
+        assert r.record.sha256 == source.sha256 and "int8-trt-fp16" in m.components[name].files
+        assert r.float_compute.get("FP16", 0) > 0
+        assert r.float_compute.get("FP32", 0) == fp16[name].float_compute.get("FP32", 0), name
+    assert "FP32" not in int8["image_encoder"].float_compute and "FP32" not in int8["fusion_head"].float_compute
+    assert {r.component: r.float_compute for r in results["fp32"]} == \
+        {r.component: {"FP32": sum(r.float_compute.values())} for r in results["fp32"]}
+
+
+@needs_rtx
 def test_fp16_engine_is_built_from_the_fp16_onnx_on_strongly_typed_products(built):
     _, results = built
     # the FP16 ONNX keeps LayerNorm/Softmax in float32 through casts; the fp32 one has none
@@ -110,6 +127,9 @@ def test_version_differences_live_in_one_place():
     v10, v11, rtx = _fake_api("tensorrt", "10.13.3"), _fake_api("tensorrt", "11.1.0"), _fake_api("tensorrt_rtx", "1.7.1")
     assert [a.onnx_flavour("fp16") for a in (v10, v11, rtx)] == ["fp32", "fp16", "fp16"]
     assert {a.onnx_flavour("int8") for a in (v10, v11, rtx)} == {"int8-trt"}
+    # strongly typed builders take the FP16-base Q/DQ graph where the bundle has it (10.x: the FP16 flag does that)
+    both = ("int8-trt", "int8-trt-fp16")
+    assert [a.onnx_flavour("int8", both) for a in (v10, v11, rtx)] == ["int8-trt", "int8-trt-fp16", "int8-trt-fp16"]
     assert [a.has_timing_cache for a in (v10, v11, rtx)] == [True, True, False]
     assert [a.builds_without_gpu for a in (v10, v11, rtx)] == [False, False, True]
     assert _fake_api("tensorrt", "10.9").version < _fake_api("tensorrt", "10.13").version  # not string order

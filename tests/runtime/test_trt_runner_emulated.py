@@ -171,10 +171,12 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
     """Pipeline.load(backend='tensorrt_rtx') end to end: the real engine files, records and checks, engine choice
     per precision and policy, the fused path (eager and CUDA graphs), a caller's stream for the head, the
     cached-text path, close; TensorRT's compute emulated by ONNX Runtime on the ONNX each engine was built from.
-    The reference is ONNX Runtime on those same files (its TensorRT EP's flavours, run on the CPU)."""
+    The reference is ONNX Runtime on those same files (run on the CPU)."""
+    import dataclasses
     import shutil
 
     from fusionrt.data.dataset import LabeledDataset
+    from fusionrt.runtime.bundle import Bundle
     from fusionrt.runtime.pipeline import Pipeline
     from fusionrt.runtime.text_cache import TextFeatureCache
 
@@ -184,8 +186,16 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
 
     samples = LabeledDataset.read(calibrated[3])
     images, texts = [s.image for s in samples], [s.text for s in samples]
+    # TensorRT-RTX builds INT8 from the FP16-base Q/DQ graph; ONNX Runtime's TensorRT EP flavour is the FP32-base
+    # one. The reference runs on the files the engines were built from: a copy whose int8-trt entries name those.
+    reference = tmp_path / "reference"
+    shutil.copytree(bundle, reference)
+    ref_bundle = Bundle.open(reference)
+    m = ref_bundle.manifest
+    ref_bundle.save(dataclasses.replace(m, components={c: dataclasses.replace(
+        comp, files={**comp.files, "int8-trt": comp.files["int8-trt-fp16"]}) for c, comp in m.components.items()}))
     with pytest.warns(UserWarning, match="TensorrtExecutionProvider"), Pipeline.load(
-            bundle, backend="onnxruntime", precision=precision, device="tensorrt", allow_fallback=True) as ref:
+            reference, backend="onnxruntime", precision=precision, device="tensorrt", allow_fallback=True) as ref:
         expected = {n: ref.logits(*ref.prepare(images[:n], texts[:n])) for n in (8, 3)}
         labels = [p.label for p in ref.classify_batch(images[:8], texts[:8])]
         chosen = ref.precision

@@ -263,8 +263,9 @@ def onnx_models(bundle, precision: str) -> dict:
     from fusionrt.runtime.manifest import Profile
 
     manifest, models = Bundle.open(bundle).manifest, {}
-    flavour = TrtApi("tensorrt_rtx", None, Version("1.0")).onnx_flavour(precision)
+    api = TrtApi("tensorrt_rtx", None, Version("1.0"))
     for comp in manifest.components.values():
+        flavour = api.onnx_flavour(precision, comp.files)
         session = ort.InferenceSession(str(bundle / comp.files[flavour].path), providers=["CPUExecutionProvider"])
         for engine in (e for e in comp.engines if e.precision == precision):
             profile = Profile.from_dict(engine.profile)
