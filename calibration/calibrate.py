@@ -38,6 +38,9 @@ assert set(TARGETS) | {OV_TARGET} == set(INT8_TARGETS)
 # the exact products and int32 sums TensorRT computes. Fused into this CPU's integer kernels it would carry the
 # CPU's own rounding (U8S8 pair sums saturate without VNNI) into a figure meant for the GPU.
 EXACT_QDQ = {"int8-cpu": False, "int8-trt": True}
+# The file each target is judged on. TensorRT runs what a Q/DQ graph keeps float in FP16 (10.x: the FP16 flag beside
+# INT8; 11.x and TensorRT-RTX, strongly typed: the FP16-base graph they build from), so int8-trt is judged there.
+JUDGED = {"int8-cpu": "int8-cpu", "int8-trt": STRONGLY_TYPED_INT8}
 RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured on
 
 
@@ -111,6 +114,9 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
                 chosen, search = _fallback(comp, target, prepared, ranges, structural, ranked, ref, noise_flips,
                                            criterion, Path(tmp)) if requested is None else ([], None)
                 quantize_component(prepared, comp, target, ranges, staged.path, excluded=sorted(structural) + chosen)
+                if target == "int8-trt":  # what TensorRT computes, and what int8-trt is judged on: FP16 underneath
+                    written[(comp, STRONGLY_TYPED_INT8)] = half = update.stage(f"{comp}.int8.trt.fp16.onnx")
+                    write_int8_fp16(staged.path, half.path)
                 errors = dict(ranked)
                 kept[target][comp] = [{"node": n, "why": why} for n, why in sorted(structural.items())] + [
                     {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} (local error {errors[n]:.3g})"}
@@ -123,7 +129,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     branches = {"fp16": {c: cosine_stats(ref.fp32[c], fp16[c]) for c in ENCODERS}}
     outcomes, rows, times = {}, [], {}
     for target in progress(TARGETS, "fidelity on the held-out split", total=len(TARGETS)):
-        q_files = {c: written[(c, target)].path for c in COMPONENTS}
+        q_files = {c: written[(c, JUDGED[target])].path for c in COMPONENTS}
         q_seconds = {}  # the CPU target runs here: its INT8 speed is measured, not estimated
         q_feats = {c: ref.features(c, q_files[c], EXACT_QDQ[target], q_seconds) for c in ENCODERS}
         branches[target] = {c: cosine_stats(ref.fp32[c], q_feats[c]) for c in ENCODERS}
@@ -157,8 +163,6 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         policies[target] = {"precision": dict(zip(COMPONENTS, key)), "reason": reason,
                             "outcome": outcomes.get(key, {}).get(target, ref.outcome),
                             "kept_float": {c: kept[target][c] for c in COMPONENTS if key[COMPONENTS.index(c)] == "int8"}}
-    strongly_typed = _fp16_base(ref, written, policies["int8-trt"]["precision"], kept["int8-trt"], fp16, fp16_files,
-                                noise_flips, criterion, update)
     cpu = cpu_info()
     report = {
         "calibration": {"method": method, "samples": len(calib), "data": str(data)},
@@ -167,7 +171,8 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         "noise_floor": noise,
         # int8-cpu figures hold for CPUs like this one (U8S8 kernels differ with and without VNNI)
         "measured_on": {"cpu": cpu["model"], "vnni": cpu["vnni"],
-                        "int8-trt": "Q/DQ run as written (exact integer arithmetic, as TensorRT computes it)"},
+                        "int8-trt": "Q/DQ run as written on an FP16 base (exact integer arithmetic, FP16 between, as "
+                                    "TensorRT computes it)"},
         "fp32": ref.outcome,
         "fp32_model_ms": {c: 1e3 * ref.seconds[c] for c in COMPONENTS},  # held-out split, this CPU
         "measured_ms": {t: {c: {p: 1e3 * s for p, s in v.items()} for c, v in tt.items()} for t, tt in times.items()},
@@ -177,7 +182,6 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         "fallback_search": {t: {c: [{"kept": k, "passed": ok, "rule": rule} for k, ok, rule in s.trace]
                                 for c, s in per.items()} for t, per in searches.items()},
         "policy": {t: {"chosen": format_precision(p["precision"]), "reason": p["reason"]} for t, p in policies.items()},
-        "int8-trt-fp16": strongly_typed,
     }
     report["summary"] = {
         "fp32_accuracy": ref.outcome["accuracy"], "noise_floor_flips": noise_flips,
@@ -192,9 +196,6 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     for comp in COMPONENTS:
         files = dict(m.components[comp].files)
         for flavour in (*TARGETS, "fp16", STRONGLY_TYPED_INT8):
-            if (comp, flavour) not in written:  # int8-trt-fp16 where it failed the criterion
-                files.pop(flavour, None)
-                continue
             staged = written[(comp, flavour)]
             files[flavour] = ModelFile(staged.name, sha256_of(staged.path))
         components[comp] = dataclasses.replace(m.components[comp], files=files)
@@ -235,36 +236,6 @@ def _measure_openvino(ref: Evaluator, written: dict, fp32_files: dict, outcomes:
     times[OV_TARGET] = seconds
 
 
-def _fp16_base(ref: Evaluator, written: dict, chosen: dict, kept: dict, fp16: dict, fp16_files: dict,
-               noise_flips: int, criterion: Criterion, update) -> dict:
-    """The int8-trt files on an FP16 base, for the strongly typed builders (TensorRT 11, TensorRT-RTX), judged end
-    to end at the int8-trt policy: first with the layers the per-layer search kept float in FP16 too (the fastest
-    float), else with them in FP32 (as they were judged). Neither passing: no such files, and strongly typed builds
-    keep the FP32-base Q/DQ graph. Returns what the report says of it."""
-    tried = []
-    for fallback in ("fp16", "fp32"):
-        for comp in COMPONENTS:
-            keep = [e["node"] for e in kept.get(comp, []) if e["why"].startswith("per-layer search")] \
-                if fallback == "fp32" else []
-            written[(comp, STRONGLY_TYPED_INT8)] = staged = update.stage(f"{comp}.int8.trt.fp16.onnx")
-            write_int8_fp16(written[(comp, "int8-trt")].path, staged.path, keep)
-        files = {c: written[(c, STRONGLY_TYPED_INT8)].path for c in COMPONENTS}
-        features = {c: ref.features(c, files[c], True) if chosen[c] == "int8" else
-                    (fp16[c] if chosen[c] == "fp16" else ref.fp32[c]) for c in ENCODERS}
-        head = {"int8": files, "fp16": fp16_files, "fp32": ref.files}[chosen["fusion_head"]]["fusion_head"]
-        outcome = ref.judge_logits(ref.head(head, features["image_encoder"], features["text_encoder"],
-                                            chosen["fusion_head"] == "int8"))
-        passed, rule = judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)
-        tried.append({"fallback_layers": fallback, "passed": passed, "rule": rule,
-                      **{k: outcome[k] for k in ("top1_agreement", "flips", "accuracy")},
-                      **{f"{c}_cosine_min": cosine_stats(ref.fp32[c], features[c])["min"] for c in ENCODERS}})
-        if passed:
-            return {"written": True, "fallback_layers": fallback, "tried": tried}
-    for comp in COMPONENTS:
-        del written[(comp, STRONGLY_TYPED_INT8)]
-    return {"written": False, "tried": tried}
-
-
 def _judge_configurations(target: str, logits_of, ref: Evaluator, noise_flips: int, criterion: Criterion,
                           outcomes: dict, rows: list) -> None:
     """Every configuration but all-FP32 on `target`: `logits_of(config)` judged against FP32, into `outcomes` (key ->
@@ -287,7 +258,8 @@ def _fallback(comp: str, target: str, prepared: Path, ranges: Path, structural: 
 
     def passes(extra: list) -> tuple:
         quantize_component(prepared, comp, target, ranges, trial, excluded=sorted(structural) + extra)
-        outcome = ref.component_alone(comp, trial, EXACT_QDQ[target])
+        judged = write_int8_fp16(trial, tmp / f"{comp}.{target}.trial.fp16.onnx") if target == "int8-trt" else trial
+        outcome = ref.component_alone(comp, judged, EXACT_QDQ[target])
         return judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)
 
     search = search_fallback([name for name, _ in ranked], passes)

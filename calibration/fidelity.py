@@ -82,21 +82,11 @@ def fidelity_markdown(report: dict) -> str:
     vnni = {True: "with VNNI", False: "without VNNI"}.get(measured.get("vnni"), "VNNI unknown")
     lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}. int8-cpu was measured with ONNX "
               f"Runtime's integer kernels on this CPU ({measured.get('cpu') or 'unknown'}, {vnni}): its figures hold "
-              "for CPUs of the same kind. int8-trt was measured on its Q/DQ arithmetic as written, as TensorRT "
-              "computes it." + (" int8-ov was measured on OpenVINO's CPU kernels (fp16 there is the CPU's 16-bit "
+              "for CPUs of the same kind. int8-trt was measured on its Q/DQ arithmetic as written over an FP16 base "
+              "(*.int8.trt.fp16.onnx: what TensorRT computes, INT8 with FP16 between; LayerNorm, Softmax and "
+              "reductions FP32), so the layers its search keeps out of INT8 run in FP16." + (" int8-ov was measured on OpenVINO's CPU kernels (fp16 there is the CPU's 16-bit "
                                 "float: BF16 where it has it)." if "int8-ov" in report["policy"] else ""), ""]
     for target, policy in report["policy"].items():
         lines.append(f"**Chosen for {target}:** {policy['chosen']} — {policy['reason']}  ")
-    strongly_typed = report.get("int8-trt-fp16")
-    if strongly_typed:
-        lines += ["", "**int8-trt on an FP16 base** (what TensorRT 11 and TensorRT-RTX build: their networks are "
-                  "strongly typed, so the float the Q/DQ graph keeps runs at the ONNX's precision; LayerNorm, "
-                  "Softmax and reductions stay FP32), at the int8-trt policy:"]
-        for t in strongly_typed["tried"]:
-            lines.append(f"- layers the per-layer search kept float in {t['fallback_layers'].upper()}: agreement "
-                         f"{100 * t['top1_agreement']:.2f} %, {t['flips']} flips, accuracy {100 * t['accuracy']:.2f} % "
-                         f"— {'passes' if t['passed'] else 'fails'}: {t['rule']}")
-        lines.append("Written as `*.int8.trt.fp16.onnx`." if strongly_typed["written"] else
-                     "Not written: strongly typed builds use the FP32-base int8-trt graph.")
     lines.append("")
     return "\n".join(lines)

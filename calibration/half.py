@@ -28,10 +28,11 @@ def write_fp16(src: Path, dst: Path) -> Path:
     return Path(dst)
 
 
-def write_int8_fp16(src: Path, dst: Path, keep_fp32_nodes=()) -> Path:
-    """The int8-trt Q/DQ model on an FP16 base, for the strongly typed builders (TensorRT 11, TensorRT-RTX), where
-    what the Q/DQ graph keeps float runs at the precision the ONNX says: everything FP16 but LayerNorm, Softmax and
-    the reductions (FP32_OPS) and `keep_fp32_nodes` (what the per-layer search kept float: it was judged in FP32).
+def write_int8_fp16(src: Path, dst: Path) -> Path:
+    """The int8-trt Q/DQ model on an FP16 base: what TensorRT computes under INT8 (10.x with the FP16 flag beside
+    INT8; 11.x and TensorRT-RTX, strongly typed, build from this file), so what int8-trt is judged on. Everything
+    that is not INT8 is FP16 but LayerNorm, Softmax and the reductions (FP32_OPS): the layers the per-layer search
+    keeps out of INT8 land on FP16, the fastest faithful float there.
 
     The Q/DQ scales become float16, so DequantizeLinear yields FP16 straight into the INT8 layers (opset 19). Weight
     scales too small for float16 are rounded to it, and the INT8 weights are requantized on the rounded scales, so
@@ -42,8 +43,7 @@ def write_int8_fp16(src: Path, dst: Path, keep_fp32_nodes=()) -> Path:
     model = onnx.load(str(src))
     fp32_scales = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     blocked = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))
-    half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked,
-                                            node_block_list=list(keep_fp32_nodes))
+    half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
     for opset in half.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < QDQ_FP16_OPSET:
             opset.version = QDQ_FP16_OPSET  # 18 -> 19 adds types to the ops the exported models use, changes none

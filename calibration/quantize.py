@@ -25,7 +25,7 @@ from fusionrt.runtime.progress import progress
 __all__ = ["METHODS", "RECIPE", "QUANTIZED_OPS", "collect_ranges", "keep_float", "quantize_component"]
 
 METHODS = ("minmax", "percentile", "entropy")
-RECIPE = 3  # bumped whenever what is quantized changes (keys cached quantized models)
+RECIPE = 4  # bumped whenever what is quantized changes (keys cached quantized models)
 EARLY_CONV_SHARE = 0.25  # EfficientNet-Lite0: image cosine vs FP32 0.992 (none) -> 0.998 (a quarter of the dense convs)
 QUANTIZED_OPS = {
     "image_encoder": ["Conv", "MatMul", "Gemm"],
