@@ -288,9 +288,10 @@ class MultiStream:
         """Stop the readers (each leaves at its next frame; a stalled one is waited for a bounded time)."""
         self._stop.set()
         self._notify()
+        deadline = time.monotonic() + READER_JOIN_S  # one bounded wait for all, however many sources stalled
         for feed in self._feeds:
             if feed.thread.is_alive():
-                feed.thread.join(timeout=READER_JOIN_S)
+                feed.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "MultiStream":
         return self

@@ -173,3 +173,19 @@ def test_callback_form_runs_on_a_thread_and_joins_with_the_summary(pipe, frames_
         summary = handle.join(30)
     assert not handle.running and sorted(s[:2] for s in seen) == [(k, i) for k in "ab" for i in range(4)]
     assert all(t != caller for *_, t in seen) and summary["a"]["processed"] == summary["b"]["processed"] == 4
+
+
+def test_stopping_over_many_stalled_sources_waits_once_not_once_per_source(pipe, frames_by_colour):
+    from fusionrt.runtime.stream import READER_JOIN_S
+
+    stalled = [Stalled(frames_by_colour["blue"][0]) for _ in range(6)]
+    try:
+        streams = pipe.stream_many({f"s{i}": s for i, s in enumerate(stalled)}, "a shape", max_wait_ms=10)
+        results = iter(streams)
+        next(results)
+        started = time.perf_counter()
+        results.close()  # the consumer leaves: every reader is stopped
+        assert time.perf_counter() - started < READER_JOIN_S + 1.0
+    finally:
+        for s in stalled:
+            s.release.set()
