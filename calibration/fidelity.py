@@ -84,8 +84,9 @@ def fidelity_markdown(report: dict) -> str:
               f"Runtime's integer kernels on this CPU ({measured.get('cpu') or 'unknown'}, {vnni}): its figures hold "
               "for CPUs of the same kind. int8-trt was measured on its Q/DQ arithmetic as written over an FP16 base "
               "(*.int8.trt.fp16.onnx: what TensorRT computes, INT8 with FP16 between; LayerNorm, Softmax and "
-              "reductions FP32), so the layers its search keeps out of INT8 run in FP16." + (" int8-ov was measured on OpenVINO's CPU kernels (fp16 there is the CPU's 16-bit "
-                                "float: BF16 where it has it)." if "int8-ov" in report["policy"] else ""), ""]
+              "reductions FP32), so the layers its search keeps out of INT8 run in FP16."
+              + (" int8-ov was measured on OpenVINO's CPU kernels (fp16 there is the CPU's 16-bit float: BF16 where "
+                 "it has it)." if "int8-ov" in report["policy"] else ""), ""]
     for target, policy in report["policy"].items():
         lines.append(f"**Chosen for {target}:** {policy['chosen']} — {policy['reason']}  ")
     lines.append("")

@@ -23,7 +23,7 @@ import numpy as np
 from fusionrt.runtime.errors import FusionRTError, InputError
 from fusionrt.runtime.prediction import Prediction
 from fusionrt.runtime.preprocess import load_image, preprocess_batch
-from fusionrt.runtime.stream import POLICIES, READER_JOIN_S, Mailbox, StreamHandle
+from fusionrt.runtime.stream import POLICIES, READER_JOIN_S, Mailbox, StreamHandle, rate
 from fusionrt.runtime.text_cache import TextFeatureCache
 
 __all__ = ["SourceFrame", "MultiStream", "MultiStreamHandle", "source_ids"]
@@ -171,8 +171,7 @@ class MultiStream:
                              backoff_s, max_reconnects) for sid, src in self._ids.items()]
         self._tokens: dict = {}
         self._turn = 0
-        self.batches = 0
-        self.batch_sizes: list = []
+        self.batch_sizes: list = []  # frames in each call
         self._started = False
 
     def _notify(self) -> None:
@@ -235,7 +234,6 @@ class MultiStream:
             texts.append(words)
         pixels = np.concatenate([item[2] for _, item in batch])
         logits, cached = self._logits(pixels, texts)
-        self.batches += 1
         self.batch_sizes.append(len(batch))
         now = time.perf_counter()
         for (feed, (index, image, _, taken)), prediction, hit in zip(batch, self.pipeline.predictions(logits), cached):
@@ -245,9 +243,7 @@ class MultiStream:
             latency = (now - taken) * 1e3
             feed.latencies.append(latency)
             feed.recent.append(now)
-            span = feed.recent[-1] - feed.recent[0]
-            fps = (len(feed.recent) - 1) / span if span > 0 else 0.0
-            yield SourceFrame(feed.id, index, image, prediction, latency, fps, len(batch), feed.processed,
+            yield SourceFrame(feed.id, index, image, prediction, latency, rate(feed.recent), len(batch), feed.processed,
                               feed.box.dropped, hit)
 
     def _batch_tokens(self, texts: list) -> dict:
@@ -267,17 +263,17 @@ class MultiStream:
         """Logits for the rows, and which rows' text features were cached. Texts the cache lacks run the text branch
         once each, in a call of their own rows; the rest of the batch then runs on cached features."""
         cache: TextFeatureCache | None = self.pipeline.text_cache
-        tokenize = self._batch_tokens
         if cache is None:
-            return self.pipeline.infer(pixels, tokenize(texts), text_cache=False).logits, [False] * len(texts)
+            return self.pipeline.infer(pixels, self._batch_tokens(texts), text_cache=False).logits, [False] * len(texts)
         missing = [t for t in dict.fromkeys(texts) if cache.keys(self._tokens_of(t))[0] not in cache]
-        first_rows = [texts.index(t) for t in missing]
-        rest = [i for i in range(len(texts)) if i not in set(first_rows)]
+        first_rows = {texts.index(t) for t in missing}
+        rest = [i for i in range(len(texts)) if i not in first_rows]
         logits = np.empty((len(texts), len(self.pipeline.labels)), np.float32)
         if first_rows:
-            logits[first_rows] = self.pipeline.infer(pixels[first_rows], tokenize(missing)).logits
+            rows = sorted(first_rows)  # each missing text's first row, in the order of `missing`
+            logits[rows] = self.pipeline.infer(pixels[rows], self._batch_tokens([texts[i] for i in rows])).logits
         if rest:
-            logits[rest] = self.pipeline.infer(pixels[rest], tokenize([texts[i] for i in rest])).logits
+            logits[rest] = self.pipeline.infer(pixels[rest], self._batch_tokens([texts[i] for i in rest])).logits
         return logits, [i not in first_rows for i in range(len(texts))]
 
     def summary(self) -> dict:

@@ -20,7 +20,7 @@ from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.prediction import Prediction
 from fusionrt.runtime.preprocess import load_image, preprocess_batch
 
-__all__ = ["POLICIES", "FramePrediction", "Mailbox", "stream", "StreamHandle"]
+__all__ = ["POLICIES", "FramePrediction", "Mailbox", "rate", "stream", "StreamHandle"]
 
 POLICIES = ("latest", "all")
 READER_JOIN_S = 1.0  # how long closing a stream waits for a reader blocked in its source
@@ -37,6 +37,12 @@ class FramePrediction:
     processed: int  # frames classified so far, this one included
     dropped: int  # stale frames dropped so far
     text_cached: bool  # the text branch was skipped: the text's features were cached
+
+
+def rate(times) -> float:
+    """Events per second over `times` (perf_counter stamps, oldest first); 0 until two are apart."""
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    return (len(times) - 1) / span if span > 0 else 0.0
 
 
 class Mailbox:
@@ -142,7 +148,7 @@ def stream(pipeline, frames: Iterable, text: str | Callable[[], str], policy: st
             now = time.perf_counter()
             done.append(now)
             processed += 1
-            fps = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
+            fps = rate(done)
             yield FramePrediction(index, image, pipeline.predictions(result.logits)[0], (now - taken) * 1e3, fps,
                                   processed, box.dropped, result.text_cached)
     finally:

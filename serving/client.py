@@ -136,11 +136,8 @@ class TritonClient:
         outputs = [self._api.InferRequestedOutput(self.logits)]
         extra = {"timeout": int(self._timeout_s * 1e6)} if self.protocol == "http" else \
             {"client_timeout": self._timeout_s}
-        try:
-            result = self._call("the request", self._client.infer, self.model, inputs, outputs=outputs, **extra)
-        except ServingError as exc:
-            raise ServingError(str(exc).replace("refused the request", "refused the request (bad image or text?)")) \
-                from None
+        result = self._call("the request (a bad image or text?)", self._client.infer, self.model, inputs,
+                            outputs=outputs, **extra)
         return predictions(self.labels, result.as_numpy(self.logits))
 
     def close(self) -> None:

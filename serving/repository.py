@@ -126,13 +126,11 @@ def _tensor(spec: TensorSpec) -> dict:
     return {"name": spec.name, "data_type": Enum(TRITON_TYPES[spec.dtype]), "dims": dims}
 
 
-def _batching(max_batch: int, options: RepositoryOptions, instances: bool = True) -> dict:
+def _batching(max_batch: int, options: RepositoryOptions) -> dict:
     preferred = sorted({b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch} | {max_batch})[-3:]
-    config = {"dynamic_batching": {"preferred_batch_size": preferred,
-                                   "max_queue_delay_microseconds": options.queue_delay_us}}
-    if instances:
-        config["instance_group"] = [{"count": options.instances, "kind": Enum(options.kind)}]
-    return config
+    return {"dynamic_batching": {"preferred_batch_size": preferred,
+                                 "max_queue_delay_microseconds": options.queue_delay_us},
+            "instance_group": [{"count": options.instances, "kind": Enum(options.kind)}]}
 
 
 def _max_batch(m, options: RepositoryOptions, engines: dict) -> int:

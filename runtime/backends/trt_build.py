@@ -174,8 +174,8 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
             results.append(BuildResult(name, known, True, {}, 0.0))
             continue
         started = time.perf_counter()
-        plan, layers, float_compute = _build_one(api, logger, source.path, bundle.read(source.path, source.sha256), comp, prec,
-                                  profile, cc, folder, workspace_mib, cuda_graphs)
+        plan, layers, float_compute = _build_one(api, logger, source.path, bundle.read(source.path, source.sha256),
+                                                 comp, prec, profile, cc, folder, workspace_mib, cuda_graphs)
         staged = update.stage(f"{rel_folder}/{name}.{prec}.plan")
         staged.path.write_bytes(plan)
         record = EngineRecord(staged.name, hashlib.sha256(plan).hexdigest(), api.product, str(api.version), device,
