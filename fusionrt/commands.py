@@ -276,7 +276,7 @@ def cmd_camera(args) -> int:
 
     texts = [_argument_text(args.text, "--text")] if args.text is not None else \
         [_argument_text(t, "--text-per-source") for t in args.text_per_source]
-    if len(texts) not in (1, len(args.source)) or (args.text_per_source and len(texts) != len(args.source)):
+    if args.text_per_source and len(texts) != len(args.source):
         raise InputError(f"expected one --text-per-source for each of the {len(args.source)} --source options, "
                          f"found {len(texts)}.")
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache) as pipe:
