@@ -67,7 +67,7 @@ class Pipeline:
         text_cache: how many texts' features `classify*` and `stream` keep (LRU); 0 turns the cache off.
             `logits` never uses it (benchmarks time the text branch).
         options: the backend's own, typed and checked (an unknown one is an InputError listing the valid ones):
-            onnxruntime: device, providers, threads, allow_fallback, optimize, verify; openvino: device, threads,
+            onnxruntime: device, providers, threads, spinning, allow_fallback, optimize, verify; openvino: device, threads,
             precision_hint, performance_hint, verify; tensorrt and tensorrt_rtx: stream (your CUDA stream handle:
             results land on it), cuda_graphs, device, verify.
         """
@@ -75,7 +75,7 @@ class Pipeline:
         name, why = choose_backend(backend, bundle)
         kind = backend_class(name)
         label = f"'{name}'" + (f" (what backend='{backend}' chose here)" if backend != name else "")
-        opts = kind.Options.parse(label, options)
+        opts = kind.Options.parse(label, options).for_branches(concurrent)
         chosen = parse_precision(precision, default=bundle.manifest.precision_for(kind.int8_target(opts)))
         m = bundle.manifest
         tokenizer = TextTokenizer(bundle.read(m.tokenizer.file, m.tokenizer.sha256, verify=opts.verify),

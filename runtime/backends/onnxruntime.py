@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Literal, Mapping
@@ -18,6 +19,10 @@ __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "default_providers", "gpu
 
 # ONNX Runtime's CPU kernels run U8S8 Q/DQ fast; the TensorRT EP wants the symmetric S8S8 graph.
 FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-cpu"}
+# Graph fusions left off on sessions that run on the CPU alone. ONNX Runtime's CPU SkipLayerNormalization (BERT's
+# residual Add fused with its LayerNorm) runs about 5x slower than the two ops it replaces (ORT 1.32, 128 x 768:
+# 0.22 against 0.045 ms; BERT-base INT8 at seq 128 spent 6 of its 35 ms in it). GPU providers keep it.
+CPU_SLOW_FUSIONS = ("SkipLayerNormFusion",)
 
 
 def default_providers(ort) -> list:
@@ -32,8 +37,15 @@ class OnnxRuntimeOptions(BackendOptions):
     device: Literal["cpu", "cuda", "tensorrt"] | None = None  # the execution providers to require
     providers: tuple | None = None  # or an explicit list: names, or (name, provider options) pairs
     threads: int = 0  # intra-op threads per session; 0 = ONNX Runtime's default (one per core)
+    # Worker threads spin between a call's ops instead of sleeping, and stop when the call returns. None: on when the
+    # branches run one after the other (BERT-base + ResNet-50 INT8, batch 1: 38 against 48 ms per pair on 2 cores),
+    # off when they run at once, where the spinning workers of one branch take the cores of the other.
+    spinning: bool | None = None
     allow_fallback: bool = False  # run on the providers that loaded instead of raising
     optimize: bool = True  # False: the graph as written (Q/DQ not fused into this CPU's integer kernels)
+
+    def for_branches(self, concurrent: bool) -> "OnnxRuntimeOptions":
+        return self if self.spinning is not None else dataclasses.replace(self, spinning=not concurrent)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -42,10 +54,11 @@ class OnnxRuntimeBackend(Backend):
     package = "onnxruntime"
 
     def __init__(self, model, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False,
-                 optimize: bool = True):
+                 optimize: bool = True, spinning: bool = False):
         """model: the ONNX file's bytes (what `Bundle.read` checked) or its path. optimize=False runs the graph as written: Q/DQ pairs stay QuantizeLinear/DequantizeLinear around float
         ops instead of being fused into this CPU's integer kernels (the exact arithmetic TensorRT computes;
-        calibration measures the TensorRT flavour that way)."""
+        calibration measures the TensorRT flavour that way). spinning: the workers spin between ops while a call runs
+        (see OnnxRuntimeOptions)."""
         super().__init__(inputs, outputs)
         ort = require("onnxruntime", "the onnxruntime backend")
         options = ort.SessionOptions()
@@ -53,11 +66,14 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        # The two branches run at once; spinning worker threads would steal each other's cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if spinning:  # a pipeline's sessions each have a pool: one still spinning would take the next one's cores
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         requested = list(providers) if providers else default_providers(ort)
         source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
-        self.session = ort.InferenceSession(source, sess_options=options, providers=requested)
+        cpu_only = _provider_names(requested) == ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(source, sess_options=options, providers=requested,
+                                            disabled_optimizers=list(CPU_SLOW_FUSIONS) if cpu_only else None)
         self.providers = self.session.get_providers()
         wanted = _provider_names(requested)
         lost = [p for p in wanted if p not in self.providers]
@@ -112,7 +128,7 @@ class OnnxRuntimeBackend(Backend):
         model = comp.files[flavour]
         data = bundle.read(model.path, model.sha256, verify=options.verify)  # read once: these bytes are the session
         return cls(data, comp.inputs, comp.outputs, providers or None, options.threads, options.allow_fallback,
-                   options.optimize)
+                   options.optimize, bool(options.spinning))
 
 
 def _provider_names(providers) -> list:

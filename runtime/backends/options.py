@@ -44,6 +44,11 @@ class BackendOptions:
             values[name] = tuple(value) if isinstance(value, list) else value
         return cls(**values)
 
+    def for_branches(self, concurrent: bool) -> "BackendOptions":
+        """These options for a pipeline whose branches run at once (`concurrent`) or one after the other: a backend
+        whose best setting depends on it resolves its automatic options here (ONNX Runtime's thread spinning)."""
+        return self
+
     @classmethod
     def describe(cls) -> str:
         """'name: type = default, ...' for every option."""
