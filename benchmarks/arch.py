@@ -88,7 +88,7 @@ def _synthetic_dataset(folder: Path, classes: int, seed: int) -> Path:
 
 
 def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=print) -> tuple:
-    """(bundle dir, checkpoint dir) for `name`, built once per (arch, seed, torch version, quantization recipe)
+    """(bundle dir, checkpoint dir) for `name`, built once per (arch, seed, torch version, export and quantization recipes)
     and cached."""
     torch = require("torch", "--arch")
     from fusionrt.calibration.calibrate import calibrate_bundle
@@ -98,8 +98,10 @@ def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=pr
     from fusionrt.runtime.manifest import Profile
 
     from fusionrt.calibration.quantize import RECIPE
+    from fusionrt.export.onnx_export import EXPORT_RECIPE
 
-    folder = Path(cache or default_cache()) / f"{name}-seed{seed}-torch{torch.__version__.split('+')[0]}-q{RECIPE}"
+    folder = Path(cache or default_cache()) / (f"{name}-seed{seed}-torch{torch.__version__.split('+')[0]}"
+                                               f"-e{EXPORT_RECIPE}-q{RECIPE}")
     bundle_dir, checkpoint_dir, done = folder / "bundle", folder / "checkpoint", folder / "complete.json"
     if done.is_file():
         return bundle_dir, checkpoint_dir

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -108,6 +109,12 @@ def test_profile_defaults_to_the_tokenizer_limit_and_longer_is_refused(tiny_bund
 def test_dynamo_exporter_also_passes_parity(trained_checkpoint, shape_data, tmp_path):
     model = FusionClassifier.from_pretrained(trained_checkpoint, image_encoder=tiny_image_encoder())
     data = LabeledDataset.read(shape_data[1]).head(3)
+    attention = model.text_encoder.model.config._attn_implementation
     bundle = export_bundle(model, tmp_path / "b", [s.image for s in data], [s.text for s in data], dynamo=True)
     assert bundle.manifest.parity["max_abs_logit_diff"] <= 1e-4
     assert bundle.manifest.producer["exporter"] == "dynamo"
+    # attention exported as written (MatMul, Softmax, MatMul), not SDPA's NaN-guarded form; the model keeps its own
+    text = onnx.load(str(bundle.file(bundle.manifest.components["text_encoder"].files["fp32"].path)))
+    ops = {n.op_type for n in text.graph.node}
+    assert attention == "sdpa" and "IsNaN" not in ops and "Softmax" in ops
+    assert model.text_encoder.model.config._attn_implementation == attention
