@@ -105,10 +105,15 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
             structural = structural_float(prepared)
             ranked = []
             if requested is None:  # rank once, on the symmetric Q/DQ graph both targets share the scales of
-                trial = quantize_component(prepared, comp, "int8-trt", ranges, Path(tmp) / f"{comp}.rank.onnx",
-                                           excluded=sorted(structural))
                 candidates = [n for n in quantizable_nodes(prepared) if n not in structural]
-                ranked = rank_layers(prepared, trial, component_feeds[comp][:RANKING_BATCHES], candidates)
+
+                def alone(node):  # used within this iteration: the loop's names are the ones meant
+                    others = [n for n in candidates if n != node]
+                    return quantize_component(prepared, comp, "int8-trt", ranges, Path(tmp) / f"{comp}.rank.onnx",
+                                              excluded=sorted(structural) + others)
+
+                ranked = rank_layers(prepared, alone, component_feeds[comp][:RANKING_BATCHES],
+                                     progress(candidates, f"sensitivity of each layer ({comp})"))
             for target in progress(TARGETS, f"per-layer search and INT8 files ({comp})", total=len(TARGETS)):
                 written[(comp, target)] = staged = update.stage(f"{comp}.{target.replace('-', '.')}.onnx")
                 chosen, search = _fallback(comp, target, prepared, ranges, structural, ranked, ref, noise_flips,
@@ -119,7 +124,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
                     write_int8_fp16(staged.path, half.path)
                 errors = dict(ranked)
                 kept[target][comp] = [{"node": n, "why": why} for n, why in sorted(structural.items())] + [
-                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} (local error {errors[n]:.3g})"}
+                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} (alone in INT8, output error {errors[n]:.3g})"}
                     for i, n in enumerate(chosen)]
                 if search is not None:
                     searches[target][comp] = search

@@ -51,10 +51,14 @@ def test_the_search_finds_the_planted_layer_and_leaves_the_rest_int8(tmp_path):
     ranges = collect_ranges(model, OrtReader(feeds), "fusion_head", "minmax", tmp_path / "ranges.json")
     assert structural_float(model) == {}  # every MatMul here has a weight
     candidates = quantizable_nodes(model)
-    every = quantize_component(model, "fusion_head", "int8-trt", ranges, tmp_path / "all.onnx", excluded=[])
-    ranked = rank_layers(model, every, feeds[:2], candidates)
+
+    def alone(node):
+        others = [n for n in candidates if n != node]
+        return quantize_component(model, "fusion_head", "int8-trt", ranges, tmp_path / "one.onnx", excluded=others)
+
+    ranked = rank_layers(model, alone, feeds[:2], candidates)
     planted = {f"layer{PLANTED - 1}", f"layer{PLANTED}"}
-    assert {name for name, _ in ranked[:2]} == planted and ranked[1][1] > 10 * ranked[2][1]  # by their local error
+    assert {name for name, _ in ranked[:2]} == planted and ranked[1][1] > 10 * ranked[2][1]  # each alone in INT8
 
     held_out = np.abs(rng.standard_normal((64, WIDTH))).astype(np.float32)
     reference = _run(model, held_out)
