@@ -124,8 +124,8 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
                     write_int8_fp16(staged.path, half.path)
                 errors = dict(ranked)
                 kept[target][comp] = [{"node": n, "why": why} for n, why in sorted(structural.items())] + [
-                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} (alone in INT8, output error {errors[n]:.3g})"}
-                    for i, n in enumerate(chosen)]
+                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} (alone in INT8, output error "
+                                       f"{errors[n]:.3g})"} for i, n in enumerate(chosen)]
                 if search is not None:
                     searches[target][comp] = search
 
