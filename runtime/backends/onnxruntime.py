@@ -76,12 +76,11 @@ class OnnxRuntimeBackend(Backend):
             options.add_session_config_entry("session.force_spinning_stop", "1")
         requested = list(providers) if providers else default_providers(ort)
         source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
-        cpu_only = _provider_names(requested) == ["CPUExecutionProvider"]
-        disabled = DISABLED_OPTIMIZERS + (CPU_SLOW_FUSIONS if cpu_only else ())
+        wanted = _provider_names(requested)
+        disabled = DISABLED_OPTIMIZERS + (CPU_SLOW_FUSIONS if wanted == ["CPUExecutionProvider"] else ())
         self.session = ort.InferenceSession(source, sess_options=options, providers=requested,
                                             disabled_optimizers=list(disabled))
         self.providers = self.session.get_providers()
-        wanted = _provider_names(requested)
         lost = [p for p in wanted if p not in self.providers]
         if lost and not allow_fallback and providers:
             raise BackendUnavailable(
