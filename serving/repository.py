@@ -22,6 +22,7 @@ from fusionrt.runtime.bundle_update import TEMP_PREFIX, replace_directory
 from fusionrt.runtime.errors import BundleError, InputError
 from fusionrt.runtime.manifest import COMPONENTS, TensorSpec
 from fusionrt.runtime.precision import parse_precision
+from fusionrt.runtime.resolve import resolve
 from fusionrt.serving.pbtxt import Enum, dumps
 
 __all__ = ["RepositoryOptions", "write_repository", "PLATFORMS", "ENSEMBLE", "PREPROCESS", "IMAGE", "TEXT"]
@@ -31,9 +32,10 @@ ENSEMBLE, PREPROCESS = "fusionrt", "preprocess"
 IMAGE, TEXT = "IMAGE", "TEXT"  # the ensemble's inputs: encoded image bytes, UTF-8 text
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                 "uint8": "TYPE_UINT8"}
-# Whose calibrated INT8 policy a platform follows, and which of the bundle's INT8 files it loads.
-_TARGET = {"onnxruntime": "int8-cpu", "python": "int8-cpu", "openvino": "int8-ov", "tensorrt": "int8-trt"}
-_INT8_FILES = {"int8-cpu": "int8-cpu", "int8-ov": "int8-trt", "int8-trt": "int8-trt"}
+# The fusionrt backend whose arithmetic each platform's instances compute (CPU device, GPU device): the resolver
+# then says which file, which float and which hints, as for the embedded runtime.
+_RUNS_AS = {"onnxruntime": ("onnxruntime", "cpu", "cuda"), "python": ("onnxruntime", "cpu", "cpu"),
+            "openvino": ("openvino", "CPU", "GPU"), "tensorrt": ("tensorrt", "gpu", "gpu")}
 MARKER = ".fusionrt-repository.json"  # what `--overwrite` checks before it replaces a folder
 
 
@@ -70,6 +72,11 @@ class RepositoryOptions:
         device = self.device or ("gpu" if self.platform == "tensorrt" else "cpu")
         return "KIND_GPU" if device == "gpu" else "KIND_CPU"
 
+    def execution(self, precision: str, available=None):
+        """What an instance of this platform computes for a part at `precision` (`fusionrt.runtime.resolve`)."""
+        backend, cpu, gpu = _RUNS_AS[self.platform]
+        return resolve(backend, precision, gpu if self.kind == "KIND_GPU" else cpu, available=available)
+
 
 def write_repository(bundle, out, options: RepositoryOptions = RepositoryOptions(), overwrite: bool = False) -> dict:
     """Write the model repository at `out` (new or empty; with `overwrite`, a repository this wrote before).
@@ -80,7 +87,7 @@ def write_repository(bundle, out, options: RepositoryOptions = RepositoryOptions
     _check_target(out, overwrite)
     m = bundle.manifest
     wiring = m.wiring
-    precision = parse_precision(options.precision, m.precision_for(_TARGET[options.platform]))
+    precision = parse_precision(options.precision, m.precision_for(options.execution("int8").target))
     engines = _engine_set(bundle, options) if options.platform == "tensorrt" else {}
     max_batch = _max_batch(m, options, engines)
     staging = out.with_name(f"{TEMP_PREFIX}{out.name}.{os.getpid()}")
@@ -150,15 +157,14 @@ def _component_files(bundle, comp, precision: str, options: RepositoryOptions, e
     if platform == "tensorrt":
         shutil.copyfile(bundle.file(engines[comp.name].path, engines[comp.name].sha256), folder / "model.plan")
         return {"platform": "tensorrt_plan"}
-    flavour = _flavour(comp, precision, options)
+    execution = options.execution(precision, comp.files)
+    flavour = _flavour(comp, precision, execution)
     record = comp.files[flavour]
     shutil.copyfile(bundle.file(record.path, record.sha256), folder / "model.onnx")
     if platform == "onnxruntime":
         return {"platform": "onnxruntime_onnx"}
-    if platform == "openvino":
-        # OpenVINO's CPU plugin runs FP16 requests as BF16, the way fusionrt's OpenVINO backend does
-        hint = {"fp32": "f32", "fp16": "bf16"}.get(precision)
-        params = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_PRECISION_HINT": hint} if hint else {})}
+    if platform == "openvino":  # the float the resolver names, as the embedded OpenVINO backend runs it
+        params = {"PERFORMANCE_HINT": "LATENCY", **execution.hints}
         return {"backend": "openvino", "default_model_filename": "model.onnx", "parameters": _parameters(params)}
     specs = {"inputs": [t.to_dict() for t in comp.inputs], "outputs": [t.to_dict() for t in comp.outputs],
              "threads": options.threads, "precision": precision, "flavour": flavour}
@@ -167,22 +173,12 @@ def _component_files(bundle, comp, precision: str, options: RepositoryOptions, e
     return {"backend": "python"}
 
 
-def _flavour(comp, precision: str, options: RepositoryOptions) -> str:
-    if precision == "int8":
-        flavour = _INT8_FILES[_TARGET[options.platform]]
-        if options.platform == "onnxruntime" and options.kind == "KIND_GPU":
-            flavour = "int8-trt"  # the symmetric graph, what the CUDA and TensorRT providers run
-    elif precision == "fp16" and options.kind == "KIND_CPU":
-        # as in the embedded runtime: ONNX Runtime's CPU kernels have no FP16 math (the FP32 file gives the same
-        # answers, faster), and OpenVINO's precision hint runs the FP32 file as BF16
-        flavour = "fp32"
-    else:
-        flavour = precision
-    if flavour not in comp.files:
-        raise BundleError(f"{comp.name}: the bundle has no {flavour} model for precision {precision} (it has "
+def _flavour(comp, precision: str, execution) -> str:
+    if execution.flavour not in comp.files:
+        raise BundleError(f"{comp.name}: the bundle has no {execution.flavour} model for precision {precision} (it has "
                           f"{sorted(comp.files)}). Run `fusionrt calibrate BUNDLE --data DATA` for int8, or pass "
                           "--precision fp32.")
-    return flavour
+    return execution.flavour
 
 
 def _engine_set(bundle, options: RepositoryOptions) -> dict:

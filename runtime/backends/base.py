@@ -16,9 +16,10 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from fusionrt.runtime.backends.options import BackendOptions
-from fusionrt.runtime.errors import InputError
+from fusionrt.runtime.errors import BackendUnavailable, InputError
 from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.optional import is_available
+from fusionrt.runtime.resolve import Execution, resolve
 
 __all__ = ["Backend", "BackendOptions", "check_spec"]
 
@@ -50,14 +51,41 @@ class Backend:
         return cls.package is None or is_available(cls.package)
 
     @classmethod
-    def int8_target(cls, options: BackendOptions) -> str:
-        """Whose calibrated INT8 policy applies to this backend with these options: 'int8-cpu' or 'int8-trt'."""
-        return "int8-cpu"
+    def device_of(cls, options: BackendOptions) -> str | None:
+        """The device these options run on, as `fusionrt.runtime.resolve` names it (None: the backend's default)."""
+        return None
+
+    @classmethod
+    def execution(cls, precision: str, options: BackendOptions, available=None) -> Execution:
+        """What a part at `precision` runs with these options: the file, the arithmetic and the policy target, from the
+        one resolver. `available`: the part's file flavours."""
+        return resolve(cls.name, precision, cls.device_of(options), available=available)
+
+    @classmethod
+    def target(cls, options: BackendOptions) -> str:
+        """Whose calibrated policy applies to this backend with these options: 'int8-cpu', 'int8-trt' or 'int8-ov'."""
+        return cls.execution("int8", options).target
 
     @classmethod
     def open(cls, bundle, component: str, precision: str, options: BackendOptions) -> "Backend":
-        """One bundle component at `precision` ('fp32' | 'fp16' | 'int8'), ready to run."""
-        raise NotImplementedError
+        """One bundle component at `precision` ('fp32' | 'fp16' | 'int8'), ready to run: the file the resolver names,
+        read once and checked against its sha256, then `load`ed."""
+        comp = bundle.manifest.components[component]
+        execution = cls.execution(precision, options, comp.files)
+        if execution.flavour not in comp.files:
+            raise BackendUnavailable(
+                f"{component}: {cls.name} runs {precision} from the bundle's {execution.flavour} model, which it lacks "
+                f"(has {sorted(comp.files)}). Run `fusionrt calibrate BUNDLE --data DATA` for int8, or load with "
+                "precision='fp32'.")
+        record = comp.files[execution.flavour]
+        return cls.load(bundle.read(record.path, record.sha256, verify=options.verify), comp, execution, options,
+                        bundle)
+
+    @classmethod
+    def load(cls, model, component, execution: Execution, options: BackendOptions, bundle=None) -> "Backend":
+        """A model (its bytes or path) of `component` (a manifest Component) run as `execution` says: what `open`
+        does once the file is read, and what calibration runs the files it judges with."""
+        raise NotImplementedError(f"backend '{cls.name}' loads engines, not model files")
 
     @classmethod
     def fuse(cls, backends: Mapping[str, "Backend"], wiring, options: BackendOptions):

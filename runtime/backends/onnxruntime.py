@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
 import numpy as np
 
 from fusionrt.runtime.backends.base import Backend, BackendOptions
-from fusionrt.runtime.cpu import cpu_info
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import require
 
-__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "default_providers", "gpu_providers", "FLAVOUR_FOR_PRECISION"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "gpu_providers"]
 
-# ONNX Runtime's CPU kernels run U8S8 Q/DQ fast; the TensorRT EP wants the symmetric S8S8 graph.
-FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-cpu"}
 # Graph optimizations every session leaves off. WeightBiasQuantization quantizes the float weights of a layer that
 # sits between a DequantizeLinear and a QuantizeLinear, per tensor: exactly the layers calibration kept float because
 # INT8 could not hold them (demo EfficientNet-Lite0, held-out split, image features' cosine vs FP32: every conv INT8
@@ -30,16 +26,11 @@ DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 CPU_SLOW_FUSIONS = ("SkipLayerNormFusion",)
 
 
-def default_providers(ort) -> list:
-    """CUDA/TensorRT when the build lists them, CPU last (ORT's GPU build lists them even when they cannot load)."""
-    available = ort.get_available_providers()
-    preferred = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return preferred or ["CPUExecutionProvider"]
-
-
 @dataclass(frozen=True)
 class OnnxRuntimeOptions(BackendOptions):
-    device: Literal["cpu", "cuda", "tensorrt"] | None = None  # the execution providers to require
+    # the execution providers: None and 'cpu' run ONNX Runtime's CPU kernels (a GPU build's CUDA provider only when
+    # asked for: what a provider computes is what a policy was judged on, so it is never picked silently)
+    device: Literal["cpu", "cuda", "tensorrt"] | None = None
     providers: tuple | None = None  # or an explicit list: names, or (name, provider options) pairs
     threads: int = 0  # intra-op threads per session; 0 = ONNX Runtime's default (one per core)
     # Worker threads spin between a call's ops instead of sleeping, and stop when the call returns. None: on when the
@@ -60,10 +51,10 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, model, inputs, outputs, providers=None, threads: int = 0, allow_fallback: bool = False,
                  optimize: bool = True, spinning: bool = False):
-        """model: the ONNX file's bytes (what `Bundle.read` checked) or its path. optimize=False runs the graph as written: Q/DQ pairs stay QuantizeLinear/DequantizeLinear around float
-        ops instead of being fused into this CPU's integer kernels (the exact arithmetic TensorRT computes;
-        calibration measures the TensorRT flavour that way). spinning: the workers spin between ops while a call runs
-        (see OnnxRuntimeOptions)."""
+        """model: the ONNX file's bytes (what `Bundle.read` checked) or its path. optimize=False runs the graph as
+        written: Q/DQ pairs stay QuantizeLinear/DequantizeLinear around float ops instead of being fused into this
+        CPU's integer kernels (the exact arithmetic TensorRT computes; calibration measures the TensorRT flavour that
+        way). spinning: the workers spin between ops while a call runs (see OnnxRuntimeOptions)."""
         super().__init__(inputs, outputs)
         ort = require("onnxruntime", "the onnxruntime backend")
         options = ort.SessionOptions()
@@ -74,7 +65,7 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if spinning:  # a pipeline's sessions each have a pool: one still spinning would take the next one's cores
             options.add_session_config_entry("session.force_spinning_stop", "1")
-        requested = list(providers) if providers else default_providers(ort)
+        requested = list(providers) if providers else ["CPUExecutionProvider"]
         source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
         wanted = _provider_names(requested)
         disabled = DISABLED_OPTIMIZERS + (CPU_SLOW_FUSIONS if wanted == ["CPUExecutionProvider"] else ())
@@ -105,60 +96,45 @@ class OnnxRuntimeBackend(Backend):
         super().close()
 
     @classmethod
-    def int8_target(cls, options: OnnxRuntimeOptions) -> str:
-        """The TensorRT EP runs the TensorRT Q/DQ flavour; every other provider the CPU one."""
-        return "int8-trt" if _wants_tensorrt(options) else "int8-cpu"
+    def device_of(cls, options: OnnxRuntimeOptions) -> str:
+        names = _provider_names(options.providers or [])
+        if options.device == "tensorrt" or any("Tensorrt" in p for p in names):
+            return "tensorrt"
+        if options.device == "cuda" or any("CUDA" in p for p in names):
+            return "cuda"
+        return "cpu"
 
     @classmethod
-    def open(cls, bundle, component: str, precision: str, options: OnnxRuntimeOptions) -> "OnnxRuntimeBackend":
-        comp = bundle.manifest.components[component]
+    def load(cls, model, component, execution, options: OnnxRuntimeOptions, bundle=None) -> "OnnxRuntimeBackend":
         providers = list(options.providers or [])
-        if options.device and not providers:
-            providers = gpu_providers(options.device, bundle, precision, component)
-        flavour = FLAVOUR_FOR_PRECISION[precision]
-        names = _provider_names(providers)
-        if _wants_tensorrt(options):
-            flavour = "int8-trt" if precision == "int8" else flavour
-        elif precision == "fp16" and (names == ["CPUExecutionProvider"] or (not names and not _has_gpu_provider())):
-            # FP16 is a GPU precision: ONNX Runtime's x86 CPU kernels have no FP16 math and would only add
-            # casts. The FP32 file gives the same answers (it is the fidelity reference), faster.
-            flavour = "fp32"
-        if flavour not in comp.files:
-            raise BackendUnavailable(
-                f"{component}: no {flavour} model in the bundle (has {sorted(comp.files)}). "
-                "Run `fusionrt calibrate BUNDLE --data DATA` for int8, or load with precision='fp32'."
-            )
-        if flavour == "int8-cpu":
-            _warn_if_calibrated_on_another_kind_of_cpu(bundle)
-        model = comp.files[flavour]
-        data = bundle.read(model.path, model.sha256, verify=options.verify)  # read once: these bytes are the session
-        return cls(data, comp.inputs, comp.outputs, providers or None, options.threads, options.allow_fallback,
-                   options.optimize, bool(options.spinning))
+        if not providers and execution.device != "cpu":
+            providers = gpu_providers(execution, bundle, component.name)
+        source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else model
+        return cls(source, component.inputs, component.outputs, providers or None, options.threads,
+                   options.allow_fallback, options.optimize, bool(options.spinning))
 
 
 def _provider_names(providers) -> list:
     return [p[0] if isinstance(p, tuple) else p for p in providers]
 
 
-def gpu_providers(device: str, bundle, precision: str, component: str | None = None) -> list:
-    """Providers for device 'cuda' or 'tensorrt' (TensorRT EP, engines cached under the bundle's
-    engines/onnxruntime-tensorrt-ep/, then CUDA for what TensorRT does not take), CPU last for ops neither runs."""
-    if device == "cuda":
+def gpu_providers(execution, bundle=None, component: str | None = None) -> list:
+    """Providers for an execution on device 'cuda' or 'tensorrt' (the TensorRT EP with the resolver's flags, engines
+    cached under the bundle's engines/onnxruntime-tensorrt-ep/, then CUDA for what TensorRT does not take), CPU last
+    for ops neither runs."""
+    if execution.device == "cuda":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "tensorrt":
-        cache = bundle.root / "engines" / "onnxruntime-tensorrt-ep"
-        cache.mkdir(parents=True, exist_ok=True)
-        trt_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                       "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
-                       "trt_fp16_enable": precision == "fp16",
-                       # The EP sets TensorRT's INT8 flag only when asked; the Q/DQ nodes then say where (no table).
-                       "trt_int8_enable": precision == "int8"}
-        if component is not None:
-            trt_options.update(_explicit_profile(bundle, component))
+    if execution.device == "tensorrt":
+        trt_options = dict(execution.hints)
+        if bundle is not None:
+            cache = bundle.root / "engines" / "onnxruntime-tensorrt-ep"
+            cache.mkdir(parents=True, exist_ok=True)
+            trt_options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
+            if component is not None:
+                trt_options.update(_explicit_profile(bundle, component))
         return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    raise BackendUnavailable(f"onnxruntime device '{device}' unknown: expected cpu, cuda or tensorrt.")
+    return ["CPUExecutionProvider"]
 
 
 def _explicit_profile(bundle, component: str) -> dict:
@@ -168,26 +144,3 @@ def _explicit_profile(bundle, component: str) -> dict:
               bundle.manifest.components[component].inputs]
     return {f"trt_profile_{kind}_shapes": ",".join(f"{name}:{'x'.join(map(str, shapes[i]))}" for name, shapes in ranges)
             for i, kind in enumerate(("min", "opt", "max"))}
-
-
-def _wants_tensorrt(options: OnnxRuntimeOptions) -> bool:
-    return options.device == "tensorrt" or any("Tensorrt" in p for p in _provider_names(options.providers or []))
-
-
-def _warn_if_calibrated_on_another_kind_of_cpu(bundle) -> None:
-    """ONNX Runtime's U8S8 kernels sum pairs of products in 16 bits without VNNI (saturating) and in 32 bits with
-    it, so the int8-cpu fidelity measured at calibration holds for CPUs of the same kind."""
-    measured, here = bundle.manifest.calibration.get("cpu_vnni"), cpu_info()["vnni"]
-    if measured is None or here is None or measured == here:
-        return
-    warnings.warn(
-        f"{bundle.root}: the INT8 policy was measured on a CPU {'with' if measured else 'without'} VNNI; this CPU "
-        f"{'has it, so INT8 is likely closer to FP32 here than measured' if here else 'has none, and its U8S8 kernels saturate where the measured ones did not'}. "
-        "Re-run `fusionrt calibrate` on this kind of CPU to check it, or load with precision='fp32'.",
-        RuntimeWarning, stacklevel=2)
-
-
-def _has_gpu_provider() -> bool:
-    ort = require("onnxruntime", "the onnxruntime backend")
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-

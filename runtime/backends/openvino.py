@@ -1,15 +1,16 @@
 """OpenVINO backend: the bundle's ONNX files compiled by OpenVINO for an Intel/AMD CPU, an Intel GPU or NPU.
 
-OpenVINO reads the ONNX bytes directly (no conversion step, no torch). Precisions per part:
-- fp32: the FP32 file with FP32 forced (OpenVINO's CPU default is BF16 where the CPU has it, which flips samples);
-- fp16: the device's 16-bit float, on the FP32 file: BF16 on a CPU that has it (AVX-512 BF16, AMX), FP16 on a GPU;
-- int8: the bundle's symmetric Q/DQ flavour (`int8-trt`), its float parts in that 16-bit float.
-`calibrate` measures these on OpenVINO itself (the `int8-ov` policy, where openvino is installed); bundles without it
-use the int8-trt policy. Both branches run at once with OpenVINO's asynchronous infer requests (the image branch runs
-while the text branch runs on the caller's thread), then the head."""
+OpenVINO reads the ONNX bytes directly (no conversion step, no torch). What each precision runs is the resolver's
+(`fusionrt.runtime.resolve`): fp32 with FP32 forced (OpenVINO's CPU default is BF16 where the CPU has it, which flips
+samples); fp16 the device's 16-bit float on the FP32 file (BF16 on a CPU that has it, FP16 on a GPU); int8 the
+bundle's INT8 file for OpenVINO, its float parts in that 16-bit float. `calibrate` judges these on OpenVINO itself
+(the `int8-ov` policy, where openvino is installed); a bundle calibrated without it runs FP32 here unless asked
+otherwise. Both branches run at once with OpenVINO's asynchronous infer requests (the image branch runs while the
+text branch runs on the caller's thread), then the head."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -22,16 +23,16 @@ from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.execution import Result, Timings, host_results_only
 from fusionrt.runtime.optional import require
 
-__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model", "inference_hint"]
+__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model"]
 
-FLAVOUR_FOR_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8-trt"}  # fp16: the FP32 file, a 16-bit hint
+_HINT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 @dataclass(frozen=True)
 class OpenVINOOptions(BackendOptions):
     device: Literal["CPU", "GPU", "NPU", "AUTO"] = "CPU"
     threads: int = 0  # inference threads per model; 0 = OpenVINO's choice
-    precision_hint: Literal["f32", "bf16"] | None = None  # override the hint of every part (default: by precision)
+    precision_hint: Literal["f32", "bf16", "f16"] | None = None  # override every part's float (default: the resolver's)
     performance_hint: Literal["latency", "throughput"] = "latency"
 
 
@@ -39,27 +40,19 @@ def _ov():
     return require("openvino", "the openvino backend")
 
 
-def inference_hint(core, device: str, precision: str) -> str:
-    """OpenVINO's INFERENCE_PRECISION_HINT for a part at `precision`: f32 for fp32; for fp16 and int8 (its float
-    parts) the device's 16-bit float: bf16 on a CPU that has it, f16 on a GPU, else f32."""
-    if precision == "fp32":
-        return "f32"
-    if device == "CPU":
-        return "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
-    return "f16"
-
-
-def compile_model(data: bytes, device: str = "CPU", precision: str = "fp32", threads: int = 0,
-                  performance_hint: str = "latency", precision_hint: str | None = None, core=None):
-    """An OpenVINO compiled model from ONNX bytes: the one place the backend (and calibration, which measures what the
-    backend runs) sets OpenVINO's hints. precision_hint overrides the one `precision` implies."""
+def compile_model(data, device: str = "CPU", hint: str = "f32", threads: int = 0,
+                  performance_hint: str = "latency", core=None):
+    """An OpenVINO compiled model from ONNX bytes (or a path): the one place the backend sets OpenVINO's hints.
+    hint: INFERENCE_PRECISION_HINT (f32, bf16, f16), as the resolver names it."""
     core = core or _ov().Core()
     config = {"PERFORMANCE_HINT": performance_hint.upper()}
     if device in ("CPU", "GPU"):
-        config["INFERENCE_PRECISION_HINT"] = precision_hint or inference_hint(core, device, precision)
+        config["INFERENCE_PRECISION_HINT"] = hint
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(core.read_model(data), device, config)
+    model = core.read_model(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else \
+        core.read_model(str(data))
+    return core.compile_model(model, device, config)
 
 
 class OpenVINOBackend(Backend):
@@ -81,28 +74,30 @@ class OpenVINOBackend(Backend):
         return request
 
     @classmethod
-    def int8_target(cls, options: OpenVINOOptions) -> str:
-        return "int8-ov"
+    def device_of(cls, options: OpenVINOOptions) -> str:
+        return options.device
 
     @classmethod
-    def open(cls, bundle, component: str, precision: str, options: OpenVINOOptions) -> "OpenVINOBackend":
-        ov = _ov()
-        comp = bundle.manifest.components[component]
-        flavour = FLAVOUR_FOR_PRECISION[precision]
-        if flavour not in comp.files:
-            raise BackendUnavailable(f"{component}: no {flavour} model in the bundle (has {sorted(comp.files)}). Run "
-                                     "`fusionrt calibrate BUNDLE --data DATA` for int8, or load with precision='fp32'.")
-        core = ov.Core()
+    def execution(cls, precision: str, options: OpenVINOOptions, available=None):
+        execution = super().execution(precision, options, available)
+        if options.precision_hint is None:
+            return execution
+        # the user's override: the float it names, with its hint (judged or not, as asked)
+        return dataclasses.replace(execution, float_precision=_HINT_PRECISION[options.precision_hint],
+                                   hints={"INFERENCE_PRECISION_HINT": options.precision_hint})
+
+    @classmethod
+    def load(cls, model, component, execution, options: OpenVINOOptions, bundle=None) -> "OpenVINOBackend":
+        core = _ov().Core()
         if options.device != "AUTO" and options.device not in core.available_devices:
             raise BackendUnavailable(f"OpenVINO device '{options.device}' not found: this machine has "
                                      f"{core.available_devices}. Pass device='CPU' (or 'AUTO').")
-        data = bundle.read(comp.files[flavour].path, comp.files[flavour].sha256, verify=options.verify)
         try:
-            compiled = compile_model(data, options.device, precision, options.threads, options.performance_hint,
-                                     options.precision_hint, core)
+            compiled = compile_model(model, options.device, execution.hints["INFERENCE_PRECISION_HINT"],
+                                     options.threads, options.performance_hint, core)
         except RuntimeError as exc:
-            raise BackendUnavailable(f"OpenVINO could not compile {component} for {options.device} ({exc}).") from exc
-        return cls(compiled, comp.inputs, comp.outputs)
+            raise BackendUnavailable(f"OpenVINO could not compile {component.name} for {options.device} ({exc}).") from exc
+        return cls(compiled, component.inputs, component.outputs)
 
     @classmethod
     def fuse(cls, backends: Mapping[str, "OpenVINOBackend"], wiring, options: OpenVINOOptions) -> "OpenVINOExecutor":

@@ -153,9 +153,20 @@ class TensorRTBackend(Backend):
         return importlib.util.find_spec(cls.product) is not None and cuda.device_count() > 0
 
     @classmethod
-    def int8_target(cls, options: TensorRTOptions) -> str:
-        """Engines are built from the TensorRT Q/DQ flavour."""
-        return "int8-trt"
+    def device_of(cls, options: TensorRTOptions) -> str:
+        return "gpu"
+
+    @classmethod
+    def execution(cls, precision: str, options: TensorRTOptions, available=None):
+        """What an engine at `precision` was built from and computes (the installed TensorRT's typing decides)."""
+        from fusionrt.runtime.resolve import resolve
+
+        return resolve(cls.name, precision, "gpu", strongly_typed=load_api(cls.product).strongly_typed,
+                       available=available)
+
+    @classmethod
+    def target(cls, options: TensorRTOptions) -> str:
+        return "int8-trt"  # every TensorRT engine is built from the TensorRT flavour
 
     @classmethod
     def open(cls, bundle, component: str, precision: str, options: TensorRTOptions) -> "TensorRTBackend":

@@ -63,14 +63,16 @@ class TrtApi:
             return engine.create_execution_context(config)
         return engine.create_execution_context()
 
+    def execution(self, precision: str, available=()):
+        """What a `precision` engine is built from and computes (`available`: the component's flavours), as the one
+        resolver says (`fusionrt.runtime.resolve`)."""
+        from fusionrt.runtime.resolve import resolve
+
+        return resolve(self.product, precision, "gpu", strongly_typed=self.strongly_typed, available=available)
+
     def onnx_flavour(self, precision: str, available=()) -> str:
-        """Which bundle ONNX file a `precision` engine is built from (`available`: the component's flavours)."""
-        if precision == "int8":
-            # strongly typed: the float the Q/DQ graph keeps runs at the ONNX's own precision, so the FP16 base
-            return "int8-trt-fp16" if self.strongly_typed and "int8-trt-fp16" in available else "int8-trt"
-        if precision == "fp16" and self.strongly_typed:
-            return "fp16"
-        return "fp32"
+        """Which bundle ONNX file a `precision` engine is built from."""
+        return self.execution(precision, available).flavour
 
     def create_network(self, builder):
         flags = 0
@@ -81,14 +83,10 @@ class TrtApi:
         return builder.create_network(flags)
 
     def set_precision(self, config, precision: str) -> None:
-        if self.strongly_typed:
-            return  # the ONNX's own types rule
-        flag = self.trt.BuilderFlag
-        if precision == "fp16":
-            config.set_flag(flag.FP16)
-        elif precision == "int8":
-            config.set_flag(flag.INT8)  # explicit quantization: the Q/DQ nodes say where
-            config.set_flag(flag.FP16)  # and what the Q/DQ graph keeps float runs in FP16, not FP32
+        """The builder flags the resolver names: none where strongly typed (the ONNX's own types rule); on 10.x FP16,
+        or INT8 with FP16 (the Q/DQ nodes say where INT8 goes, and what they keep float runs in FP16)."""
+        for flag in self.execution(precision).hints["builder_flags"]:
+            config.set_flag(getattr(self.trt.BuilderFlag, flag))
 
     def set_target(self, config, compute_capability: str | None) -> None:
         """TensorRT-RTX builds for a named compute capability ('8.9') when there is no GPU; the others build

@@ -38,7 +38,7 @@ def test_a_misspelt_option_is_refused_with_the_valid_ones(tiny_bundle, backend):
 @pytest.mark.parametrize("backend, option", [("onnxruntime", {"threads": "2"}), ("onnxruntime", {"device": "gpu"}),
                                              ("onnxruntime", {"verify": 1}), ("tensorrt", {"cuda_graphs": "yes"}),
                                              ("tensorrt_rtx", {"stream": 1.5}), ("openvino", {"device": "cpu"}),
-                                             ("openvino", {"precision_hint": "f16"})])
+                                             ("openvino", {"precision_hint": "fp16"})])
 def test_an_ill_typed_option_is_refused(tiny_bundle, backend, option):
     (name, value), = option.items()
     with pytest.raises(InputError, match=rf"option {name}={value!r} has the wrong type: expected .* found "

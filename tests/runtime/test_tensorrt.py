@@ -201,18 +201,20 @@ def test_onnxruntime_gpu_provider_that_did_not_load_is_an_error(tiny_bundle):
 
 def test_onnxruntime_tensorrt_ep_gets_the_manifest_profile_and_int8_for_qdq(tiny_bundle, tmp_path):
     from fusionrt.runtime.backends.onnxruntime import gpu_providers
+    from fusionrt.runtime.resolve import resolve
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     opened = Bundle.open(bundle)
-    (name, options), *rest = gpu_providers("tensorrt", opened, "int8", "text_encoder")
+    (name, options), *rest = gpu_providers(resolve("onnxruntime", "int8", "tensorrt"), opened, "text_encoder")
     assert name == "TensorrtExecutionProvider" and rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert options["trt_int8_enable"] and not options["trt_fp16_enable"]  # INT8 flag for the Q/DQ graph
+    # the INT8 flag for the Q/DQ graph, and the FP16 flag for what it keeps float: what int8-trt is judged on
+    assert options["trt_int8_enable"] and options["trt_fp16_enable"]
     assert options["trt_engine_cache_path"] == str(bundle / "engines" / "onnxruntime-tensorrt-ep")
     # the tiny bundle's profile: batch 1:8:32, text 1:32:32 tokens (its max_seq_len)
     assert options["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
     assert options["trt_profile_opt_shapes"] == "input_ids:8x32,attention_mask:8x32"
     assert options["trt_profile_max_shapes"] == "input_ids:32x32,attention_mask:32x32"
-    (_, image), *_ = gpu_providers("tensorrt", opened, "fp16", "image_encoder")
+    (_, image), *_ = gpu_providers(resolve("onnxruntime", "fp16", "tensorrt"), opened, "image_encoder")
     assert image["trt_fp16_enable"] and not image["trt_int8_enable"]
     assert image["trt_profile_max_shapes"] == "pixel_values:32x3x32x32"
