@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("tune", help="measure on this machine which faithful configuration (and CPU backend) is fastest; "
+                                     "cached, and what Pipeline.load and backend 'auto' then take")
+    p.add_argument("bundle")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                   help="auto: every installed CPU backend")
+    p.add_argument("--sequential", action="store_true", help="for pipelines loaded with concurrent=False")
+    p.add_argument("--force", action="store_true", help="measure again, whatever the cache holds")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("calibrate", help="INT8 Q/DQ models (ONNX Runtime CPU and TensorRT), fidelity report, precision policy")
     p.add_argument("bundle")
     p.add_argument("--data", required=True, help="labelled CSV/JSONL; calibration samples are spread evenly over it")
@@ -135,12 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="the bundle's PyTorch checkpoint: adds the PyTorch eager baseline rows")
     p.add_argument("--data", help="labelled CSV/JSONL whose samples are the inputs (default: built-in scenes)")
     p.add_argument("--backend", default=None,
-                   help="comma list of onnxruntime, tensorrt, tensorrt_rtx, torch (default: onnxruntime, plus torch "
-                        "with --arch or --checkpoint)")
-    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, fp16, int8 (every part) and auto (the calibrated policy)")
+                   help="comma list of onnxruntime, openvino, tensorrt, tensorrt_rtx, auto, torch (default: onnxruntime, "
+                        "plus torch with --arch or --checkpoint)")
+    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, fp16, int8 (every part) and auto (the "
+                                                            "calibrated candidates, tuned on this machine)")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--seq", type=int, help="pad every text to this many tokens (default: the longest input text)")
-    p.add_argument("--duration", type=float, default=3.0, help="seconds timed per row")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds timed per row, over all rounds")
+    p.add_argument("--rounds", type=int, default=5, help="rounds the rows are interleaved over (speed-ups: median, "
+                                                         "min-max across rounds)")
     p.add_argument("--device", default="cpu", help="device of the PyTorch baseline: cpu | cuda")
     p.add_argument("--cache", help="cache folder for --arch builds (default: ~/.cache/fusionrt/arch)")
     p.add_argument("--out", help="folder for bench.json, bench.md and bench.png")

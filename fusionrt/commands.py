@@ -10,7 +10,7 @@ from fusionrt.runtime.errors import DataError, InputError
 from fusionrt.runtime.optional import require
 
 __all__ = ["cmd_data", "cmd_train", "cmd_export", "cmd_classify", "cmd_evaluate", "cmd_info", "cmd_calibrate", "cmd_bench",
-           "cmd_camera", "cmd_build"]
+           "cmd_camera", "cmd_build", "cmd_tune", "cmd_triton"]
 
 
 def _say(text: str) -> None:
@@ -113,7 +113,8 @@ def cmd_classify(args) -> int:
         pred = pipe.classify(args.image, _argument_text(args.text, "--text"))
         if args.json:
             _dump({**pred.to_dict(pipe.labels), "backend": pipe.backend_name, "backend_reason": pipe.backend_reason,
-                   "precision": pipe.precision})
+                   "precision": pipe.precision, "precision_reason": pipe.precision_reason,
+                   **({"tuning": pipe.tuning.to_dict()} if pipe.tuning is not None else {})})
         else:
             print(f"{pred.label}\t{pred.score:.4f}")
     return 0
@@ -173,15 +174,19 @@ def _metrics_table(rows: dict) -> str:
 
 
 def cmd_info(args) -> int:
-    from fusionrt.runtime.backends import choose_backend
     from fusionrt.runtime.bundle import Bundle
+    from fusionrt.runtime.cpu import cpu_kind
+    from fusionrt.runtime.selection import select
 
     bundle = Bundle.open(args.bundle)
     checked = bundle.verify()
     m = bundle.manifest
-    auto, why = choose_backend("auto", bundle)
+    auto = select(bundle, "auto", None, True, True, {})  # measured here once, then from the cache
     summary = {
-        "backend_auto": {"backend": auto, "why": why},
+        "backend_auto": {"backend": auto.backend, "why": auto.backend_reason,
+                         "precision": auto.precision, "precision_reason": auto.precision_reason,
+                         **({"tuning": auto.tuning.to_dict()} if auto.tuning is not None else {})},
+        "cpu": cpu_kind().to_dict(),
         "bundle": str(bundle.root),
         "labels": list(m.labels),
         "precision": dict(m.precision),
@@ -202,12 +207,14 @@ def cmd_info(args) -> int:
     print(f"bundle     {summary['bundle']}  ({len(checked)} files, sha256 ok)")
     print(f"labels     {len(m.labels)}: {', '.join(m.labels)}")
     if m.policies:
-        for target in m.policies:
-            print(f"precision  {target}: {_precision_text(m.precision_for(target))}  ({m.reason_for(target)})")
+        for target, policy in m.policies.items():
+            print(f"precision  {target}: {_precision_text(m.precision_for(target))}  ({m.reason_for(target)}); "
+                  f"{len(policy.candidates)} candidates")
     else:
         print(f"precision  {_precision_text(m.precision)}  ({m.precision_reason})")
     print(f"profile    batch {list(m.profile.batch)}  seq {list(m.profile.seq)}")
-    print(f"backend    auto here: {auto}  ({why})")
+    print(f"backend    auto here: {auto.backend} {_precision_text(auto.precision)}  ({auto.backend_reason})")
+    print(f"cpu        {cpu_kind().label}")
     for name, comp in summary["components"].items():
         ins = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in comp["inputs"])
         outs = ", ".join(f"{t['name']}{t['shape']}" for t in comp["outputs"])
@@ -252,11 +259,12 @@ def cmd_bench(args) -> int:
         torch_model = FusionClassifier.from_pretrained(checkpoint, allow_changed_module=args.allow_changed_module)
     images, texts = _example_inputs(args.data, 16)
     rows = bench(bundle, images, texts, tuple(backends), tuple(args.precision.split(",")),
-                 tuple(int(b) for b in args.batch.split(",")), args.duration, args.seq, torch_model, args.device)
+                 tuple(int(b) for b in args.batch.split(",")), args.duration, args.seq, torch_model, args.device,
+                 rounds=args.rounds)
     table = markdown_table(rows)
     info = machine_info()
     gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in info["gpus"]) or "no GPU"
-    print(f"{info['cpu']} ({info['cores']} cores, VNNI {'yes' if info['vnni'] else 'no'}), {gpus}\n{table}")
+    print(f"{info['cpu']}; {gpus}\n{table}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -301,6 +309,35 @@ def cmd_build(args) -> int:
         floats = ", ".join(f"{n} {k}" for k, n in sorted(r.float_compute.items()))
         print(f"{r.component:14s} {r.record.precision:5s} {r.record.path}  {size:.1f} MiB  {what}"
               + (f"  ({qdq} Q/DQ layers)" if qdq else "") + (f"  float compute: {floats}" if floats else ""))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from fusionrt.runtime.backends import CPU_BACKENDS, backend_class, usable_backends
+    from fusionrt.runtime.bundle import Bundle
+    from fusionrt.runtime.cpu import cpu_kind
+    from fusionrt.runtime.precision import format_precision
+    from fusionrt.runtime.tune import tune
+
+    bundle = Bundle.open(args.bundle)
+    names = [n for n in usable_backends(bundle)[0] if n in CPU_BACKENDS] if args.backend == "auto" else [args.backend]
+    if not names:
+        raise InputError("tune: no CPU backend (openvino, onnxruntime) can run here: install fusionrt[cpu].")
+    backends = [(n, backend_class(n).Options.parse(f"'{n}'", {}).for_branches(not args.sequential)) for n in names]
+    choice = tune(bundle, backends, force=args.force, say=_say)
+    if args.json:
+        _dump({"cpu": cpu_kind().to_dict(), **choice.to_dict()})
+        return 0
+    print(f"cpu      {cpu_kind().label}")
+    print("| backend | precision | " + " | ".join(f"batch {b} ms" for b in choice.measured[0].ms) +
+          " | batch-invariant here | may be chosen |")
+    print("|---|---|" + "---|" * (len(choice.measured[0].ms) + 2))
+    for m in choice.measured:
+        print(f"| {m.backend} | {format_precision(m.precision)} | " + " | ".join(f"{v:.2f}" for v in m.ms.values()) +
+              f" | {'yes' if m.invariant else 'no'} | {m.excluded or 'yes'} |")
+    took = "from the cache" if choice.cached else f"measured in {choice.seconds:.1f} s"
+    print(f"chosen   {choice.backend} {format_precision(choice.precision)}: {choice.why}")
+    print(f"         ({took}; cache {choice.cache})")
     return 0
 
 

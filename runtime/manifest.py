@@ -28,6 +28,8 @@ __all__ = [
     "PreprocessSpec",
     "TokenizerSpec",
     "Profile",
+    "Candidate",
+    "Policy",
     "Manifest",
     "sha256_of",
 ]
@@ -40,6 +42,7 @@ COMPONENTS = ("image_encoder", "text_encoder", "fusion_head")
 FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8-trt-fp16")  # int8-trt-fp16: the Q/DQ graph on FP16
 # policies per target: ONNX Runtime's CPU kernels, TensorRT's Q/DQ arithmetic, OpenVINO's kernels (measured there)
 INT8_TARGETS = ("int8-cpu", "int8-trt", "int8-ov")
+FP32_POLICY_REASON = "no calibrated policy for this target: FP32 (run `fusionrt calibrate` where it runs)"
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 
 
@@ -281,6 +284,66 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One configuration of a target that passed the criterion at calibration: the loading machine's tuning
+    (`fusionrt.runtime.tune`) picks the fastest of them there."""
+
+    precision: Mapping[str, str]  # component -> fp32 | fp16 | int8
+    agreement: float  # top-1 agreement with FP32 on the report split
+    flips: int
+    samples: int
+    batch_invariant: bool  # a row's logits alone and in any padded batch agree within round-off (BATCH_TOLERANCE)
+    batch_deviation: float  # the largest |logit| difference measured between a row alone and in a batch
+    model_ms: float | None = None  # the configuration's model time on the report split, calibrating machine
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "Candidate":
+        return cls(_precision_map(_need(d, "precision", where, dict), f"{where}.precision"),
+                   float(_need(d, "agreement", where, (int, float))), int(_need(d, "flips", where, int)),
+                   int(_need(d, "samples", where, int)), bool(_need(d, "batch_invariant", where, bool)),
+                   float(_need(d, "batch_deviation", where, (int, float))),
+                   None if d.get("model_ms") is None else float(d["model_ms"]))
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "precision": dict(self.precision)}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A target's calibrated precisions: `precision` is calibration's choice (the fastest as measured there, or an
+    estimate where it could not time the target), `candidates` every configuration that passed."""
+
+    precision: Mapping[str, str]
+    reason: str
+    kept_float: Mapping[str, tuple] = field(default_factory=dict)  # component -> ({"node", "why"}, ...)
+    candidates: tuple = ()  # Candidate, calibration's choice first
+    # the arithmetic judged is the one every CPU computes (int8-cpu's 7-bit weights; int8-trt's exact emulation);
+    # False: it depends on the kernels of the CPU kind it was judged on (`measured_on`, a CpuKind as a dict)
+    portable: bool = True
+    measured_on: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str, calibration: Mapping | None = None) -> "Policy":
+        """`calibration`: the manifest's calibration record, for a policy written before `portable` was (its int8-cpu
+        files had 8-bit weights, whose sums saturate without VNNI: they hold on CPUs like the one that judged them)."""
+        if not isinstance(d, Mapping):
+            raise BundleError(f"manifest: {where} must be a mapping with precision and reason, found {d!r:.60}.")
+        kept = _kept_float(d["kept_float"], where) if "kept_float" in d else {}
+        calibration = calibration or {}
+        old_kind = {"label": calibration.get("cpu", ""), "vnni": calibration.get("cpu_vnni")}
+        return cls(_precision_map(_need(d, "precision", where, dict), f"{where}.precision"), str(d.get("reason", "")),
+                   {c: tuple(v) for c, v in kept.items()},
+                   tuple(Candidate.from_dict(c, f"{where}.candidates") for c in d.get("candidates", [])),
+                   bool(d.get("portable", where.endswith("int8-trt"))), dict(d.get("measured_on", old_kind)))
+
+    def to_dict(self) -> dict:
+        return {"precision": dict(self.precision), "reason": self.reason,
+                "kept_float": {c: [dict(e) for e in v] for c, v in self.kept_float.items()},
+                "candidates": [c.to_dict() for c in self.candidates], "portable": self.portable,
+                "measured_on": dict(self.measured_on)}
+
+
+@dataclass(frozen=True)
 class Manifest:
     labels: tuple
     preprocess: PreprocessSpec
@@ -289,10 +352,9 @@ class Manifest:
     profile: Profile = Profile()
     precision: Mapping[str, str] = field(default_factory=lambda: {c: "fp32" for c in COMPONENTS})
     precision_reason: str = "exported FP32; run `fusionrt calibrate` for INT8"
-    # per INT8 target ('int8-cpu', 'int8-trt'): {"precision": {component: precision}, "reason": str}. The two
-    # targets are different Q/DQ graphs on different hardware, so each has its own policy; `precision` is the
-    # ONNX Runtime CPU one (the default runtime).
-    policies: Mapping[str, Any] = field(default_factory=dict)
+    # per INT8 target ('int8-cpu', 'int8-trt', 'int8-ov'): different arithmetic on different hardware, so each has
+    # its own Policy; `precision` is the ONNX Runtime CPU one (the default runtime).
+    policies: Mapping[str, Policy] = field(default_factory=dict)
     parity: Mapping[str, Any] = field(default_factory=dict)
     fidelity: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] = field(default_factory=dict)
@@ -332,11 +394,7 @@ class Manifest:
             if target not in INT8_TARGETS or not isinstance(policy, Mapping):
                 raise BundleError(f"manifest: policies entry '{target}' invalid; expected some of {INT8_TARGETS}, each "
                                   "with precision and reason. Re-run `fusionrt calibrate`.")
-            policies[target] = {"precision": _precision_map(_need(policy, "precision", f"policies.{target}", dict),
-                                                            f"policies.{target}.precision"),
-                                "reason": str(policy.get("reason", ""))}
-            if "kept_float" in policy:
-                policies[target]["kept_float"] = _kept_float(policy["kept_float"], f"policies.{target}")
+            policies[target] = Policy.from_dict(policy, f"policies.{target}", d.get("calibration", {}))
         manifest = cls(
             labels=labels,
             preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "the manifest", dict)),
@@ -380,10 +438,7 @@ class Manifest:
             "components": {k: v.to_dict() for k, v in self.components.items()},
             "precision": dict(self.precision),
             "precision_reason": self.precision_reason,
-            "policies": {t: {"precision": dict(p["precision"]), "reason": p["reason"],
-                             **({"kept_float": {c: [dict(e) for e in v] for c, v in p["kept_float"].items()}}
-                                if "kept_float" in p else {})}
-                         for t, p in self.policies.items()},
+            "policies": {t: p.to_dict() for t, p in self.policies.items()},
             "parity": dict(self.parity),
             "fidelity": dict(self.fidelity),
             "calibration": dict(self.calibration),
@@ -416,19 +471,23 @@ class Manifest:
             out.update({e.path: e.sha256 for e in comp.engines})
         return dict(sorted(out.items()))
 
-    def _policy(self, target: str):
-        # OpenVINO runs the int8-trt files: a bundle calibrated without openvino has that target's policy for it
-        return self.policies.get(target) or self.policies.get({"int8-ov": "int8-trt"}.get(target, ""))
-
     def precision_for(self, target: str) -> dict:
-        """The calibrated policy for a target ('int8-cpu' | 'int8-trt' | 'int8-ov'); `precision` where none was
-        recorded."""
-        policy = self._policy(target)
-        return dict(policy["precision"]) if policy else dict(self.precision)
+        """Calibration's choice for a target ('int8-cpu' | 'int8-trt' | 'int8-ov'); FP32 where that target was never
+        judged (a policy judged on other arithmetic is never borrowed)."""
+        policy = self.policies.get(target)
+        return dict(policy.precision) if policy else {c: "fp32" for c in COMPONENTS}
 
     def reason_for(self, target: str) -> str:
-        policy = self._policy(target)
-        return policy["reason"] if policy else self.precision_reason
+        policy = self.policies.get(target)
+        if policy:
+            return policy.reason
+        return self.precision_reason if not self.policies else FP32_POLICY_REASON
+
+    def candidates_for(self, target: str) -> tuple:
+        """Every configuration of `target` that passed the criterion (Candidate), calibration's choice first; () where
+        the target was never judged or the bundle predates candidates."""
+        policy = self.policies.get(target)
+        return tuple(policy.candidates) if policy else ()
 
     def with_component(self, comp: Component) -> "Manifest":
         return dataclasses.replace(self, components={**self.components, comp.name: comp})

@@ -11,15 +11,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from fusionrt.runtime.backends import backend_class, choose_backend
+from fusionrt.runtime.backends import backend_class
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import FusionRTError, InputError
 from fusionrt.runtime.execution import BranchExecutor, Timings
 from fusionrt.runtime.manifest import COMPONENTS
-from fusionrt.runtime.precision import parse_precision
 from fusionrt.runtime.prediction import Prediction, predictions, softmax
 from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.multistream import MultiStream, MultiStreamHandle
+from fusionrt.runtime.selection import select
 from fusionrt.runtime.stream import StreamHandle, stream
 from fusionrt.runtime.text_cache import TextFeatureCache
 from fusionrt.runtime.tokenize import TextTokenizer
@@ -39,14 +39,16 @@ class Pipeline:
 
     def __init__(self, bundle: Bundle, backends: Mapping, backend_name: str, precision: Mapping[str, str],
                  tokenizer: TextTokenizer, executor, options, text_cache: int = 64, concurrent: bool = True,
-                 backend_reason: str = "asked for"):
+                 backend_reason: str = "asked for", precision_reason: str = "asked for", tuning=None):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.labels = self.manifest.labels
         self.backends = dict(backends)
         self.backend_name = backend_name
-        self.backend_reason = backend_reason  # why this backend (for backend='auto': what choose_backend said)
+        self.backend_reason = backend_reason  # why this backend (backend='auto': what was measured, or the order)
         self.precision = dict(precision)
+        self.precision_reason = precision_reason  # why these precisions (measured here, calibration's, or asked)
+        self.tuning = tuning  # the fusionrt.runtime.tune.Choice that chose them, when one was measured
         self.options = options  # the backend's typed options, as validated at load
         self.tokenizer = tokenizer
         self.text_cache: TextFeatureCache | None = TextFeatureCache(text_cache) if text_cache else None
@@ -56,13 +58,16 @@ class Pipeline:
 
     @classmethod
     def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, text_cache: int = 64,
-             **options) -> "Pipeline":
+             tune: bool = True, **options) -> "Pipeline":
         """Open a bundle directory.
 
-        backend: 'auto' (the first of tensorrt, tensorrt_rtx, openvino, onnxruntime that runs here, TensorRT only with
-            the bundle's engines; `backend_reason` says why) | 'onnxruntime' | 'openvino' | 'tensorrt' | 'tensorrt_rtx'.
-        precision: None (the policy calibration chose for this backend's target: int8-cpu, int8-trt or int8-ov),
-            'fp32' | 'fp16' | 'int8' for all parts, or a mapping / 'image=int8,text=int8,head=fp32' string per part.
+        backend: 'auto' (TensorRT or TensorRT-RTX where they run here with the bundle's engines; else the faster of
+            OpenVINO and ONNX Runtime as measured here; `backend_reason` says why) | 'onnxruntime' | 'openvino' |
+            'tensorrt' | 'tensorrt_rtx'.
+        precision: None (on a CPU backend: the fastest here of the configurations calibration let pass for its target,
+            measured once and cached, see `fusionrt.runtime.tune`; on TensorRT: calibration's int8-trt choice), 'fp32' |
+            'fp16' | 'int8' for all parts, or a mapping / 'image=int8,text=int8,head=fp32' string per part.
+        tune: measure on this machine (False: calibration's choice, and 'auto' takes the first usable backend).
         concurrent: both branches at once (on TensorRT: on two CUDA streams, fused with the head).
         text_cache: how many texts' features `classify*` and `stream` keep (LRU); 0 turns the cache off.
             `logits` never uses it (benchmarks time the text branch).
@@ -72,20 +77,18 @@ class Pipeline:
             results land on it), cuda_graphs, device, verify.
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        name, why = choose_backend(backend, bundle)
-        kind = backend_class(name)
-        label = f"'{name}'" + (f" (what backend='{backend}' chose here)" if backend != name else "")
-        opts = kind.Options.parse(label, options).for_branches(concurrent)
-        chosen = parse_precision(precision, default=bundle.manifest.precision_for(kind.int8_target(opts)))
+        chosen = select(bundle, backend, precision, concurrent, tune, options)
+        name, kind, opts = chosen.backend, backend_class(chosen.backend), chosen.options
         m = bundle.manifest
         tokenizer = TextTokenizer(bundle.read(m.tokenizer.file, m.tokenizer.sha256, verify=opts.verify),
                                   m.tokenizer.max_seq_len)
         opened, executor = {}, None
         try:
             for comp in COMPONENTS:
-                opened[comp] = kind.open(bundle, comp, chosen[comp], opts)
+                opened[comp] = kind.open(bundle, comp, chosen.precision[comp], opts)
             executor = _executor(kind, opened, m.wiring, opts, concurrent)
-            return cls(bundle, opened, name, chosen, tokenizer, executor, opts, text_cache, concurrent, why)
+            return cls(bundle, opened, name, chosen.precision, tokenizer, executor, opts, text_cache, concurrent,
+                       chosen.backend_reason, chosen.precision_reason, chosen.tuning)
         except BaseException:
             _close_all([executor, *opened.values()])
             raise
@@ -101,7 +104,7 @@ class Pipeline:
             kind = backend_class(self.backend_name)
             executor = _executor(kind, backends, self.manifest.wiring, self.options, self.concurrent)
             twin = Pipeline(self.bundle, backends, self.backend_name, self.precision, self.tokenizer, executor,
-                            self.options, 0, self.concurrent, self.backend_reason)
+                            self.options, 0, self.concurrent, self.backend_reason, self.precision_reason, self.tuning)
         except BaseException:
             _close_all([executor, *backends.values()])
             raise

@@ -15,6 +15,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _tuning_cache(tmp_path_factory):
+    """Tuning results (fusionrt.runtime.tune) go to a cache of the test session's own, not the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
 COLORS = {"red": (40, 40, 220), "green": (40, 200, 40), "blue": (220, 60, 40)}
 SHAPES = ("circle", "square")
 
@@ -136,7 +142,7 @@ def calibrated(tiny_bundle, tmp_path_factory):
     from fusionrt.calibration.calibrate import calibrate_bundle
 
     folder = tmp_path_factory.mktemp("calib")
-    train, test = write_shape_dataset(folder / "data", per_class=16, seed=5)
+    train, test = write_shape_dataset(folder / "data", per_class=28, seed=5)
     bundle = folder / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     report = calibrate_bundle(bundle, train, test, method="minmax", samples=16)

@@ -71,7 +71,7 @@ def test_engines_get_the_bytes_that_were_hashed(tiny_bundle, tmp_path, monkeypat
         return real(source, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
-    with Pipeline.load(tiny_bundle, backend="onnxruntime"):
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", tune=False):
         pass
     assert len(sources) == 3 and all(isinstance(s, bytes) for s in sources)  # never a path read a second time
     bundle = _copy(tiny_bundle, tmp_path / "b")

@@ -72,21 +72,41 @@ def test_changed_file_fails_sha_check(tiny_bundle, tmp_path):
         Bundle.open(copy).verify()
 
 
-def test_policy_per_target_round_trips_and_falls_back_to_precision(tiny_bundle):
+def test_policy_per_target_round_trips_and_is_never_borrowed(tiny_bundle):
     import dataclasses
 
+    from fusionrt.runtime.manifest import Candidate, Policy
+
     manifest = Manifest.read(tiny_bundle)
-    assert manifest.precision_for("int8-trt") == dict(manifest.precision)  # not calibrated: the one precision
+    fp32 = {c: "fp32" for c in manifest.components}
+    assert manifest.precision_for("int8-trt") == fp32  # not calibrated: FP32, the reference
     trt = {"image_encoder": "int8", "text_encoder": "fp16", "fusion_head": "int8"}
-    edited = dataclasses.replace(manifest, policies={"int8-trt": {"precision": trt, "reason": "measured"}})
+    kept = {"image_encoder": ({"node": "/stem/Conv", "why": "per-layer search: sensitivity rank 1"},)}
+    candidate = Candidate(trt, 0.995, 1, 191, True, 1e-6, 12.5)
+    edited = dataclasses.replace(manifest, policies={"int8-trt": Policy(trt, "measured", kept, (candidate,))})
     again = Manifest.from_dict(json.loads(json.dumps(edited.to_dict())))
-    assert again == edited
+    assert again == edited and again.candidates_for("int8-trt") == (candidate,)
     assert again.precision_for("int8-trt") == trt and again.reason_for("int8-trt") == "measured"
-    assert again.precision_for("int8-cpu") == dict(manifest.precision)
-    kept = {"image_encoder": [{"node": "/stem/Conv", "why": "per-layer search: sensitivity rank 1"}]}
-    with_kept = dataclasses.replace(edited, policies={"int8-trt": {**edited.policies["int8-trt"], "kept_float": kept}})
-    assert Manifest.from_dict(json.loads(json.dumps(with_kept.to_dict()))) == with_kept
-    broken = with_kept.to_dict()
+    # OpenVINO's kernels never borrow TensorRT's judgement (it was judged in FP16, on other arithmetic)
+    assert again.precision_for("int8-ov") == fp32 and "no calibrated policy" in again.reason_for("int8-ov")
+    assert again.precision_for("int8-cpu") == fp32 and again.candidates_for("int8-cpu") == ()
+    broken = edited.to_dict()
     broken["policies"]["int8-trt"]["kept_float"] = {"image_encoder": ["/stem/Conv"]}
     with pytest.raises(BundleError, match=r"kept_float must map components to lists of \{node, why\}"):
         Manifest.from_dict(broken)
+    broken = edited.to_dict()
+    broken["policies"]["int8-trt"]["candidates"][0]["batch_invariant"] = "yes"
+    with pytest.raises(BundleError, match=r"candidates.batch_invariant to be bool"):
+        Manifest.from_dict(broken)
+
+
+def test_a_policy_written_before_portability_holds_for_its_kind_of_cpu(tiny_bundle):
+    """Bundles calibrated with 8-bit int8-cpu weights (whose sums saturate without VNNI) record the CPU that judged
+    them; read back, their CPU policies say they are not portable."""
+    data = json.loads((tiny_bundle / "manifest.json").read_text())
+    data["calibration"] = {"cpu": "Some Xeon", "cpu_vnni": True}
+    data["policies"] = {t: {"precision": {"image_encoder": "int8", "text_encoder": "int8", "fusion_head": "int8"},
+                            "reason": "old"} for t in ("int8-cpu", "int8-trt")}
+    manifest = Manifest.from_dict(data)
+    assert not manifest.policies["int8-cpu"].portable and manifest.policies["int8-trt"].portable
+    assert manifest.policies["int8-cpu"].measured_on == {"label": "Some Xeon", "vnni": True}
