@@ -1,59 +1,91 @@
-"""`fusionrt calibrate`: ranges from real data, two Q/DQ targets plus an FP16 fallback, per-layer fallback found by
-search, a fidelity report that knows its noise floor, and a precision policy per target."""
+"""`fusionrt calibrate`, as stages with typed results:
+
+1. splits: calibration samples (ranges), and the held-out samples dealt into a selection and a report split;
+2. noise floor: what a harmless perturbation (the FP16 model, BF16-rounded features) flips, on each split;
+3. quantize: ranges from real data, the INT8 file of each target per part (the convs' biases corrected for their
+   weights' error), the layers kept float found by the per-layer search on the selection split;
+4. judge: every configuration of every target, run as the resolver says that target runs (the runtime's own
+   backends; TensorRT emulated as its Q/DQ arithmetic is written), on both splits, timed where it runs here, checked
+   for batch invariance;
+5. policy: the configurations that pass on both splits are the target's candidates; calibration's choice is the
+   fastest measured here (the loading machine's tuning picks again there);
+6. report: the report split's figures (`reports/fidelity.json`, `.md`) and the manifest.
+Every file is staged in a BundleUpdate and committed with the manifest at the end: a failure or a kill on the way
+leaves the bundle as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fusionrt.calibration.bias_correction import conv_input_means
 from fusionrt.calibration.criterion import Criterion, judge, noise_band
-from fusionrt.calibration.evaluation import ENCODERS, Evaluator, bf16_round, run_component
+from fusionrt.calibration.evaluation import ENCODERS, REFERENCE, Evaluator, bf16_round
 from fusionrt.calibration.fallback import quantizable_nodes, rank_layers, search_fallback, structural_float
-from fusionrt.calibration.fidelity import combinations, cosine_stats, fidelity_markdown
+from fusionrt.calibration.fidelity import fidelity_markdown
 from fusionrt.calibration.half import write_fp16, write_int8_fp16
+from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target
 from fusionrt.calibration.policy import choose_policy
-from fusionrt.calibration.quantize import collect_ranges, preprocess_for_quantization, quantize_component
-from fusionrt.calibration.reader import MIN_HELD_OUT, CalibrationSource, OrtReader, select_calibration
+from fusionrt.calibration.quantize import RECIPE, collect_ranges, preprocess_for_quantization, quantize_component
+from fusionrt.calibration.reader import CalibrationSource, OrtReader, select_calibration, split_held_out
 from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.cpu import cpu_info
-from fusionrt.runtime.errors import DataError
-from fusionrt.runtime.manifest import COMPONENTS, INT8_TARGETS, ModelFile, sha256_of
+from fusionrt.runtime.cpu import cpu_kind
+from fusionrt.runtime.manifest import COMPONENTS, Candidate, ModelFile, Policy, sha256_of
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.precision import format_precision, parse_precision
 from fusionrt.runtime.progress import progress
 
-__all__ = ["calibrate_bundle", "TARGETS"]
+__all__ = ["calibrate_bundle", "TARGETS", "Splits", "NoiseFloor"]
 
 TARGETS = ("int8-cpu", "int8-trt")  # the INT8 files written, one per target
-STRONGLY_TYPED_INT8 = "int8-trt-fp16"  # the int8-trt graph on an FP16 base (TensorRT 11, TensorRT-RTX)
-OV_TARGET = "int8-ov"  # OpenVINO runs the int8-trt files; its policy is measured on its own kernels when installed
-assert set(TARGETS) | {OV_TARGET} == set(INT8_TARGETS)
-# The TensorRT flavour is measured with its Q/DQ nodes run as written (ONNX Runtime's graph optimizations off):
-# the exact products and int32 sums TensorRT computes. Fused into this CPU's integer kernels it would carry the
-# CPU's own rounding (U8S8 pair sums saturate without VNNI) into a figure meant for the GPU.
-EXACT_QDQ = {"int8-cpu": False, "int8-trt": True}
-# The file each target is judged on. TensorRT runs what a Q/DQ graph keeps float in FP16 (10.x: the FP16 flag beside
-# INT8; 11.x and TensorRT-RTX, strongly typed: the FP16-base graph they build from), so int8-trt is judged there.
-JUDGED = {"int8-cpu": "int8-cpu", "int8-trt": STRONGLY_TYPED_INT8}
+OV_TARGET = "int8-ov"  # judged on OpenVINO's kernels where openvino is installed (it runs the int8-trt files)
+FP16_BASE = "int8-trt-fp16"  # the int8-trt graph on an FP16 base: what TensorRT computes, and what it is judged on
 RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured on
+PROBE_ROWS = 8  # report rows the batch-invariance check runs alone and batched
 
 
-def _batched(array: np.ndarray, sizes: list) -> list:
-    return np.split(array, np.cumsum(sizes)[:-1])
+@dataclass(frozen=True)
+class Splits:
+    calibration: LabeledDataset
+    selection: LabeledDataset  # the per-layer search and the policy's choice
+    report: LabeledDataset  # the fidelity the report and the manifest give
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    fp16_flips: int
+    bf16_features_flips: int
+    samples: int
+    band: int  # the most flips that read as noise on these samples
+
+    @property
+    def flips(self) -> int:
+        return max(self.fp16_flips, self.bf16_features_flips)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "flips": self.flips}
+
+
+@dataclass(frozen=True)
+class Quantized:
+    kept: dict  # target -> component -> [{"node", "why"}]: the layers each INT8 file keeps float
+    searches: dict  # target -> Fallback: the search over the whole model's ranked layers
 
 
 def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile", samples: int = 128,
                      precision: str = "auto", criterion: Criterion = Criterion(), batch_size: int = 8) -> dict:
-    """Calibrate, quantize, measure fidelity and choose the precision policy; updates the bundle; returns the report.
+    """Calibrate, quantize, judge, choose each target's policy; update the bundle; return the report.
 
-    precision 'auto' searches, per component and target, the fewest layers to keep float for the component to pass
-    `criterion`; an explicit precision ('int8', 'image=int8,...') keeps only the structural layers float (the most
+    precision 'auto' searches, per target, the fewest of the whole model's most sensitive layers to keep float for
+    the pipeline in INT8 to pass `criterion` on the selection split; an explicit precision ('int8', 'image=int8,...') keeps only the structural layers float (the most
     INT8, the user's call) and still reports its fidelity."""
     with Bundle.open(bundle_dir).update("calibrate") as update:
         return _calibrate(update, data, eval_data, method, samples, precision, criterion, batch_size)
@@ -61,211 +93,286 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
 
 def _calibrate(update, data, eval_data, method: str, samples: int, precision: str, criterion: Criterion,
                batch_size: int) -> dict:
-    """The work of `calibrate_bundle`, inside its bundle update: every file is staged, then committed with the
-    manifest at the end, so a failure or a kill on the way leaves the bundle as it was."""
     bundle = update.current  # the manifest as committed now, read under the write lock
-    m, w = bundle.manifest, bundle.manifest.wiring
-    calib, rest = select_calibration(LabeledDataset.read(data), samples)
-    held_out = LabeledDataset.read(eval_data) if eval_data else rest
-    if len(held_out) < MIN_HELD_OUT:
-        raise DataError(f"the held-out split has {len(held_out)} samples, expected at least {MIN_HELD_OUT}: pass --eval-data "
-                        "with a labelled split that calibration does not use, or a larger --data.")
+    m = bundle.manifest
+    splits = _splits(data, eval_data, samples)
     requested = None if precision == "auto" else parse_precision(precision)
-    calib_feeds = list(progress(CalibrationSource(bundle, calib, batch_size), "calibration inputs"))
-    eval_feeds = list(progress(CalibrationSource(bundle, held_out, batch_size), "held-out inputs"))
-    fp32_files = {c: bundle.file(m.components[c].files["fp32"].path) for c in COMPONENTS}
-    ref = Evaluator(m, fp32_files, eval_feeds, held_out.label_indices(m.labels))  # the FP32 reference
-    calib_feats = {c: run_component(m.components[c], fp32_files[c], calib_feeds) for c in ENCODERS}
-    sizes = [len(f[w.image_input]) for f in calib_feeds]
-    component_feeds = {c: [{s.name: f[s.name] for s in m.components[c].inputs} for f in calib_feeds] for c in ENCODERS}
-    component_feeds["fusion_head"] = [{w.image_output: i, w.text_output: t} for i, t in zip(
-        _batched(calib_feats["image_encoder"], sizes), _batched(calib_feats["text_encoder"], sizes))]
-
-    # FP16 first: what it (and BF16-rounded features) flips is the noise floor INT8 is judged against.
+    fp32 = {c: bundle.file(m.components[c].files["fp32"].path) for c in COMPONENTS}
+    evaluators = {name: Evaluator(m, fp32, list(progress(CalibrationSource(bundle, split, batch_size),
+                                                          f"held-out inputs ({name})")), split.label_indices(m.labels))
+                  for name, split in (("selection", splits.selection), ("report", splits.report))}
     written = {}  # (component, flavour) -> StagedFile
+
+    def files(component: str, flavour: str) -> Path:
+        return fp32[component] if flavour == "fp32" else written[(component, flavour)].path
+
     for comp in COMPONENTS:
         written[(comp, "fp16")] = update.stage(f"{comp}.fp16.onnx")
-        write_fp16(fp32_files[comp], written[(comp, "fp16")].path)
-    fp16 = {c: ref.features(c, written[(c, "fp16")].path) for c in ENCODERS}
-    fp16_outcome = ref.judge_logits(ref.head(written[("fusion_head", "fp16")].path, fp16["image_encoder"],
-                                             fp16["text_encoder"]))
-    bf16_outcome = ref.judge_logits(ref.head(fp32_files["fusion_head"], bf16_round(ref.fp32["image_encoder"]),
-                                             bf16_round(ref.fp32["text_encoder"])))
-    noise_flips = max(fp16_outcome["flips"], bf16_outcome["flips"])
-    noise = {"fp16_flips": fp16_outcome["flips"], "bf16_features_flips": bf16_outcome["flips"], "flips": noise_flips,
-             "band": noise_band(noise_flips, criterion.noise_quantile), "samples": len(held_out)}
-
-    kept, searches = {t: {} for t in TARGETS}, {t: {} for t in TARGETS}
-    with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as tmp:
-        for comp in progress(COMPONENTS, "quantizing + per-layer search", total=len(COMPONENTS)):
-            prepared = preprocess_for_quantization(fp32_files[comp], Path(tmp) / f"{comp}.prep.onnx")
-            ranges = collect_ranges(prepared, OrtReader(component_feeds[comp]), comp, method,
-                                    Path(tmp) / f"{comp}.ranges.json")
-            shutil.copy(ranges, update.stage(f"calibration/{comp}.ranges.json").path)
-            structural = structural_float(prepared)
-            ranked = []
-            if requested is None:  # rank once, on the symmetric Q/DQ graph both targets share the scales of
-                candidates = [n for n in quantizable_nodes(prepared) if n not in structural]
-
-                def alone(node):  # used within this iteration: the loop's names are the ones meant
-                    others = [n for n in candidates if n != node]
-                    return quantize_component(prepared, comp, "int8-trt", ranges, Path(tmp) / f"{comp}.rank.onnx",
-                                              excluded=sorted(structural) + others)
-
-                ranked = rank_layers(prepared, alone, component_feeds[comp][:RANKING_BATCHES],
-                                     progress(candidates, f"sensitivity of each layer ({comp})"))
-            for target in progress(TARGETS, f"per-layer search and INT8 files ({comp})", total=len(TARGETS)):
-                written[(comp, target)] = staged = update.stage(f"{comp}.{target.replace('-', '.')}.onnx")
-                chosen, search = _fallback(comp, target, prepared, ranges, structural, ranked, ref, noise_flips,
-                                           criterion, Path(tmp)) if requested is None else ([], None)
-                quantize_component(prepared, comp, target, ranges, staged.path, excluded=sorted(structural) + chosen)
-                if target == "int8-trt":  # what TensorRT computes, and what int8-trt is judged on: FP16 underneath
-                    written[(comp, STRONGLY_TYPED_INT8)] = half = update.stage(f"{comp}.int8.trt.fp16.onnx")
-                    write_int8_fp16(staged.path, half.path)
-                errors = dict(ranked)
-                kept[target][comp] = [{"node": n, "why": why} for n, why in sorted(structural.items())] + [
-                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} (alone in INT8, output error "
-                                       f"{errors[n]:.3g})"} for i, n in enumerate(chosen)]
-                if search is not None:
-                    searches[target][comp] = search
-
-    # Fidelity on the held-out split, per target: INT8 parts use that target's Q/DQ model; FP16 is one file.
-    fp16_files = {c: written[(c, "fp16")].path for c in COMPONENTS}
-    branches = {"fp16": {c: cosine_stats(ref.fp32[c], fp16[c]) for c in ENCODERS}}
-    outcomes, rows, times = {}, [], {}
-    for target in progress(TARGETS, "fidelity on the held-out split", total=len(TARGETS)):
-        q_files = {c: written[(c, JUDGED[target])].path for c in COMPONENTS}
-        q_seconds = {}  # the CPU target runs here: its INT8 speed is measured, not estimated
-        q_feats = {c: ref.features(c, q_files[c], EXACT_QDQ[target], q_seconds) for c in ENCODERS}
-        branches[target] = {c: cosine_stats(ref.fp32[c], q_feats[c]) for c in ENCODERS}
-        features = {"int8": q_feats, "fp16": fp16, "fp32": ref.fp32}
-        heads = {"int8": q_files["fusion_head"], "fp16": fp16_files["fusion_head"], "fp32": fp32_files["fusion_head"]}
-
-        def logits_of(config):  # called within this iteration: the loop's names are the ones meant
-            int8_head = config["fusion_head"] == "int8"
-            return ref.head(heads[config["fusion_head"]], features[config["image_encoder"]]["image_encoder"],
-                            features[config["text_encoder"]]["text_encoder"], EXACT_QDQ[target] and int8_head,
-                            q_seconds if int8_head else None)
-
-        _judge_configurations(target, logits_of, ref, noise_flips, criterion, outcomes, rows)
-        if not EXACT_QDQ[target]:  # CPU kernels: FP16 runs as FP32 on ONNX Runtime's CPU (no FP16 math there)
-            times[target] = {c: {"fp32": ref.seconds[c], "fp16": ref.seconds[c], "int8": q_seconds[c]} for c in COMPONENTS}
-
-    targets = TARGETS
-    if is_available("openvino"):  # OpenVINO's own kernels: fp32 forced, fp16 = BF16 where the CPU has it
-        _measure_openvino(ref, written, fp32_files, outcomes, rows, times, branches, noise_flips, criterion)
-        kept[OV_TARGET], targets = kept["int8-trt"], (*TARGETS, OV_TARGET)
-
-    # One policy per target: different Q/DQ graphs on different hardware, so INT8 that one cannot hold does not
-    # cost the other its speed.
-    policies = {}
+        write_fp16(fp32[comp], written[(comp, "fp16")].path)
+    noise = {name: _noise_floor(ev, {c: files(c, "fp16") for c in COMPONENTS}, criterion)
+             for name, ev in evaluators.items()}
+    calib_feeds = list(progress(CalibrationSource(bundle, splits.calibration, batch_size), "calibration inputs"))
+    quantized = _quantize(update, written, m, fp32, _component_feeds(m, fp32, calib_feeds), evaluators["selection"],
+                          noise["selection"], criterion, method, requested)
+    targets = TARGETS + ((OV_TARGET,) if is_available("openvino") else ())
+    probe = _probe(evaluators["report"].feeds)
+    judged, cosines = {}, {}
+    for target in progress(targets, "judging every configuration", total=len(targets)):
+        judged[target], cosines[target] = judge_target(target, files, evaluators, probe,
+                                                       {k: v.flips for k, v in noise.items()}, criterion,
+                                                       m.tokenizer.max_seq_len)
+    kept = {**quantized.kept, OV_TARGET: quantized.kept["int8-trt"]}
+    policies, chosen = {}, {}
     for target in targets:
-        if requested is None:
-            key, reason = choose_policy({k: {target: o[target]} for k, o in outcomes.items()}, ref.outcome["accuracy"],
-                                        COMPONENTS, criterion, ref.seconds, {target: noise_flips}, times.get(target))
-        else:
-            key, reason = tuple(requested[c] for c in COMPONENTS), "chosen by the user (--precision)"
-        policies[target] = {"precision": dict(zip(COMPONENTS, key)), "reason": reason,
-                            "outcome": outcomes.get(key, {}).get(target, ref.outcome),
-                            "kept_float": {c: kept[target][c] for c in COMPONENTS if key[COMPONENTS.index(c)] == "int8"}}
-    cpu = cpu_info()
-    report = {
-        "calibration": {"method": method, "samples": len(calib), "data": str(data)},
-        "held_out": {"count": len(held_out), "data": str(eval_data or f"{data} (samples not used for calibration)")},
-        "criterion": dataclasses.asdict(criterion),
-        "noise_floor": noise,
-        # int8-cpu figures hold for CPUs like this one (U8S8 kernels differ with and without VNNI)
-        "measured_on": {"cpu": cpu["model"], "vnni": cpu["vnni"],
-                        "int8-trt": "Q/DQ run as written on an FP16 base (exact integer arithmetic, FP16 between, as "
-                                    "TensorRT computes it)"},
-        "fp32": ref.outcome,
-        "fp32_model_ms": {c: 1e3 * ref.seconds[c] for c in COMPONENTS},  # held-out split, this CPU
-        "measured_ms": {t: {c: {p: 1e3 * s for p, s in v.items()} for c, v in tt.items()} for t, tt in times.items()},
-        "branches": branches,
-        "end_to_end": rows,
-        "kept_float": kept,
-        "fallback_search": {t: {c: [{"kept": k, "passed": ok, "rule": rule} for k, ok, rule in s.trace]
-                                for c, s in per.items()} for t, per in searches.items()},
-        "policy": {t: {"chosen": format_precision(p["precision"]), "reason": p["reason"]} for t, p in policies.items()},
-    }
-    report["summary"] = {
-        "fp32_accuracy": ref.outcome["accuracy"], "noise_floor_flips": noise_flips,
-        **{t: {"precision": format_precision(p["precision"]), **p["outcome"],
-               "layers_kept_float": {c: len(v) for c, v in p["kept_float"].items()},
-               **{f"{c}_cosine_min": branches[t][c]["min"] for c in ENCODERS}} for t, p in policies.items()},
-    }
+        policies[target], chosen[target] = _policy(target, judged[target], kept[target], requested,
+                                                   evaluators["report"])
+    report = _report(data, eval_data, method, splits, criterion, noise, evaluators, judged, cosines, quantized,
+                     kept, policies, chosen)
     update.stage("reports/fidelity.json").path.write_text(json.dumps(report, indent=2) + "\n")
     update.stage("reports/fidelity.md").path.write_text(fidelity_markdown(report))
-
-    components = {}
-    for comp in COMPONENTS:
-        files = dict(m.components[comp].files)
-        for flavour in (*TARGETS, "fp16", STRONGLY_TYPED_INT8):
-            staged = written[(comp, flavour)]
-            files[flavour] = ModelFile(staged.name, sha256_of(staged.path))
-        components[comp] = dataclasses.replace(m.components[comp], files=files)
-    update.commit(dataclasses.replace(
-        m, components=components, precision=policies["int8-cpu"]["precision"],
-        precision_reason=policies["int8-cpu"]["reason"],
-        policies={t: {"precision": p["precision"], "reason": p["reason"], "kept_float": p["kept_float"]}
-                  for t, p in policies.items()},
-        fidelity={"summary": report["summary"], "report": "reports/fidelity.json"},
-        calibration={**report["calibration"], "ranges": {c: f"calibration/{c}.ranges.json" for c in COMPONENTS},
-                     "cpu": cpu["model"], "cpu_vnni": cpu["vnni"]},
-    ))
+    _commit(update, m, written, policies, report)
     return report
 
 
-def _measure_openvino(ref: Evaluator, written: dict, fp32_files: dict, outcomes: dict, rows: list, times: dict,
-                      branches: dict, noise_flips: int, criterion: Criterion) -> None:
-    """Every configuration on OpenVINO, as its backend runs it: fp32 (FP32 forced), fp16 (the CPU's 16-bit float on
-    the FP32 file), int8 (the int8-trt Q/DQ file); fidelity against FP32 and the time of each part."""
-    files = {"fp32": fp32_files, "fp16": fp32_files, "int8": {c: written[(c, "int8-trt")].path for c in COMPONENTS}}
-    seconds = {c: {} for c in COMPONENTS}
-    features = {}
-    for precision in progress(("fp32", "fp16", "int8"), "OpenVINO fidelity and speed", total=3):
-        measured = {}
-        features[precision] = {c: ref.features_ov(c, files[precision][c], precision, measured) for c in ENCODERS}
-        ref.head_ov(files[precision]["fusion_head"], ref.fp32["image_encoder"], ref.fp32["text_encoder"], precision,
-                    measured)
-        for comp, value in measured.items():
-            seconds[comp][precision] = value
-    branches[OV_TARGET] = {c: cosine_stats(ref.fp32[c], features["int8"][c]) for c in ENCODERS}
-
-    def logits_of(config):
-        head = config["fusion_head"]
-        return ref.head_ov(files[head]["fusion_head"], features[config["image_encoder"]]["image_encoder"],
-                           features[config["text_encoder"]]["text_encoder"], head)
-
-    _judge_configurations(OV_TARGET, logits_of, ref, noise_flips, criterion, outcomes, rows)
-    times[OV_TARGET] = seconds
+def _splits(data, eval_data, samples: int) -> Splits:
+    calib, rest = select_calibration(LabeledDataset.read(data), samples)
+    selection, report = split_held_out(LabeledDataset.read(eval_data) if eval_data else rest)
+    return Splits(calib, selection, report)
 
 
-def _judge_configurations(target: str, logits_of, ref: Evaluator, noise_flips: int, criterion: Criterion,
-                          outcomes: dict, rows: list) -> None:
-    """Every configuration but all-FP32 on `target`: `logits_of(config)` judged against FP32, into `outcomes` (key ->
-    {target: outcome}) and `rows`."""
-    for config in combinations(COMPONENTS):
-        key = tuple(config[c] for c in COMPONENTS)
-        if key == ("fp32",) * len(COMPONENTS):
-            continue
-        outcome = ref.judge_logits(logits_of(config))
-        outcome["rule"] = judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)[1]
-        outcomes.setdefault(key, {})[target] = outcome
-        rows.append({"config": format_precision(config), "target": target, **outcome})
+def _noise_floor(evaluator: Evaluator, fp16_files: dict, criterion: Criterion) -> NoiseFloor:
+    """What the FP16 model and BF16-rounded features flip on this split: the flips INT8 is allowed as noise."""
+    fp16 = {c: evaluator.features(c, fp16_files[c], REFERENCE) for c in ENCODERS}
+    fp16_logits = evaluator.head(fp16_files["fusion_head"], fp16["image_encoder"], fp16["text_encoder"], REFERENCE)
+    bf16_logits = evaluator.head(evaluator.files["fusion_head"], bf16_round(evaluator.fp32["image_encoder"]),
+                                 bf16_round(evaluator.fp32["text_encoder"]), REFERENCE)
+    fp16_flips = evaluator.judge_logits(fp16_logits)["flips"]
+    bf16_flips = evaluator.judge_logits(bf16_logits)["flips"]
+    band = noise_band(max(fp16_flips, bf16_flips), evaluator.n, criterion.noise_quantile, criterion.min_noise_rate)
+    return NoiseFloor(fp16_flips, bf16_flips, evaluator.n, band)
 
 
-def _fallback(comp: str, target: str, prepared: Path, ranges: Path, structural: dict, ranked: list, ref: Evaluator,
-              noise_flips: int, criterion: Criterion, tmp: Path) -> tuple:
-    """(layers to keep float beyond the structural ones, the search): the fewest of the most sensitive layers for
-    `comp` alone in INT8 (the other parts FP32) to pass the criterion on the held-out split."""
-    trial = tmp / f"{comp}.{target}.trial.onnx"
+def _component_feeds(m, fp32: dict, calib_feeds: list) -> dict:
+    """The calibration inputs of each part: the encoders' from the data, the head's the encoders' FP32 outputs
+    (batch by batch: feeds["fusion_head"][i] holds batch i's image and text features)."""
+    from fusionrt.calibration.evaluation import run_part
+
+    w = m.wiring
+    feeds = {c: [{s.name: f[s.name] for s in m.components[c].inputs} for f in calib_feeds] for c in ENCODERS}
+    sizes = [len(f[w.image_input]) for f in calib_feeds]
+    features = {c: np.split(run_part(m.components[c], fp32[c], REFERENCE, feeds[c]), np.cumsum(sizes)[:-1])
+                for c in ENCODERS}
+    feeds["fusion_head"] = [{w.image_output: i, w.text_output: t} for i, t in
+                            zip(features["image_encoder"], features["text_encoder"])]
+    return feeds
+
+
+@contextlib.contextmanager
+def _logits_readout(m, fp32: dict, feeds: dict, component: str):
+    """readout for `rank_layers`: an encoder's outputs for calibration batch i, through the FP32 head beside the
+    other branch's FP32 features of that batch: the error ranked is the classifier's. None for the head."""
+    if component == "fusion_head":
+        yield None
+        return
+    from fusionrt.calibration.evaluation import open_part
+
+    w, head_spec = m.wiring, m.components["fusion_head"]
+    mine = w.image_output if component == "image_encoder" else w.text_output
+
+    def readout(i: int, outputs: list) -> np.ndarray:
+        feed = {**feeds["fusion_head"][i], mine: np.asarray(outputs[0], dtype=np.float32)}
+        return head.infer(feed)[w.logits]
+
+    with open_part(head_spec, fp32["fusion_head"], REFERENCE) as head:
+        yield readout
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A part ready to quantize: its prepared model, its activation ranges and its structurally float layers."""
+
+    component: str
+    prepared: Path
+    ranges: Path
+    structural: dict
+    input_means: dict  # each conv's per-channel input mean on calibration data: its bias correction
+
+    def write(self, target: str, out: Path, kept: list) -> Path:
+        return quantize_component(self.prepared, self.component, target, self.ranges, out,
+                                  sorted(self.structural) + list(kept), self.input_means)
+
+
+def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Evaluator, noise: NoiseFloor,
+              criterion: Criterion, method: str, requested) -> Quantized:
+    """Ranges, the sensitivity ranking and search per target, and each target's INT8 file of each part (staged)."""
+    kept, searches = {t: {} for t in TARGETS}, {}
+    with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as folder:
+        tmp = Path(folder)
+        parts = {}
+        for comp in progress(COMPONENTS, "activation ranges", total=len(COMPONENTS)):
+            prepared = preprocess_for_quantization(fp32[comp], tmp / f"{comp}.prep.onnx")
+            ranges = collect_ranges(prepared, OrtReader(feeds[comp]), comp, method, tmp / f"{comp}.ranges.json")
+            shutil.copy(ranges, update.stage(f"calibration/{comp}.ranges.json").path)
+            parts[comp] = _Part(comp, prepared, ranges, structural_float(prepared),
+                                conv_input_means(prepared, feeds[comp]))
+        for target in progress(TARGETS, "INT8 files and per-layer search", total=len(TARGETS)):
+            ranked = [] if requested is not None else _ranked(target, parts, m, fp32, feeds, tmp)
+            search = None if requested is not None else _search(target, parts, ranked, selection, noise,
+                                                                 criterion, tmp)
+            chosen = search.kept if search is not None else []
+            errors = {(c, n): e for c, n, e in ranked}
+            for comp, part in parts.items():
+                written[(comp, target)] = staged = update.stage(f"{comp}.{target.replace('-', '.')}.onnx")
+                part.write(target, staged.path, [n for c, n in chosen if c == comp])
+                if target == "int8-trt":  # what TensorRT computes, and what int8-trt is judged on: FP16 underneath
+                    written[(comp, FP16_BASE)] = half = update.stage(f"{comp}.int8.trt.fp16.onnx")
+                    write_int8_fp16(staged.path, half.path)
+                kept[target][comp] = [{"node": n, "why": why} for n, why in sorted(part.structural.items())] + [
+                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} of the model's {len(ranked)} "
+                                       f"layers (alone in INT8, logit error {errors[(c, n)]:.3g})"}
+                    for i, (c, n) in enumerate(chosen) if c == comp]
+            if search is not None:
+                searches[target] = search
+    return Quantized(kept, searches)
+
+
+def _ranked(target: str, parts: dict, m, fp32: dict, feeds: dict, tmp: Path) -> list:
+    """[(component, layer, logit error)] over the whole model, most sensitive first: each quantizable layer alone in
+    `target`'s INT8 (its own scheme: 7-bit U8S8 or per-token for int8-cpu, symmetric for int8-trt), the rest of the
+    model FP32, by the error it puts in the logits on calibration data (one scale for every part's layers)."""
+    ranked = []
+    for comp, part in parts.items():
+        candidates = [n for n in quantizable_nodes(part.prepared) if n not in part.structural]
+
+        def alone(node: str, part=part, candidates=candidates) -> Path:
+            return part.write(target, tmp / f"{part.component}.rank.onnx", [n for n in candidates if n != node])
+
+        with _logits_readout(m, fp32, feeds, comp) as readout:
+            found = rank_layers(part.prepared, alone, feeds[comp][:RANKING_BATCHES],
+                                progress(candidates, f"sensitivity ({comp}, {target})"), readout)
+        ranked += [(comp, node, error) for node, error in found]
+    return sorted(ranked, key=lambda item: -item[2])
+
+
+def _search(target: str, parts: dict, ranked: list, selection: Evaluator, noise: NoiseFloor, criterion: Criterion,
+            tmp: Path):
+    """The fewest of the model's most sensitive layers to keep float for the whole pipeline in INT8 to pass the
+    criterion on the selection split, run as `target` runs it (errors of the parts add up: each part passing alone
+    is not enough)."""
+    execution = execution_for(target, "int8")
+    written: dict = {}
+
+    def trial(comp: str, kept: tuple) -> Path:
+        if (comp, kept) not in written:  # a part whose kept layers did not change is not written again
+            path = parts[comp].write(target, tmp / f"{comp}.{target}.trial{len(written)}.onnx", list(kept))
+            if execution.flavour == FP16_BASE:
+                path = write_int8_fp16(path, tmp / f"{comp}.{target}.trial{len(written)}.fp16.onnx")
+            written[(comp, kept)] = path
+        return written[(comp, kept)]
 
     def passes(extra: list) -> tuple:
-        quantize_component(prepared, comp, target, ranges, trial, excluded=sorted(structural) + extra)
-        judged = write_int8_fp16(trial, tmp / f"{comp}.{target}.trial.fp16.onnx") if target == "int8-trt" else trial
-        outcome = ref.component_alone(comp, judged, EXACT_QDQ[target])
-        return judge(outcome, ref.outcome["accuracy"], noise_flips, criterion)
+        files = {c: trial(c, tuple(n for k, n in extra if k == c)) for c in parts}
+        outcome = selection.pipeline(files, execution)
+        return judge(outcome, selection.outcome["accuracy"], noise.flips, criterion)
 
-    search = search_fallback([name for name, _ in ranked], passes)
-    return search.kept, search
+    return search_fallback([(comp, node) for comp, node, _ in ranked], passes, max_checks=14)
+
+
+def _probe(feeds: list) -> dict:
+    """Up to PROBE_ROWS report rows as one batch, padded to its longest text: what batch invariance is checked on."""
+    rows, merged = 0, []
+    for feed in feeds:
+        merged.append(feed)
+        rows += len(next(iter(feed.values())))
+        if rows >= PROBE_ROWS:
+            break
+    width = max(f["attention_mask"].shape[1] for f in merged)
+    out = {}
+    for name in merged[0]:
+        arrays = [np.pad(f[name], ((0, 0), (0, width - f[name].shape[1]))) if f[name].ndim == 2 else f[name]
+                  for f in merged]
+        out[name] = np.concatenate(arrays)[:PROBE_ROWS]
+    return out
+
+
+def _policy(target: str, judged: list, kept: dict, requested, report: Evaluator) -> tuple:
+    """(Policy, the Judged it chose or None)."""
+    if requested is not None:
+        key = tuple(requested[c] for c in COMPONENTS)
+        chosen = next((j for j in judged if j.precision == key), None)
+        order, reason = ([chosen] if chosen is not None else []), "chosen by the user (--precision)"
+    else:
+        order, key, reason = choose_policy(judged, COMPONENTS, report.seconds)
+        chosen = order[0] if order and order[0].precision == key else None
+    int8_parts = {c for j in order for c, p in zip(COMPONENTS, j.precision) if p == "int8"} | \
+        {c for c, p in zip(COMPONENTS, key) if p == "int8"}
+    candidates = tuple(Candidate(dict(zip(COMPONENTS, j.precision)), j.report["top1_agreement"], j.report["flips"],
+                                 j.report["n"], j.batch_invariant, j.batch_deviation,
+                                 None if j.seconds is None else 1e3 * j.seconds) for j in order)
+    policy = Policy(dict(zip(COMPONENTS, key)), reason, {c: tuple(kept[c]) for c in COMPONENTS if c in int8_parts},
+                    candidates, portable=target != OV_TARGET, measured_on=cpu_kind().to_dict())
+    return policy, chosen
+
+
+def _outcome_row(target: str, j) -> dict:
+    return {"config": format_precision(dict(zip(COMPONENTS, j.precision))), "target": target,
+            **{k: v for k, v in j.report.items() if k != "passed"}, "passed": j.passed,
+            "selection": {"top1_agreement": j.selection["top1_agreement"], "flips": j.selection["flips"],
+                          "rule": j.selection["rule"], "passed": j.passed_selection},
+            "batch_deviation": j.batch_deviation, "batch_invariant": j.batch_invariant,
+            **({"model_ms": 1e3 * j.seconds} if j.seconds is not None else {})}
+
+
+def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, noise: dict, evaluators: dict,
+            judged: dict, cosines: dict, quantized: Quantized, kept: dict, policies: dict, chosen: dict) -> dict:
+    report_ev = evaluators["report"]
+    cpu = cpu_kind().to_dict()
+    report = {
+        "calibration": {"method": method, "samples": len(splits.calibration), "data": str(data), "recipe": RECIPE},
+        "held_out": {"count": len(splits.selection) + len(splits.report), "selection": len(splits.selection),
+                     "report": len(splits.report),
+                     "data": str(eval_data or f"{data} (samples not used for calibration)")},
+        "criterion": dataclasses.asdict(criterion),
+        "noise_floor": {name: n.to_dict() for name, n in noise.items()},
+        "measured_on": {"cpu": cpu, "targets": {t: f"{JUDGED_ON[t][0]} ({JUDGED_ON[t][1]})" for t in judged},
+                        "int8-trt": "Q/DQ run as written on an FP16 base (exact integer arithmetic, FP16 between, as "
+                                    "TensorRT computes it)"},
+        "fp32": report_ev.outcome,
+        "fp32_model_ms": {c: 1e3 * report_ev.seconds[c] for c in COMPONENTS},  # report split, this CPU
+        "branches": cosines,
+        "end_to_end": [_outcome_row(t, j) for t, rows in judged.items() for j in rows],
+        "kept_float": kept,
+        "fallback_search": {t: [{"kept": k, "passed": ok, "rule": rule} for k, ok, rule in s.trace]
+                            for t, s in quantized.searches.items()},
+        "policy": {t: {"chosen": format_precision(p.precision), "reason": p.reason,
+                       "candidates": [format_precision(c.precision) for c in p.candidates]}
+                   for t, p in policies.items()},
+    }
+    report["summary"] = {
+        "fp32_accuracy": report_ev.outcome["accuracy"], "noise_floor_flips": noise["report"].flips,
+        **{t: {"precision": format_precision(p.precision),
+               **({k: v for k, v in chosen[t].report.items() if k not in ("passed",)} if chosen[t] else
+                  report_ev.outcome),
+               "candidates": len(p.candidates), "layers_kept_float": {c: len(v) for c, v in p.kept_float.items()},
+               **{f"{c}_cosine_min": cosines[t][c]["min"] for c in ENCODERS}} for t, p in policies.items()},
+    }
+    return report
+
+
+def _commit(update, m, written: dict, policies: dict, report: dict) -> None:
+    components = {}
+    for comp in COMPONENTS:
+        files = dict(m.components[comp].files)
+        for flavour in (*TARGETS, "fp16", FP16_BASE):
+            staged = written[(comp, flavour)]
+            files[flavour] = ModelFile(staged.name, sha256_of(staged.path))
+        components[comp] = dataclasses.replace(m.components[comp], files=files)
+    cpu = cpu_kind()
+    update.commit(dataclasses.replace(
+        m, components=components, precision=dict(policies["int8-cpu"].precision),
+        precision_reason=policies["int8-cpu"].reason, policies=policies,
+        fidelity={"summary": report["summary"], "report": "reports/fidelity.json"},
+        calibration={**report["calibration"], "ranges": {c: f"calibration/{c}.ranges.json" for c in COMPONENTS},
+                     "cpu": cpu.label, "cpu_kind": cpu.to_dict(), "cpu_vnni": cpu.vnni},
+    ))
+

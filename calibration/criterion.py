@@ -7,8 +7,9 @@ passes when all three hold:
 2. significance: not significantly worse than FP32 on the same samples (McNemar's exact test on per-sample
    correctness, one-sided, at `alpha`);
 3. agreement: top-1 agreement with FP32 at least `min_agreement`, or, below it, no more flips than a harmless
-   perturbation gives (the noise floor: what the FP16 model and BF16-rounded features flip), read as a Poisson
-   count at that rate (its `noise_quantile` upper bound).
+   perturbation gives (the noise floor: what the FP16 model and BF16-rounded features flip), read as a binomial
+   count over the same n samples at that rate (its `noise_quantile` upper bound), the rate at least
+   `min_noise_rate`: a band that scales with n (at n = 10 and a floor of 0 it admits no flip).
 The report says which rule decided."""
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class Criterion:
     min_accuracy_ratio: float = 0.99  # INT8 accuracy >= 99 % of FP32's
     alpha: float = 0.05  # McNemar: "significantly worse" below this p-value
     min_agreement: float = 0.99  # agreement that passes outright, whatever the noise floor
-    noise_quantile: float = 0.95  # flips up to this quantile of Poisson(noise floor) are noise
+    noise_quantile: float = 0.95  # flips up to this quantile of Binomial(n, noise rate) are noise
+    min_noise_rate: float = 0.005  # the noise rate assumed where the floor measured less: half of 1 - min_agreement
 
 
 def mcnemar_p(worse: int, better: int) -> float:
@@ -51,17 +53,23 @@ def sample_outcome(pred: np.ndarray, fp32_pred: np.ndarray, labels) -> dict:
     return out
 
 
-def noise_band(noise_flips: int, quantile: float = 0.95) -> int:
-    """The most flips still read as noise: the `quantile` point of Poisson(noise_flips) (at least a rate of 0.5, so
-    a floor of zero measured flips still admits one or two)."""
-    rate, k, cumulative = max(float(noise_flips), 0.5), 0, 0.0
-    term = math.exp(-rate)
-    while True:
-        cumulative += term
+def noise_band(noise_flips: int, samples: int, quantile: float = 0.95, min_rate: float = 0.005) -> int:
+    """The most flips of `samples` still read as noise: the `quantile` point of Binomial(samples, rate), rate the
+    floor's share of flips (at least `min_rate`). Summed in log space, so it ends for any n (a Poisson sum from
+    exp(-rate) underflowed past about 746 flips and never ended)."""
+    if samples <= 0:
+        return 0
+    rate = min(max(noise_flips / samples, min_rate), 1.0)
+    if rate >= 1.0:
+        return samples
+    log_p, log_q = math.log(rate), math.log1p(-rate)
+    cumulative = 0.0
+    for k in range(samples + 1):
+        cumulative += math.exp(math.lgamma(samples + 1) - math.lgamma(k + 1) - math.lgamma(samples - k + 1)
+                               + k * log_p + (samples - k) * log_q)
         if cumulative >= quantile:
             return k
-        k += 1
-        term *= rate / k
+    return samples
 
 
 def judge(outcome: dict, fp32_accuracy: float, noise_flips: int | None, c: Criterion = Criterion()) -> tuple:
@@ -77,8 +85,8 @@ def judge(outcome: dict, fp32_accuracy: float, noise_flips: int | None, c: Crite
     agreement = outcome["top1_agreement"]
     if agreement >= c.min_agreement:
         return True, f"agreement {agreement:.2%} >= {c.min_agreement:.0%}"
-    if noise_flips is not None and "flips" in outcome:
-        band = noise_band(noise_flips, c.noise_quantile)
+    if noise_flips is not None and "flips" in outcome and "n" in outcome:
+        band = noise_band(noise_flips, outcome["n"], c.noise_quantile, c.min_noise_rate)
         if outcome["flips"] <= band:
             return True, (f"agreement {agreement:.2%}: {outcome['flips']} flips, within the noise floor (a harmless "
                           f"FP16/BF16 perturbation flips {noise_flips}; up to {band} is noise)")

@@ -50,12 +50,15 @@ def structural_float(model: Path) -> dict:
             for n in graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)}
 
 
-def rank_layers(fp32_model: Path, quantized_alone: Callable[[str], Path], feeds: list, candidates: list) -> list:
+def rank_layers(fp32_model: Path, quantized_alone: Callable[[str], Path], feeds: list, candidates: list,
+                readout: Callable | None = None) -> list:
     """[(node, output error)], most sensitive first: each of the `candidates` quantized alone (`quantized_alone(node)`:
     the Q/DQ model with that layer in INT8 and the others float), run as written on `feeds`, its outputs against
     FP32's as a relative L2 error. End to end, not each layer's local error: a layer's own error says little of what
     it does downstream. On the demo's EfficientNet-Lite0 the local error ranked first the last conv, whose INT8 moves
-    the features' cosine vs FP32 by 4e-5, and third the first depthwise conv, which alone moves it by 7e-3."""
+    the features' cosine vs FP32 by 4e-5, and third the first depthwise conv, which alone moves it by 7e-3.
+    readout(i, outputs) -> array: what the error is measured on for feed i (the classifier's logits, where the part
+    is an encoder: a feature error the head ignores flips nothing); default, the part's own outputs."""
     ort = require("onnxruntime", "per-layer fallback")
 
     def outputs(model: Path) -> list:
@@ -63,8 +66,10 @@ def rank_layers(fp32_model: Path, quantized_alone: Callable[[str], Path], feeds:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the Q/DQ as written
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         names = {i.name for i in session.get_inputs()}
-        return [np.concatenate([o.astype(np.float64).ravel() for o in session.run(None, {
-            k: v for k, v in feed.items() if k in names})]) for feed in feeds]
+        runs = [session.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
+        if readout is not None:
+            runs = [[readout(i, out)] for i, out in enumerate(runs)]
+        return [np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in out]) for out in runs]
 
     reference = outputs(fp32_model)
     norm = max(sum(float((r ** 2).sum()) for r in reference), 1e-30)

@@ -47,27 +47,29 @@ def _shown(config: str, chosen: str) -> bool:
 
 
 def fidelity_markdown(report: dict) -> str:
-    lines = [f"# INT8 and FP16 fidelity vs FP32 ({report['held_out']['count']} held-out samples, calibration: "
-             f"{report['calibration']['method']} on {report['calibration']['samples']} samples)", ""]
-    lines += ["| branch | model | cosine mean | cosine min |", "|---|---|---|---|"]
+    held = report["held_out"]
+    lines = [f"# INT8 and FP16 fidelity vs FP32 ({held['report']} held-out samples reported; {held['selection']} "
+             f"others chose the policy; calibration: {report['calibration']['method']} on "
+             f"{report['calibration']['samples']} samples)", ""]
+    lines += ["| branch | target | INT8 cosine mean | INT8 cosine min |", "|---|---|---|---|"]
     for target, branches in report["branches"].items():
         for branch, stats in branches.items():
             lines.append(f"| {branch} | {target} | {stats['mean']:.5f} | {stats['min']:.5f} |")
-    noise = report.get("noise_floor")
-    if noise:
-        lines += ["", f"**Noise floor:** on these {noise['samples']} samples a harmless perturbation flips "
-                      f"{noise['fp16_flips']} (the FP16 model) and {noise['bf16_features_flips']} (features rounded to "
-                      f"BF16); up to {noise['band']} flips read as noise."]
+    for split, noise in report.get("noise_floor", {}).items():
+        lines += ["", f"**Noise floor ({split} split):** on its {noise['samples']} samples a harmless perturbation "
+                      f"flips {noise['fp16_flips']} (the FP16 model) and {noise['bf16_features_flips']} (features "
+                      f"rounded to BF16); up to {noise['band']} flips read as noise."]
     lines += ["", "| configuration | target | top-1 agreement | flips | McNemar p | max abs dprob | accuracy | macro F1 "
-                  "| verdict |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| batch-invariant | selection split | report split |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     fp32 = report["fp32"]
     lines.append(f"| fp32 | - | 100.00 % | 0 | - | 0 | {100 * fp32['accuracy']:.2f} % | {100 * fp32['macro_f1']:.2f} % "
-                 "| reference |")
+                 "| reference | | |")
     for row in (r for r in report["end_to_end"] if _shown(r["config"], report["policy"][r["target"]]["chosen"])):
         p = f"{row['mcnemar_p']:.3g}" if "mcnemar_p" in row else "-"
+        invariant = "yes" if row["batch_invariant"] else f"no ({row['batch_deviation']:.2g})"
         lines.append(f"| {row['config']} | {row['target']} | {100 * row['top1_agreement']:.2f} % | {row.get('flips', '-')} "
                      f"| {p} | {row['max_abs_dprob']:.4f} | {100 * row['accuracy']:.2f} % | {100 * row['macro_f1']:.2f} % "
-                     f"| {row.get('rule', '')} |")
+                     f"| {invariant} | {row['selection']['rule']} | {row.get('rule', '')} |")
     kept = report.get("kept_float", {})
     if kept:
         lines += ["", "| target | part | layers kept float (structural + found by the per-layer search) |", "|---|---|---|"]
@@ -78,16 +80,16 @@ def fidelity_markdown(report: dict) -> str:
                 lines.append(f"| {target} | {part} | {structural} structural; {len(searched)} by sensitivity"
                              + (f": {', '.join(searched[:8])}{' ...' if len(searched) > 8 else ''}" if searched else "")
                              + " |")
-    measured = report.get("measured_on", {})
-    vnni = {True: "with VNNI", False: "without VNNI"}.get(measured.get("vnni"), "VNNI unknown")
-    lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}. int8-cpu was measured with ONNX "
-              f"Runtime's integer kernels on this CPU ({measured.get('cpu') or 'unknown'}, {vnni}): its figures hold "
-              "for CPUs of the same kind. int8-trt was measured on its Q/DQ arithmetic as written over an FP16 base "
-              "(*.int8.trt.fp16.onnx: what TensorRT computes, INT8 with FP16 between; LayerNorm, Softmax and "
+    cpu = report.get("measured_on", {}).get("cpu", {})
+    lines += ["", f"Every configuration is in {report.get('json', 'fidelity.json')}, measured on {cpu.get('label', '?')}. "
+              "int8-cpu ran on ONNX Runtime's CPU kernels with 7-bit weights, whose integer sums are the same on every "
+              "x86 CPU (with or without VNNI). int8-trt was measured on its Q/DQ arithmetic as written over an FP16 "
+              "base (*.int8.trt.fp16.onnx: what TensorRT computes, INT8 with FP16 between; LayerNorm, Softmax and "
               "reductions FP32), so the layers its search keeps out of INT8 run in FP16."
-              + (" int8-ov was measured on OpenVINO's CPU kernels (fp16 there is the CPU's 16-bit float: BF16 where "
-                 "it has it)." if "int8-ov" in report["policy"] else ""), ""]
+              + (" int8-ov was measured on OpenVINO's CPU kernels of this CPU (fp16 there is its 16-bit float: BF16 "
+                 "where it has it), which differ between CPU kinds." if "int8-ov" in report["policy"] else ""), ""]
     for target, policy in report["policy"].items():
-        lines.append(f"**Chosen for {target}:** {policy['chosen']} — {policy['reason']}  ")
+        lines.append(f"**Chosen for {target}:** {policy['chosen']} — {policy['reason']}; candidates for the loading "
+                     f"machine's tuning: {', '.join(policy['candidates']) or 'none (FP32)'}  ")
     lines.append("")
     return "\n".join(lines)

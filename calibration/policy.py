@@ -1,52 +1,53 @@
-"""Precision policy: INT8 per part unless the fidelity criterion (`criterion.judge`) rejects it; then that part
-falls back to FP16, or to FP32 when FP16 is rejected too. Among the passing configurations: the fastest as measured
-(`times`, on the target at calibration time), else the one with the most FP32 model time in INT8 (an estimate, for a
-target that cannot be timed here, such as TensorRT without a GPU)."""
+"""The policy stage: of a target's judged configurations, those that pass the criterion on both the selection and
+the report split are its candidates (the loading machine's tuning picks among them); calibration's own choice is
+the fastest batch-invariant one as measured here, or, for a target that cannot be timed here (TensorRT without a
+GPU), the one with the most FP32 model time in INT8 (an estimate). None passing: FP32, which is the reference."""
 
 from __future__ import annotations
 
-from fusionrt.calibration.criterion import Criterion, judge
+from fusionrt.calibration.criterion import Criterion
+from fusionrt.calibration.judge import Judged
 
 __all__ = ["Criterion", "choose_policy"]
 
 
-def choose_policy(outcomes: dict, fp32_accuracy: float, parts: tuple, criterion: Criterion = Criterion(),
-                  weights: dict | None = None, noise: dict | None = None, times: dict | None = None) -> tuple:
-    """outcomes: config key (tuple of precisions for `parts`) -> {target: outcome}; a configuration passes when
-    every target passes. weights: part -> FP32 seconds (the estimate); noise: target -> noise-floor flips; times:
-    part -> {precision: measured seconds}. Returns (chosen key, reason); all-FP32 when none passes."""
+def choose_policy(judged: list, parts: tuple, weights: dict | None = None) -> tuple:
+    """([Judged] candidates, calibration's choice first; the chosen precision key; reason). weights: part -> FP32
+    seconds on the reference (the estimate's weights, and FP32's time where the target's own FP32 was not judged)."""
+    weights_given = bool(weights)
     weights = {p: float(weights[p]) if weights else 1.0 for p in parts}
     total = sum(weights.values()) or 1.0
-    noise = noise or {}
 
-    def verdicts(key):
-        return {t: judge(o, fp32_accuracy, noise.get(t), criterion) for t, o in outcomes[key].items()}
+    def share(j: Judged, precision: str) -> float:
+        return sum(weights[p] for p, prec in zip(parts, j.precision) if prec == precision) / total
 
-    def share(key, precision):
-        return sum(weights[p] for p, prec in zip(parts, key) if prec == precision) / total
+    def agreement(j: Judged) -> float:
+        return min(j.selection["top1_agreement"], j.report["top1_agreement"])
 
-    def worst(key):
-        return min(o["top1_agreement"] for o in outcomes[key].values())
-
-    def seconds(key):
-        return sum(times[p][prec] for p, prec in zip(parts, key))
-
-    judged = {k: verdicts(k) for k in outcomes}
-    passing = [k for k, v in judged.items() if all(ok for ok, _ in v.values())]
-    if not passing:
-        rejected = "; ".join(f"{t}: {rule}" for t, (_, rule) in judged[max(outcomes, key=worst)].items())
-        return tuple("fp32" for _ in parts), f"no INT8 or FP16 configuration passed ({rejected}); kept FP32"
-    if times is not None and all(prec in times.get(p, {}) for k in passing for p, prec in zip(parts, k)):
-        best = min(passing, key=lambda k: (round(seconds(k), 6), -worst(k)))
-        fp32_time = seconds(tuple("fp32" for _ in parts))
-        speed = (f"the fastest that passed, as measured: {1e3 * seconds(best):.1f} ms vs FP32 {1e3 * fp32_time:.1f} ms"
-                 f" on the held-out split ({fp32_time / seconds(best):.2f}x)")
+    passing = [j for j in judged if j.passed]
+    timed = bool(passing) and all(j.seconds is not None for j in passing)
+    if timed:
+        order = sorted(passing, key=lambda j: (not j.batch_invariant, round(j.seconds, 6), -agreement(j)))
     else:
-        best = max(passing, key=lambda k: (round(share(k, "int8"), 9), round(share(k, "fp16"), 9), worst(k)))
+        order = sorted(passing, key=lambda j: (not j.batch_invariant, -round(share(j, "int8"), 9),
+                                               -round(share(j, "fp16"), 9), -agreement(j)))
+    fp32_key = tuple("fp32" for _ in parts)
+    if not order or not order[0].batch_invariant:
+        rejected = max(judged, key=agreement, default=None)  # the closest miss says most
+        why = (f"selection split: {rejected.selection['rule']}; report split: {rejected.report['rule']}"
+               if rejected else "nothing judged")
+        return order, fp32_key, f"no INT8 or FP16 configuration passed on both splits and batch-invariant ({why}); kept FP32"
+    best = order[0]
+    if timed:
+        fp32 = next((j.seconds for j in judged if j.precision == fp32_key), None) or (sum(weights.values())
+                                                                                   if weights_given else None)
+        ratio = f" ({fp32 / best.seconds:.2f}x FP32's {1e3 * fp32:.1f} ms)" if fp32 else ""
+        speed = f"the fastest that passed, as measured: {1e3 * best.seconds:.1f} ms on the report split{ratio}"
+    else:
         speed = f"the most FP32 model time in INT8 ({share(best, 'int8'):.0%}; an estimate, not timed on this target)"
-    rules = "; ".join(f"{t}: {rule}" for t, (_, rule) in judged[best].items())
-    why = f"{rules}; {speed}"
-    fallen = [f"{part} kept {p.upper()}" for part, p in zip(parts, best) if p != "int8"]
+    why = (f"selection split: {best.selection['rule']}; report split: {best.report['rule']}; {speed}; "
+           f"{len(order)} configurations passed")
+    fallen = [f"{part} kept {p.upper()}" for part, p in zip(parts, best.precision) if p != "int8"]
     if fallen:
         why += f"; {', '.join(fallen)}"
-    return best, why
+    return order, best.precision, why

@@ -1,20 +1,22 @@
-"""INT8 as explicit Q/DQ ONNX with ONNX Runtime's quantization tool: one calibration pass, two targets.
+"""INT8 with ONNX Runtime's quantization tool: one calibration pass, two targets.
 
 - `int8-trt`: symmetric int8 activations and weights (zero point 0), per-channel weights, per-tensor
   activations, float biases (QuantizeBias=False): what TensorRT 10/11 and TensorRT-RTX parse.
-- `int8-cpu`: what ONNX Runtime's CPU kernels run fastest: U8S8 static Q/DQ for convolutions and the
-  head; dynamic INT8 (weights only) for the BERT text encoder.
-Activation ranges are collected once per component and kept in the bundle (`calibration/*.ranges.json`);
-both targets are quantized from them. BERT's Softmax, LayerNorm, GELU and residual Adds stay float:
-only MatMul/Gemm (and Conv) are quantized, less the layers `keep_float` names (measured on the demo's
-EfficientNet-Lite0 + MiniLM, TensorRT target: image cosine vs FP32 0.81 -> 0.998, text 0.87 -> 0.997).
+- `int8-cpu`: what ONNX Runtime's CPU kernels run fast and the same on every x86 CPU: U8S8 static Q/DQ for the
+  convolutions and the head, per-token INT8 for the BERT text encoder (`per_token.py`: batch-invariant), with 7-bit
+  weights wherever the kernel is a GEMM. Without VNNI those GEMMs sum pairs of u8 x s8 products in 16 bits, which
+  saturates with 8-bit weights: on an AVX2 EPYC, the demo's image encoder all in INT8 gave features of cosine 0.675
+  vs FP32 on the fused kernels against 0.919 for the same Q/DQ graph as written; with 7-bit weights both read 0.877.
+  Depthwise convolutions keep 8-bit weights: their kernel multiplies without pair sums (exact with 8 bits, measured).
+Activation ranges are collected once per component and kept in the bundle (`calibration/*.ranges.json`).
+BERT's Softmax, LayerNorm, GELU and residual Adds stay float: only MatMul/Gemm (and Conv) are quantized, less the
+layers the per-layer search keeps float.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
 import tempfile
 from pathlib import Path
 
@@ -22,11 +24,10 @@ from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.optional import require
 from fusionrt.runtime.progress import progress
 
-__all__ = ["METHODS", "RECIPE", "QUANTIZED_OPS", "collect_ranges", "keep_float", "quantize_component"]
+__all__ = ["METHODS", "RECIPE", "QUANTIZED_OPS", "collect_ranges", "quantize_component"]
 
 METHODS = ("minmax", "percentile", "entropy")
-RECIPE = 5  # bumped whenever what is quantized changes (keys cached quantized models)
-EARLY_CONV_SHARE = 0.25  # EfficientNet-Lite0: image cosine vs FP32 0.992 (none) -> 0.998 (a quarter of the dense convs)
+RECIPE = 7  # bumped whenever what is quantized changes (keys cached quantized models)
 QUANTIZED_OPS = {
     # Clip (ReLU6) and Relu too: quantized with the conv before them, ONNX Runtime's asymmetric U8 graph drops them
     # into the conv's output range (QLinearConv to QLinearConv); left out, every one cost a DequantizeLinear +
@@ -82,47 +83,6 @@ def collect_ranges(model: Path, reader, component: str, method: str, out: Path) 
     return out
 
 
-def activation_matmuls(model: Path) -> list:
-    """MatMuls whose inputs are both activations (attention's Q·Kᵀ and softmax·V): their softmax-shaped
-    inputs lose most of their resolution in per-tensor int8, so they stay float; weight GEMMs are quantized."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    weights = {init.name for init in graph.initializer}
-    weights |= {n.output[0] for n in graph.node if n.op_type in ("Constant", "Transpose") and
-                all(i in weights for i in n.input)}
-    return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
-
-
-def keep_float(model: Path, component: str) -> list:
-    """Nodes left in float because per-tensor int8 activations cannot hold their inputs' range:
-    - image: the early convs (the stem and the first quarter of the others, where activations are still close to
-      raw pixels), the last conv (its output is the feature vector itself) and depthwise convs (one filter per
-      channel: ranges differ by orders of magnitude between channels, one per-tensor scale crushes most);
-    - text: attention's activation x activation MatMuls and the FFN (the down projection's GELU input and the
-      up projection's LayerNorm input carry the outlier channels BERT models are known for); attention's
-      Q/K/V/output projections are INT8;
-    - head: the layer that reads the concatenated features."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    if component == "image_encoder":
-        convs = [n for n in graph.node if n.op_type == "Conv"]
-        depthwise = {n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)}
-        dense = [n.name for n in convs if n.name not in depthwise]
-        early = dense[:math.ceil(EARLY_CONV_SHARE * len(dense))]
-        return sorted(depthwise | set(early) | set(dense[-1:]))
-    if component == "text_encoder":
-        shapes = {init.name: tuple(init.dims) for init in graph.initializer}
-        ffn = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(
-            len(shapes.get(i, ())) == 2 and shapes[i][0] != shapes[i][1] for i in n.input)]
-        return activation_matmuls(model) + ffn
-    # head: the first layer reads the concatenated image and text features, whose ranges differ by orders of
-    # magnitude; one per-tensor scale over both would crush the text half. The layers after it are INT8.
-    concats = {n.output[0] for n in graph.node if n.op_type == "Concat"}
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in concats for i in n.input)]
-
-
 class OneBatch:
     """A CalibrationDataReader over a single feed."""
 
@@ -133,31 +93,62 @@ class OneBatch:
         return self._feeds.pop() if self._feeds else None
 
 
-def quantize_component(model: Path, component: str, target: str, ranges: Path, out: Path,
-                       excluded: list | None = None) -> Path:
-    """Write the `target` ('int8-cpu' | 'int8-trt') Q/DQ model of `component` from the collected `ranges`, with the
-    nodes `excluded` left float (default: the hand-written `keep_float` list, what recipe 2 used)."""
+def quantize_component(model: Path, component: str, target: str, ranges: Path, out: Path, excluded,
+                       input_means: dict | None = None) -> Path:
+    """Write the `target` ('int8-cpu' | 'int8-trt') INT8 model of `component` from the collected `ranges`, with the
+    nodes `excluded` left float. input_means (`bias_correction.conv_input_means`): correct the quantized convs'
+    biases for their weights' error."""
     q = _q()
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     ops = QUANTIZED_OPS[component]
-    excluded = keep_float(model, component) if excluded is None else list(excluded)
+    excluded = list(excluded)
     if target == "int8-cpu" and component == "text_encoder":
-        q.quantize_dynamic(str(model), str(out), op_types_to_quantize=ops, weight_type=q.QuantType.QInt8,
-                           per_channel=True, nodes_to_exclude=excluded)
-        return out
+        from fusionrt.calibration.per_token import write_per_token_int8
+
+        return write_per_token_int8(model, out, excluded)
     method = load_tensors_data(ranges).calibration_method
     symmetric = target == "int8-trt"
+    depthwise = set(_depthwise_weights(model))
+    overrides = {} if symmetric else {w: [{"reduce_range": False, "axis": 0}] for w in depthwise}
+    with tempfile.TemporaryDirectory(prefix="fusionrt-bias-") as tmp:
+        if input_means:
+            from fusionrt.calibration.bias_correction import corrected
+
+            levels = lambda node, w: 127 if symmetric or node.input[1] in depthwise else 64  # noqa: E731 - as stored
+            model = corrected(model, Path(tmp) / "corrected.onnx", input_means, levels, excluded)
+        _quantize_static(q, model, out, ops, excluded, symmetric, method, ranges, overrides)
+    return out
+
+
+def _quantize_static(q, model: Path, out: Path, ops: list, excluded: list, symmetric: bool, method, ranges: Path,
+                     overrides: dict) -> None:
     q.quantize_static(
         str(model), str(out), calibration_data_reader=None, quant_format=q.QuantFormat.QDQ,
         op_types_to_quantize=ops, per_channel=True, nodes_to_exclude=excluded,
         activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8, calibrate_method=method, calibration_cache_path=str(ranges),
+        reduce_range=not symmetric,  # int8-cpu: 7-bit weights, exact on every x86 CPU (see the module's note)
         extra_options={
             "ActivationSymmetric": symmetric,
             "WeightSymmetric": True,
             "QuantizeBias": not symmetric,  # TensorRT's parser rejects INT32 bias Q/DQ
             "AddQDQPairToWeight": False,
+            **({"TensorQuantOverrides": overrides} if overrides else {}),
         },
     )
+
+
+def _depthwise_weights(model: Path) -> list:
+    """The weights of the depthwise convolutions (one filter per channel): their kernel cannot saturate, so they keep
+    all 8 bits."""
+    onnx = require("onnx", "INT8 calibration")
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {i.name: i for i in graph.initializer}
+    out = []
+    for node in graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is not None and group > 1 and weight.dims[1] == 1:
+            out.append(weight.name)
     return out

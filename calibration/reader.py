@@ -13,10 +13,10 @@ from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.tokenize import TextTokenizer
 
-__all__ = ["MIN_SAMPLES", "MIN_HELD_OUT", "select_calibration", "CalibrationSource", "OrtReader"]
+__all__ = ["MIN_SAMPLES", "MIN_HELD_OUT", "select_calibration", "split_held_out", "CalibrationSource", "OrtReader"]
 
 MIN_SAMPLES = 16  # calibration samples
-MIN_HELD_OUT = 10  # fidelity samples
+MIN_HELD_OUT = 10  # fidelity samples in each of the two held-out splits
 
 
 def select_calibration(data: LabeledDataset, count: int) -> tuple:
@@ -33,6 +33,22 @@ def select_calibration(data: LabeledDataset, count: int) -> tuple:
     calib = LabeledDataset(tuple(data[i] for i in picked), data.source)
     rest = LabeledDataset(tuple(s for i, s in enumerate(data) if i not in chosen), data.source)
     return calib, rest
+
+
+def split_held_out(data: LabeledDataset) -> tuple:
+    """(selection, report): the held-out samples of each label dealt alternately to the two, in file order. The
+    per-layer search and the policy's choice read the first, the reported fidelity the second, so the figures a user
+    reads were not the ones the choice was tuned on. Deterministic."""
+    if len(data) < 2 * MIN_HELD_OUT:
+        raise DataError(f"the held-out split has {len(data)} samples, expected at least {2 * MIN_HELD_OUT}: half choose "
+                        "the policy, half report its fidelity. Pass --eval-data with a larger labelled split that "
+                        "calibration does not use, or a larger --data.")
+    seen: dict = {}
+    halves = ([], [])
+    for sample in data:
+        halves[seen.get(sample.label, 0) % 2].append(sample)
+        seen[sample.label] = seen.get(sample.label, 0) + 1
+    return tuple(LabeledDataset(tuple(h), data.source) for h in halves)
 
 
 class CalibrationSource:

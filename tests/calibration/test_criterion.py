@@ -24,7 +24,22 @@ def _fp32(n=382, classes=9, accuracy=0.88, seed=0):
 def test_mcnemar_and_the_noise_band():
     assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) > 0.5
     assert mcnemar_p(10, 0) < 0.001 and 0.05 < mcnemar_p(6, 2) < 0.2
-    assert noise_band(0) == 2 and noise_band(5) == 9 and noise_band(20) > 20
+    assert noise_band(0, 382) == 4 and noise_band(5, 382) == 9 and noise_band(20, 382) > 20
+
+
+def test_the_noise_band_scales_with_n_and_ends_for_any_n():
+    """A floor of zero flips at n = 10 admits no flip (the old Poisson band admitted 2: 80 % agreement); the band is
+    a share of n, and it is computed for floors far past where exp(-rate) underflows (about 746 flips)."""
+    assert noise_band(0, 10) == 0
+    assert noise_band(0, 100) < noise_band(0, 1000) < noise_band(0, 10000)
+    assert noise_band(0, 10000) / 10000 < 0.01
+    assert 800 < noise_band(800, 2000) < 900 and noise_band(5000, 10000) < 10000
+    assert noise_band(10, 10) == 10 and noise_band(0, 0) == 0
+    flips = 2
+    outcome = {"top1_agreement": 0.8, "accuracy": 0.9, "flips": flips, "n": 10, "worse": 1, "better": 1,
+               "mcnemar_p": 0.75}
+    ok, rule = judge(outcome, 0.9, noise_flips=0)
+    assert not ok and "up to 0 is noise" in rule
 
 
 def test_a_pure_noise_perturbation_passes_on_the_noise_floor():
@@ -41,7 +56,7 @@ def test_a_pure_noise_perturbation_passes_on_the_noise_floor():
     fp32_accuracy = float((fp32 == truth).mean())
     assert not judge(outcome, fp32_accuracy, noise_flips=None)[0]  # a raw agreement cut calls it a failure
     ok, rule = judge(outcome, fp32_accuracy, noise_flips=5)
-    assert ok and "within the noise floor" in rule and "flips 5" in rule
+    assert ok and "within the noise floor" in rule and "flips 5" in rule and "up to 9 is noise" in rule
 
 
 def test_a_real_degradation_is_refused_even_inside_the_agreement_and_accuracy_bars():

@@ -48,7 +48,7 @@ def user_setup(tmp_path_factory):
         if (minilm_dir() / name).exists():
             shutil.copy(minilm_dir() / name, text / name)
     (folder / "my_encoder.py").write_text(MODULE)
-    train, test = write_shape_dataset(folder / "data", per_class=16, seed=3)
+    train, test = write_shape_dataset(folder / "data", per_class=28, seed=3)
     return folder, text, train, test
 
 

@@ -1,0 +1,165 @@
+"""The judge stage: every configuration of a target (each part at fp32, fp16 or int8), run as the resolver says that
+target runs it, against FP32 on the selection and report splits, timed where the target runs here, and checked for
+batch invariance (a few report rows alone, in their batch, and with more padding)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusionrt.calibration.criterion import Criterion, judge
+from fusionrt.calibration.evaluation import ENCODERS, open_part
+from fusionrt.calibration.fidelity import combinations, cosine_stats
+from fusionrt.runtime.invariance import BATCH_TOLERANCE, EXTRA_PADDING, row_alone, with_padding
+from fusionrt.runtime.resolve import PRECISIONS, Execution, resolve
+
+__all__ = ["JUDGED_ON", "TIMED", "execution_for", "Judged", "judge_target"]
+
+# How calibration runs each target: the backend and device whose arithmetic the target's policy is for.
+JUDGED_ON = {"int8-cpu": ("onnxruntime", "cpu"), "int8-trt": ("tensorrt", "gpu"), "int8-ov": ("openvino", "CPU")}
+TIMED = ("int8-cpu", "int8-ov")  # the targets that run on this machine, so whose speed is measured, not estimated
+
+
+def execution_for(target: str, precision: str) -> Execution:
+    backend, device = JUDGED_ON[target]
+    return resolve(backend, precision, device)
+
+
+@dataclass
+class Judged:
+    """One configuration of one target."""
+
+    precision: tuple  # image, text, head
+    selection: dict  # outcome on the selection split, with its "rule"
+    report: dict  # outcome on the report split, with its "rule"
+    passed_selection: bool
+    passed_report: bool
+    seconds: float | None  # model time on the report split (targets that run here)
+    batch_deviation: float  # largest |logit| difference, a row alone against in its batch (or with more padding)
+    batch_invariant: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.passed_selection and self.passed_report
+
+
+@dataclass
+class _Parts:
+    """Each encoder at each precision: features per split, probe outputs, seconds."""
+
+    features: dict = field(default_factory=dict)  # split -> {(component, precision): features}
+    probe: dict = field(default_factory=dict)  # (component, precision) -> {"batch", "alone", "padded"}
+    seconds: dict = field(default_factory=dict)  # (component, precision) -> seconds on the report split
+
+
+def judge_target(target: str, files, evaluators: dict, probe: dict, noise: dict, criterion: Criterion,
+                 max_seq_len: int) -> tuple:
+    """([Judged] for every configuration, {encoder: cosine stats of its INT8 vs FP32 on the report split}).
+    files(component, flavour) -> path; evaluators: {"selection", "report"} -> Evaluator; probe: a batch of report
+    rows (feeds); noise: split -> noise-floor flips."""
+    parts = _encode(target, files, evaluators, probe, max_seq_len)
+    report = evaluators["report"]
+    cosines = {c: cosine_stats(report.fp32[c], parts.features["report"][(c, "int8")]) for c in ENCODERS}
+    results = []
+    head_spec = report.manifest.components["fusion_head"]
+    same = _aliases(target)
+    for head_precision in (p for p in PRECISIONS if p not in same):
+        execution = execution_for(target, head_precision)
+        with open_part(head_spec, files("fusion_head", execution.flavour), execution) as head:
+            head_seconds = _head_seconds(head, report, parts) if target in TIMED else None
+            for config in combinations(ENCODERS, tuple(p for p in PRECISIONS if p not in same)):
+                key = (config["image_encoder"], config["text_encoder"], head_precision)
+                if key == ("fp32",) * 3 and target == "int8-cpu":
+                    continue  # the reference itself
+                results.append(_judge_one(key, head, parts, evaluators, probe, noise, criterion, head_seconds))
+    return results, cosines
+
+
+def _aliases(target: str) -> dict:
+    """Precisions that compute exactly what an earlier one does on this target (fp16 on ONNX Runtime's CPU is its FP32
+    file in FP32; on OpenVINO without BF16 too): judged once, under the earlier name, the one that says what runs."""
+    keys = {p: execution_for(target, p).key for p in PRECISIONS}
+    return {p: q for i, p in enumerate(PRECISIONS) for q in PRECISIONS[:i] if keys[q] == keys[p] and p != q}
+
+
+def _encode(target: str, files, evaluators: dict, probe: dict, max_seq_len: int) -> _Parts:
+    parts, done = _Parts(features={split: {} for split in evaluators}), {}
+    manifest = evaluators["report"].manifest
+    for component in ENCODERS:
+        spec = manifest.components[component]
+        names = {s.name for s in spec.inputs}
+        for precision in PRECISIONS:
+            execution = execution_for(target, precision)
+            if (component, execution.key) in done:  # resolves like another precision: the same computation
+                other = done[(component, execution.key)]
+                for split in evaluators:
+                    parts.features[split][(component, precision)] = parts.features[split][(component, other)]
+                parts.probe[(component, precision)] = parts.probe[(component, other)]
+                parts.seconds[(component, precision)] = parts.seconds[(component, other)]
+                continue
+            done[(component, execution.key)] = precision
+            with open_part(spec, files(component, execution.flavour), execution) as backend:
+                run = _runner(backend, spec, names)
+                for split, evaluator in evaluators.items():
+                    seconds = {}
+                    parts.features[split][(component, precision)] = _timed(run, evaluator.feeds, seconds)
+                    if split == "report":
+                        parts.seconds[(component, precision)] = seconds["s"]
+                parts.probe[(component, precision)] = _probe(run, {k: v for k, v in probe.items() if k in names},
+                                                             max_seq_len)
+    return parts
+
+
+def _runner(backend, spec, names):
+    output = spec.outputs[0].name
+    return lambda feed: backend.infer({k: v for k, v in feed.items() if k in names})[output]
+
+
+def _timed(run, feeds: list, seconds: dict) -> np.ndarray:
+    start = time.perf_counter()
+    out = np.concatenate([run(f) for f in feeds])
+    seconds["s"] = time.perf_counter() - start
+    return out
+
+
+def _probe(run, feeds: dict, max_seq_len: int) -> dict:
+    """The probe rows in their batch, each alone (without its batch's padding), and (text) with more padding."""
+    n = len(next(iter(feeds.values())))
+    padded = with_padding(feeds, EXTRA_PADDING, max_seq_len)
+    return {"batch": run(feeds), "alone": np.concatenate([run(row_alone(feeds, i)) for i in range(n)]),
+            "padded": run(padded) if padded is not None else run(feeds)}
+
+
+def _head_seconds(head, report, parts: _Parts) -> float:
+    feed = report.head_feed(report.fp32["image_encoder"], report.fp32["text_encoder"])
+    start = time.perf_counter()
+    head.infer(feed)
+    return time.perf_counter() - start
+
+
+def _judge_one(key: tuple, head, parts: _Parts, evaluators: dict, probe: dict, noise: dict, criterion: Criterion,
+               head_seconds) -> Judged:
+    image, text, _ = key
+    logits_name = head.output_specs[0].name
+    outcomes = {}
+    for split, evaluator in evaluators.items():
+        features = parts.features[split]
+        logits = head.infer(evaluator.head_feed(features[("image_encoder", image)], features[("text_encoder", text)]))
+        outcome = evaluator.judge_logits(logits[logits_name])
+        outcome["passed"], outcome["rule"] = judge(outcome, evaluator.outcome["accuracy"], noise[split], criterion)
+        outcomes[split] = outcome
+    pi, pt = parts.probe[("image_encoder", image)], parts.probe[("text_encoder", text)]
+    feed = evaluators["report"].head_feed
+    batch = head.infer(feed(pi["batch"], pt["batch"]))[logits_name]
+    padded = head.infer(feed(pi["batch"], pt["padded"]))[logits_name]
+    alone = np.concatenate([head.infer(feed(pi["alone"][i:i + 1], pt["alone"][i:i + 1]))[logits_name]
+                            for i in range(len(batch))])
+    deviation = float(max(np.abs(batch - alone).max(), np.abs(padded - alone).max()))
+    scale = max(float(np.abs(alone).max()), 1e-30)
+    seconds = None if head_seconds is None else head_seconds + sum(
+        parts.seconds[(c, p)] for c, p in zip(ENCODERS, key[:2]))
+    return Judged(key, outcomes["selection"], outcomes["report"], outcomes["selection"]["passed"],
+                  outcomes["report"]["passed"], seconds, deviation, deviation / scale <= BATCH_TOLERANCE)
+
