@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
@@ -26,11 +25,13 @@ def _gpus() -> list:
 
 
 def machine_info() -> dict:
-    from fusionrt.runtime.cpu import cpu_info
+    """The machine a benchmark ran on: the CPU kind (vendor, model, cores, AVX2/AVX-512, VNNI, BF16, AMX, an ISA
+    limit), GPUs and package versions. Every figure is only as good as this says."""
+    from fusionrt.runtime.cpu import cpu_kind
 
-    cpu = cpu_info()
-    return {"cpu": cpu["model"], "cores": os.cpu_count(), "vnni": bool(cpu["vnni"]), "amx": bool(cpu["amx"]),
-            "gpus": _gpus(), "packages": installed_versions(PACKAGES)}
+    kind = cpu_kind()
+    return {"cpu": kind.label, "cpu_kind": kind.to_dict(), "cores": kind.cores, "vnni": bool(kind.vnni),
+            "amx": bool(kind.amx), "bf16": bool(kind.bf16), "gpus": _gpus(), "packages": installed_versions(PACKAGES)}
 
 
 def _label(r: dict) -> str:
@@ -43,10 +44,17 @@ def markdown_table(rows: list) -> str:
     lines = [f"| backend / precision | batch | seq | branches | pairs/s | p50 ms | p95 ms | p99 ms | image p50 | text p50 "
              f"| head p50 | prepare ms | vs {vs} |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+        ratio = "-"
+        if r.get("speedup"):
+            ratio = f"{r['speedup']:.2f}x"
+            if r.get("speedup_min") is not None and len(r.get("round_ms") or []) > 1:
+                ratio += f" ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})"
         lines.append(f"| {_label(r)} | {r['batch']} | {r['seq']} | {r['branches']} | {r['throughput']:.1f} | "
                      f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['image_ms']['p50']:.2f} | "
                      f"{r['text_ms']['p50']:.2f} | {r['head_ms']['p50']:.2f} | {r['prepare_ms']:.2f} | {ratio} |")
+    if any(len(r.get("round_ms") or []) > 1 for r in rows):
+        rounds = max(len(r.get("round_ms") or []) for r in rows)
+        lines += ["", f"Speed-ups: the median of {rounds} interleaved rounds' ratios (min-max across the rounds)."]
     if any(r.get("speed_only") for r in rows):
         lines += ["", "speed-only: INT8 calibrated on synthetic data (reference architecture); its accuracy is not measured."]
     return "\n".join(lines)

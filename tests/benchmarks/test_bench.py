@@ -83,10 +83,21 @@ def test_auto_rows_say_what_the_policy_resolved_to(calibrated):
 
     bundle, _, _, test = calibrated
     data = LabeledDataset.read(test)
-    rows = bench(bundle, [s.image for s in data], [s.text for s in data], ("onnxruntime",), ("int8", "auto"), (1,),
-                 duration_s=0.1)
-    policy = format_precision(Bundle.open(bundle).manifest.precision_for("int8-cpu"))
-    assert [r["precision"] for r in rows] == ["int8", "int8", f"auto ({policy})", f"auto ({policy})"]
+    rows = bench(bundle, [s.image for s in data], [s.text for s in data], ("onnxruntime",), ("fp32", "int8", "auto"),
+                 (1, 2), duration_s=0.3, rounds=3)
+    manifest = Bundle.open(bundle).manifest
+    allowed = {format_precision(c.precision) for c in manifest.candidates_for("int8-cpu")} | {
+        format_precision({c: "fp32" for c in manifest.components})}
+    auto = [r for r in rows if r["precision"].startswith("auto (")]
+    assert len(auto) == 4 and all(r["precision"][6:-1] in allowed for r in auto)  # a candidate, tuned here
+    assert all(r["precision_reason"].startswith("measured here") for r in auto)
+    for r in rows:  # interleaved rounds: each speed-up is the median of the same-round ratios, with its spread
+        assert len(r["round_ms"]) == 3 and r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
+        base = next(b for b in rows if (b["batch"], b["precision"], b["branches"]) == (r["batch"], "fp32",
+                                                                                      "sequential"))
+        ratios = sorted(b / t for b, t in zip(base["round_ms"], r["round_ms"]))
+        assert r["speedup"] == pytest.approx(ratios[1]) and r["speedup_min"] == pytest.approx(ratios[0])
+    assert "(" in markdown_table(rows).splitlines()[3].split("|")[-2]  # the spread is in the table
 
 
 @pytest.mark.parametrize("argv, message", [

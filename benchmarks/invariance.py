@@ -1,0 +1,73 @@
+"""Batch invariance of a bundle, end to end: for each backend and precision, the largest |logit| difference between a
+row classified alone, in a batch of mixed texts, and with more padding (`python -m fusionrt.benchmarks.invariance
+BUNDLE --data DATA`; `make demo` runs it on the demo bundle). The test suite runs the same check on its tiny bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from fusionrt.runtime.invariance import EXTRA_PADDING
+from fusionrt.runtime.pipeline import Pipeline
+from fusionrt.runtime.precision import format_precision
+
+__all__ = ["TOLERANCE", "pipeline_deviation", "check", "main"]
+
+TOLERANCE = 1e-4  # on logits of the demo's size (~10); scaled with the logits' magnitude above that
+LONG = " seen at night on a wet road beside a row of parked cars"
+
+
+def pipeline_deviation(pipe: Pipeline, images, texts) -> dict:
+    """{"batch", "padding", "tolerance"}: the largest |logit| differences of the rows in one batch (the first text made
+    the longest, so the others are padded) and in that batch with EXTRA_PADDING more tokens, against each row
+    alone; the tolerance they must meet."""
+    texts = [texts[0] + LONG, *texts[1:]]
+    pixels, tokens = pipe.prepare(images, texts)
+    batched = pipe.logits(pixels, tokens)
+    alone = np.concatenate([pipe.logits(*pipe.prepare([i], [t])) for i, t in zip(images, texts)])
+    length = min(tokens["input_ids"].shape[1] + EXTRA_PADDING, pipe.tokenizer.max_seq_len)
+    padded = pipe.logits(pixels, pipe.tokenizer(texts, pad_to=length))
+    return {"batch": float(np.abs(batched - alone).max()), "padding": float(np.abs(padded - alone).max()),
+            "tolerance": TOLERANCE * max(1.0, float(np.abs(alone).max()) / 10)}
+
+
+def check(bundle, images, texts, backends=("onnxruntime", "openvino"), precisions=("fp32", "fp16", "int8")) -> list:
+    rows = []
+    for backend in backends:
+        for precision in precisions:
+            with Pipeline.load(bundle, backend=backend, precision=precision) as pipe:
+                found = pipeline_deviation(pipe, images, texts)
+                rows.append({"backend": backend, "precision": format_precision(pipe.precision), **found,
+                             "invariant": max(found["batch"], found["padding"]) <= found["tolerance"]})
+    return rows
+
+
+def main(argv=None) -> int:
+    from fusionrt.data.dataset import LabeledDataset
+    from fusionrt.runtime.cpu import cpu_kind
+
+    parser = argparse.ArgumentParser(prog="python -m fusionrt.benchmarks.invariance", description=__doc__)
+    parser.add_argument("bundle")
+    parser.add_argument("--data", required=True, help="labelled CSV/JSONL: its first --rows samples are classified")
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    samples = LabeledDataset.read(args.data).head(args.rows)
+    rows = check(args.bundle, [s.image for s in samples], [s.text for s in samples])
+    if args.json:
+        print(json.dumps({"cpu": cpu_kind().to_dict(), "rows": rows}, indent=2))
+    else:
+        print(f"{cpu_kind().label}; {len(samples)} rows, alone vs one batch vs {EXTRA_PADDING} more padding tokens")
+        print("| backend | precision | max abs logit diff, batch | with padding | tolerance | invariant |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['backend']} | {r['precision']} | {r['batch']:.2e} | {r['padding']:.2e} | {r['tolerance']:.0e} "
+                  f"| {'yes' if r['invariant'] else 'NO'} |")
+    return 0 if all(r["invariant"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
