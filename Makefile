@@ -52,11 +52,15 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 		--backend onnxruntime --report $(DEMO)/report.json
 	@echo "TensorRT engines at the int8-trt policy, built on this CPU by TensorRT-RTX for an sm89 GPU (RTX 40xx):"
 	$(BIN)/fusionrt build $(DEMO)/bundle --target tensorrt-rtx --compute-capability 8.9
+	@echo "One answer per input: every CPU backend and precision, a row alone vs in a batch vs with more padding:"
+	$(BIN)/python -m fusionrt.benchmarks.invariance $(DEMO)/bundle --data $(DEMO)/data/test.csv
+	@echo "Which faithful configuration is fastest on this machine (measured here, cached; what 'auto' takes):"
+	$(BIN)/fusionrt tune $(DEMO)/bundle --force
 	$(BIN)/fusionrt info $(DEMO)/bundle
-	@echo "CPU speed, ONNX Runtime and OpenVINO: FP32, every part INT8, the calibrated policy (short run; see make bench):"
+	@echo "CPU speed, ONNX Runtime and OpenVINO: FP32, every part INT8 and auto (the tuned candidate), 5 interleaved rounds:"
 	$(BIN)/fusionrt bench $(DEMO)/bundle --data $(DEMO)/data/test.csv --backend onnxruntime,openvino \
 		--precision fp32,int8,auto --batch 1,8 \
-		--duration 2 --out $(DEMO)/bench
+		--duration 5 --out $(DEMO)/bench
 
 # Short CPU benchmark (about 5 minutes on 2 cores the first time, when the reference model is exported and
 # quantized into ~/.cache/fusionrt; about 2 after): ResNet-50 + BERT-base, ONNX Runtime FP32 and INT8 vs
@@ -64,7 +68,7 @@ demo: $(STAMP) $(DEMO)/data/train.csv
 # sources batched by one pipeline against as many independent pipelines.
 bench: $(STAMP)
 	$(BIN)/fusionrt bench --arch resnet50+bert-base --backend openvino,onnxruntime,torch --precision fp32,int8 \
-		--batch 1,8 --seq 128 --duration 2 \
+		--batch 1,8 --seq 128 --duration 5 \
 		--out build/bench
 	@if test -f $(DEMO)/bundle/manifest.json; then $(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle && \
 		$(BIN)/python -m fusionrt.benchmarks.stream_fps $(DEMO)/bundle --sources 1,4,8; \
