@@ -5,6 +5,8 @@ PACKAGES = {
     "fusionrt.runtime": "runtime",
     "fusionrt.runtime.backends": "runtime/backends",
     "fusionrt.data": "data",
+    "fusionrt.bundling": "bundling",
+    "fusionrt.engines": "engines",
     "fusionrt.export": "export",
     "fusionrt.calibration": "calibration",
     "fusionrt.serving": "serving",

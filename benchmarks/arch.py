@@ -15,6 +15,7 @@ import numpy as np
 
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.optional import require
+from fusionrt.bundling import save_manifest
 
 __all__ = ["ARCHS", "Arch", "reference_model", "reference_bundle", "default_cache"]
 
@@ -121,6 +122,6 @@ def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=pr
                    "why": "synthetic calibration data: INT8 speed is real, its accuracy is not measured"}
     import dataclasses
 
-    bundle.save(dataclasses.replace(bundle.manifest, calibration=calibration))
+    save_manifest(bundle, dataclasses.replace(bundle.manifest, calibration=calibration))
     done.write_text(json.dumps({"arch": name, "seed": seed, "torch": torch.__version__}) + "\n")
     return bundle_dir, checkpoint_dir

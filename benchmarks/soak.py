@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
         images = [load_image(s.image) for s in LabeledDataset.read(args.data).head(32)]
     else:
-        from fusionrt.runtime.samples import sample_images
+        from fusionrt.data.samples import sample_images
 
         images = sample_images()
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:

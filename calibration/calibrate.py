@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrt.bundling.staging import update_bundle
 from fusionrt.calibration.bias_correction import conv_input_means
 from fusionrt.calibration.criterion import Criterion, judge, noise_band
 from fusionrt.calibration.evaluation import ENCODERS, REFERENCE, Evaluator, bf16_round
@@ -87,7 +88,7 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     precision 'auto' searches, per target, the fewest of the whole model's most sensitive layers to keep float for
     the pipeline in INT8 to pass `criterion` on the selection split; an explicit precision ('int8', 'image=int8,...') keeps only the structural layers float (the most
     INT8, the user's call) and still reports its fidelity."""
-    with Bundle.open(bundle_dir).update("calibrate") as update:
+    with update_bundle(Bundle.open(bundle_dir), "calibrate") as update:
         return _calibrate(update, data, eval_data, method, samples, precision, criterion, batch_size)
 
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 
 from fusionrt.calibration.criterion import sample_outcome
-from fusionrt.runtime.metrics import classification_metrics
+from fusionrt.data.metrics import classification_metrics
 from fusionrt.runtime.prediction import softmax
 
 __all__ = ["cosine_stats", "head_outcome", "combinations", "fidelity_markdown"]

@@ -11,7 +11,7 @@ import sys
 import cv2
 
 from fusionrt import FusionRTError, Pipeline
-from fusionrt.runtime.overlay import annotate
+from fusionrt.overlay import annotate
 from fusionrt.runtime.video import VideoSource
 
 

@@ -15,7 +15,7 @@ from fusionrt.export.onnx_export import OPSET, export_module
 from fusionrt.export.parity import check_parity
 from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.bundle_update import TEMP_PREFIX, WriteLock, replace_directory
+from fusionrt.bundling.staging import TEMP_PREFIX, WriteLock, replace_directory
 from fusionrt.runtime.errors import BundleError, CheckpointError
 from fusionrt.runtime.manifest import Component, Manifest, ModelFile, Profile, TokenizerSpec, sha256_of
 from fusionrt.runtime.optional import installed_versions

@@ -11,7 +11,7 @@ import torch
 
 from fusionrt.data.dataset import LabeledDataset
 from fusionrt.export.model import FusionClassifier
-from fusionrt.runtime.metrics import classification_metrics
+from fusionrt.data.metrics import classification_metrics
 from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.progress import progress
 from fusionrt.runtime.tokenize import TextTokenizer

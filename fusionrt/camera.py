@@ -61,7 +61,7 @@ def _refuse_to_overwrite(outputs, overwrite: bool) -> None:
 def run_camera(pipeline, source, text: str, headless: bool, out=None, jsonl=None, policy=None, max_frames=None,
                say=print, overwrite: bool = False) -> dict:
     """Run until the source ends, Ctrl-C, q/Esc, or `max_frames`; returns the summary (also printed)."""
-    from fusionrt.runtime.overlay import annotate
+    from fusionrt.overlay import annotate
     from fusionrt.runtime.video import VideoSource
 
     if headless and not (out or jsonl):

@@ -60,7 +60,7 @@ def run_cameras(pipeline, sources: list, texts: list, headless: bool, out=None, 
     """Run until every source has ended (or, with `max_frames`, given that many), Ctrl-C or q/Esc; returns the
     summary (also printed). `texts`: one text for all sources, or one per source, in order."""
     from fusionrt.runtime.multistream import source_ids
-    from fusionrt.runtime.overlay import annotate
+    from fusionrt.overlay import annotate
     from fusionrt.runtime.video import is_live
 
     if len(texts) not in (1, len(sources)):

@@ -79,7 +79,7 @@ def _example_inputs(data_path, count: int):
 
         data = LabeledDataset.read(data_path).head(max(2, count))
         return [s.image for s in data], [s.text for s in data]
-    from fusionrt.runtime.samples import sample_images
+    from fusionrt.data.samples import sample_images
 
     images = sample_images()
     return images, ["a photo of a street scene", "a close-up of an object on a table"][: len(images)]
@@ -122,7 +122,7 @@ def cmd_classify(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from fusionrt.data.dataset import LabeledDataset
-    from fusionrt.runtime.evaluate import evaluate_pipeline
+    from fusionrt.data.evaluate import evaluate_pipeline
     from fusionrt.runtime.pipeline import Pipeline
 
     data = LabeledDataset.read(args.data)
@@ -298,7 +298,7 @@ def cmd_camera(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from fusionrt.runtime.backends.trt_build import build_engines
+    from fusionrt.engines.build import build_engines
 
     results = build_engines(args.bundle, args.target.replace("-", "_"), args.precision, args.batch, args.seq,
                             args.compute_capability, args.force, args.workspace, args.verbose, args.cuda_graphs)

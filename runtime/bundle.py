@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from fusionrt.runtime.bundle_update import BundleUpdate
 from fusionrt.runtime.errors import BundleError
 from fusionrt.runtime.manifest import Manifest, sha256_of
 
@@ -90,13 +89,3 @@ class Bundle:
     def verify(self) -> dict:
         """Check every file named in the manifest; returns relative path -> 'ok'; raises on the first bad one."""
         return {rel: (self.file(rel, sha) and "ok") for rel, sha in self.manifest.files().items()}
-
-    def update(self, command: str, timeout_s: float | None = None) -> BundleUpdate:
-        """A BundleUpdate: new files staged under temporary names, committed together with a new manifest under the
-        bundle's write lock (see `fusionrt.runtime.bundle_update`)."""
-        return BundleUpdate(self, command, timeout_s)
-
-    def save(self, manifest: Manifest) -> "Bundle":
-        """Commit `manifest` alone (its files already in place), under the write lock."""
-        with self.update("save") as update:
-            return update.commit(manifest)

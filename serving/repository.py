@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.bundle_update import TEMP_PREFIX, replace_directory
+from fusionrt.bundling.staging import TEMP_PREFIX, replace_directory
 from fusionrt.runtime.errors import BundleError, InputError
 from fusionrt.runtime.manifest import COMPONENTS, TensorSpec
 from fusionrt.runtime.precision import parse_precision

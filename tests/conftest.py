@@ -155,7 +155,7 @@ def built(calibrated, tmp_path_factory):
     capability 8.9): (bundle, {precision: build results})."""
     import shutil
 
-    from fusionrt.runtime.backends.trt_build import build_engines
+    from fusionrt.engines.build import build_engines
 
     bundle = tmp_path_factory.mktemp("engines") / "bundle"
     shutil.copytree(calibrated[0], bundle)

@@ -12,6 +12,7 @@ from fusionrt.runtime.cpu import cpu_info
 from fusionrt.runtime.errors import DataError
 from fusionrt.runtime.pipeline import Pipeline
 from fusionrt.runtime.precision import format_precision
+from fusionrt.bundling import save_manifest
 
 
 def _ops(path):
@@ -221,7 +222,7 @@ def test_each_backend_loads_its_targets_policy(calibrated, monkeypatch, tmp_path
     bundle = Bundle.open(shutil.copytree(calibrated[0], tmp_path / "bundle"))
     cpu = {"image_encoder": "fp32", "text_encoder": "int8", "fusion_head": "int8"}
     trt = {"image_encoder": "int8", "text_encoder": "fp16", "fusion_head": "int8"}
-    bundle.save(dataclasses.replace(bundle.manifest, policies={"int8-cpu": Policy(cpu, "test"),
+    save_manifest(bundle, dataclasses.replace(bundle.manifest, policies={"int8-cpu": Policy(cpu, "test"),
                                                                "int8-trt": Policy(trt, "test")}))
     assert OnnxRuntimeBackend.target(OnnxRuntimeOptions(device="tensorrt")) == "int8-trt"
     assert OnnxRuntimeBackend.target(OnnxRuntimeOptions(providers=("CPUExecutionProvider",))) == "int8-cpu"
@@ -345,7 +346,7 @@ def test_int8_judged_on_another_kind_of_cpu_is_left_out_here(calibrated, tmp_pat
     int8 = {c: "int8" for c in policies["int8-ov"].precision}
     policies["int8-ov"] = dataclasses.replace(policies["int8-ov"], precision=int8)
     policies["int8-cpu"] = dataclasses.replace(policies["int8-cpu"], precision=int8)
-    bundle.save(dataclasses.replace(bundle.manifest, policies=policies))
+    save_manifest(bundle, dataclasses.replace(bundle.manifest, policies=policies))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Pipeline.load(bundle.root, backend="onnxruntime", tune=False).close()  # portable: silent

@@ -10,7 +10,7 @@ from fusionrt.export.bundle_writer import export_bundle
 from fusionrt.export.model import FusionClassifier
 from fusionrt.export.train import TrainSettings, evaluate_torch, train_head
 from fusionrt.runtime.errors import BundleError, CheckpointError
-from fusionrt.runtime.evaluate import evaluate_pipeline
+from fusionrt.data.evaluate import evaluate_pipeline
 from fusionrt.runtime.pipeline import Pipeline
 
 from ..conftest import tiny_image_encoder, tiny_model

@@ -8,6 +8,7 @@ import pytest
 from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.pipeline import Pipeline
+from fusionrt.bundling import save_manifest
 
 
 def _data(path):
@@ -50,7 +51,7 @@ def test_a_bundle_calibrated_without_openvino_runs_fp32_there_and_says_why(calib
 
     bundle = Bundle.open(shutil.copytree(calibrated[0], tmp_path / "bundle"))
     policies = {t: p for t, p in bundle.manifest.policies.items() if t != "int8-ov"}
-    bundle.save(dataclasses.replace(bundle.manifest, policies=policies))
+    save_manifest(bundle, dataclasses.replace(bundle.manifest, policies=policies))
     with Pipeline.load(bundle.root, backend="openvino", tune=False) as pipe:
         assert set(pipe.precision.values()) == {"fp32"} and "no calibrated policy" in pipe.precision_reason
 

@@ -4,6 +4,7 @@ import pytest
 from fusionrt.runtime.errors import BackendUnavailable, InputError
 from fusionrt.runtime.pipeline import Pipeline, softmax
 from fusionrt.runtime.precision import parse_precision
+from fusionrt.bundling import save_manifest
 
 
 def test_concurrent_and_sequential_agree(tiny_bundle, shape_data):
@@ -89,7 +90,7 @@ def _renamed_bundle(bundle, folder, names: dict):
         components[name] = dataclasses.replace(
             comp, inputs=rename(comp.inputs), outputs=rename(comp.outputs),
             files={"fp32": ModelFile(comp.files["fp32"].path, sha256_of(folder / comp.files["fp32"].path))})
-    opened.save(dataclasses.replace(opened.manifest, components=components))
+    save_manifest(opened, dataclasses.replace(opened.manifest, components=components))
     return folder
 
 
@@ -121,7 +122,7 @@ def test_components_that_do_not_connect_by_name_are_refused_at_load(tiny_bundle,
     opened = Bundle.open(tmp_path / "b")
     head = opened.manifest.components["fusion_head"]
     wrong = dataclasses.replace(head, inputs=(dataclasses.replace(head.inputs[0], name="image_embeds"), head.inputs[1]))
-    opened.save(dataclasses.replace(opened.manifest, components={**opened.manifest.components, "fusion_head": wrong}))
+    save_manifest(opened, dataclasses.replace(opened.manifest, components={**opened.manifest.components, "fusion_head": wrong}))
     with pytest.raises(BundleError, match=r"fusion head's inputs \['image_embeds', 'text_features'\] must be named "
                                           r"after the encoders' distinct outputs \('image_features', 'text_features'\)"):
         Pipeline.load(tmp_path / "b", backend="onnxruntime")

@@ -18,6 +18,7 @@ from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.wiring import Wiring
 from tests.hardware import needs_rtx
 from tests.runtime.trt_emulation import Gpu, emulate_tensorrt, emulated_trt, install_emulated_cuda
+from fusionrt.bundling import save_manifest
 
 # The runner's calls are checked against each installed TensorRT's real classes: TensorRT-RTX, and TensorRT 11's
 # runtime (tensorrt-lean: the same runtime API as the full tensorrt package, which cannot be installed here).
@@ -192,7 +193,7 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
     shutil.copytree(bundle, reference)
     ref_bundle = Bundle.open(reference)
     m = ref_bundle.manifest
-    ref_bundle.save(dataclasses.replace(m, components={c: dataclasses.replace(
+    save_manifest(ref_bundle, dataclasses.replace(m, components={c: dataclasses.replace(
         comp, files={**comp.files, "int8-trt": comp.files["int8-trt-fp16"]}) for c, comp in m.components.items()}))
     with pytest.warns(UserWarning, match="TensorrtExecutionProvider"), Pipeline.load(
             reference, backend="onnxruntime", precision=precision, device="tensorrt", allow_fallback=True) as ref:
@@ -292,7 +293,7 @@ def test_engines_for_cuda_graphs_are_built_capturable_on_rtx(built, tmp_path, mo
     import shutil
 
     from fusionrt.runtime.backends import trt_compat
-    from fusionrt.runtime.backends.trt_build import build_engines
+    from fusionrt.engines.build import build_engines
     from tests.conftest import RTX_CC
 
     bundle = tmp_path / "bundle"

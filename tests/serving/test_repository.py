@@ -15,6 +15,7 @@ from fusionrt.runtime.errors import BundleError, InputError
 from fusionrt.runtime.manifest import COMPONENTS
 from fusionrt.serving.repository import ENSEMBLE, IMAGE, PREPROCESS, TEXT, RepositoryOptions, write_repository
 from tests.serving.fake_triton_utils import request, utils
+from fusionrt.bundling import save_manifest
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs fusionrt[triton]")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -90,7 +91,7 @@ def test_tensorrt_serves_the_bundles_tensorrt_engines_and_refuses_rtx_ones(built
                      if e.precision == "fp32") for c in COMPONENTS}
     relabelled = dataclasses.replace(m, components={c: dataclasses.replace(m.components[c], engines=fp32[c])
                                                     for c in COMPONENTS})
-    bundle = bundle.save(relabelled)
+    bundle = save_manifest(bundle, relabelled)
     summary = write_repository(bundle, tmp_path / "repo", RepositoryOptions(platform="tensorrt"))
     for name in COMPONENTS:
         config = parse(tmp_path / "repo" / name)

@@ -14,12 +14,13 @@ import textwrap
 import pytest
 
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.bundle_update import LOCK_NAME, TEMP_PREFIX, WriteLock
+from fusionrt.bundling.staging import LOCK_NAME, TEMP_PREFIX, WriteLock
 from fusionrt.runtime.errors import BundleError
 from fusionrt.runtime.manifest import ModelFile
 from tests.conftest import RTX_CC
 from tests.hardware import needs_rtx
 from tests.layers import ROOT
+from fusionrt.bundling import update_bundle
 
 
 def _copy(bundle, folder):
@@ -128,7 +129,7 @@ def test_overwrite_replaces_only_a_bundle(trained_checkpoint, shape_data, tmp_pa
 # -- killed writers -------------------------------------------------------------------------------------------
 KILLER = """
 import os, signal, sys
-import fusionrt.runtime.bundle_update as update
+import fusionrt.bundling.staging as update
 point = sys.argv[1]
 update._step = lambda name: name == point and os.kill(os.getpid(), signal.SIGKILL)
 exec(sys.argv[2])
@@ -152,7 +153,7 @@ def test_a_build_killed_at_any_point_leaves_the_old_bundle_or_the_new_one(built,
     bundle = _copy(built[0], tmp_path / "b")
     old = _state(bundle.root)
     code = f"""
-        from fusionrt.runtime.backends.trt_build import build_engines
+        from fusionrt.engines.build import build_engines
         build_engines({str(bundle.root)!r}, "tensorrt_rtx", "fp32", compute_capability={RTX_CC!r}, force=True)
     """
     for point in ("staged", "renamed"):
@@ -187,7 +188,7 @@ def test_an_export_killed_at_the_swap_leaves_the_old_bundle_or_the_new_one(train
     (target / "marker.txt").write_text("the old bundle")
     old = _state(target)
     code = f"""
-        from tests.runtime.test_bundle_safety import _export
+        from tests.bundling.test_bundle_safety import _export
         from pathlib import Path
         _export(Path({str(trained_checkpoint)!r}), [Path(p) for p in {[str(p) for p in shape_data]!r}],
                 Path({str(target)!r}))
@@ -204,10 +205,10 @@ def test_a_second_writer_waits_then_fails_saying_who_holds_the_lock(tiny_bundle,
     with WriteLock(bundle.root, "calibrate"):
         with pytest.raises(BundleError, match=rf"being written by another fusionrt command \(pid {os.getpid()}, "
                                               r"fusionrt calibrate, since .*\); waited 0 s"):
-            with bundle.update("build", timeout_s=0.3):
+            with update_bundle(bundle, "build", timeout_s=0.3):
                 pass
     assert (bundle.root / LOCK_NAME).exists()
-    with bundle.update("build", timeout_s=0.3) as update:  # free again
+    with update_bundle(bundle, "build", timeout_s=0.3) as update:  # free again
         staged = update.stage("image_encoder.onnx")  # named by the manifest: gets a fresh name
         assert staged.name == "image_encoder.2.onnx" and staged.path.name.startswith(TEMP_PREFIX)
         staged.path.write_bytes((bundle.root / "image_encoder.onnx").read_bytes())

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusionrt.bundling.staging import TEMP_PREFIX, update_bundle
 from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
 from fusionrt.runtime.bundle import Bundle
-from fusionrt.runtime.bundle_update import TEMP_PREFIX
 from fusionrt.runtime.errors import BackendUnavailable, BundleError
 from fusionrt.runtime.manifest import COMPONENTS, EngineRecord, Profile, sha256_of
 from fusionrt.runtime.precision import parse_precision
@@ -142,7 +142,7 @@ def build_engines(bundle_dir, product: str = "tensorrt", precision: str = "auto"
     """Build (or skip, when unchanged) one engine per component; returns a BuildResult per component. The engines and
     their records are committed together, under the bundle's write lock."""
     api = load_api(product)
-    with Bundle.open(bundle_dir).update("build") as update:
+    with update_bundle(Bundle.open(bundle_dir), "build") as update:
         return _build_all(update, api, precision, batch, seq, compute_capability, force, workspace_mib, verbose,
                           cuda_graphs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusionrt.runtime.metrics import classification_metrics
+from fusionrt.data.metrics import classification_metrics
 from fusionrt.runtime.progress import progress
 
 __all__ = ["evaluate_pipeline", "pipeline_logits"]

@@ -19,7 +19,8 @@ from pathlib import Path
 from fusionrt.runtime.errors import BundleError
 from fusionrt.runtime.manifest import Manifest
 
-__all__ = ["BundleUpdate", "StagedFile", "WriteLock", "replace_directory", "TEMP_PREFIX", "LOCK_NAME"]
+__all__ = ["update_bundle", "save_manifest", "BundleUpdate", "StagedFile", "WriteLock", "replace_directory", "TEMP_PREFIX",
+           "LOCK_NAME"]
 
 LOCK_NAME = ".fusionrt.lock"
 TEMP_PREFIX = ".fusionrt-tmp-"
@@ -82,7 +83,7 @@ class StagedFile:
 
 
 class BundleUpdate:
-    """`with bundle.update("calibrate") as update:` then `update.manifest` (read under the lock: build the new
+    """`with update_bundle(bundle, "calibrate") as update:` then `update.manifest` (read under the lock: build the new
     manifest from it, not from an earlier read), `update.stage(name)` per new file, `update.commit(manifest)`.
     Leaving the block without a commit removes the staged files."""
 
@@ -196,3 +197,15 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
     except OSError:  # some file systems cannot sync a folder; the renames are still atomic
         pass
+
+
+def update_bundle(bundle, command: str, timeout_s: float | None = None) -> BundleUpdate:
+    """A BundleUpdate of `bundle` (a runtime Bundle): new files staged under temporary names, committed together with
+    a new manifest under the bundle's write lock."""
+    return BundleUpdate(bundle, command, timeout_s)
+
+
+def save_manifest(bundle, manifest: Manifest):
+    """Commit `manifest` alone (its files already in place), under the write lock; returns the new Bundle."""
+    with update_bundle(bundle, "save") as update:
+        return update.commit(manifest)
