@@ -2,17 +2,14 @@
 
     python examples/camera_app.py BUNDLE [--source 0|video.mp4|rtsp://...] [--note "..."]
 
-Press q (or Ctrl-C) to stop. Needs opencv-python (not -headless) for the window.
+In the window, n asks for a new note; q (or Ctrl-C) stops. Needs opencv-python (not -headless) for the window.
 """
 
 import argparse
 import sys
 
-import cv2
-
 from fusionrt import FusionRTError, Pipeline
-from fusionrt.overlay import annotate
-from fusionrt.runtime.video import VideoSource
+from fusionrt.camera import run_cameras
 
 
 class OperatorNote:
@@ -21,8 +18,12 @@ class OperatorNote:
     def __init__(self, text: str):
         self.text = text
 
-    def __call__(self) -> str:
+    def __call__(self, source_id: str) -> str:
         return self.text
+
+    def on_key(self, key: int) -> None:
+        if key == ord("n"):  # a new note: the text branch runs once for it, then it is cached too
+            self.text = input("note> ") or self.text
 
 
 def main() -> None:
@@ -33,27 +34,12 @@ def main() -> None:
     args = parser.parse_args()
 
     note = OperatorNote(args.note)
-    # Load once: the engines (or ONNX Runtime sessions) stay open for the whole run.
-    with Pipeline.load(args.bundle) as pipe, VideoSource(args.source) as video:
-        # "latest": if inference falls behind the camera, stale frames are dropped, not queued.
-        results = pipe.stream(video, note, policy="latest" if video.live else "all")
-        result = None
-        try:
-            for result in results:
-                # result.prediction: label, score, probs; result.latency_ms, .fps, .dropped
-                cv2.imshow("fusionrt", annotate(result.frame, result))
-                key = cv2.waitKey(1) & 0xFF
-                if key == ord("q"):
-                    break
-                if key == ord("n"):  # a new note: the text branch runs once, then is cached again
-                    note.text = input("note> ") or note.text
-        except KeyboardInterrupt:
-            pass
-        finally:
-            results.close()  # stop the frame reader before the camera is released
-            cv2.destroyAllWindows()
-        if result is not None:
-            print(f"classified {result.processed} frames at {result.fps:.1f} fps, dropped {result.dropped}")
+    # Load once: the engines (or ONNX Runtime sessions) stay open for the whole run. A live source drops stale
+    # frames ("latest") rather than queueing them; a file gives every frame.
+    with Pipeline.load(args.bundle) as pipe:
+        summary = run_cameras(pipe, [args.source], note, headless=False, on_key=note.on_key, say=lambda line: None)
+    source = next(iter(summary["sources"].values()))
+    print(f"classified {source['processed']} frames at {source['fps']:.1f} fps, dropped {source['dropped']}")
 
 
 if __name__ == "__main__":

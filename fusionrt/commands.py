@@ -277,10 +277,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_camera(args) -> int:
-    from fusionrt.camera import run_camera
+    from fusionrt.camera import run_cameras
     from fusionrt.runtime.pipeline import Pipeline
-
-    from fusionrt.cameras import run_cameras
 
     texts = [_argument_text(args.text, "--text")] if args.text is not None else \
         [_argument_text(t, "--text-per-source") for t in args.text_per_source]
@@ -288,12 +286,8 @@ def cmd_camera(args) -> int:
         raise InputError(f"expected one --text-per-source for each of the {len(args.source)} --source options, "
                          f"found {len(texts)}.")
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache) as pipe:
-        if len(args.source) == 1 and not args.mosaic:
-            run_camera(pipe, args.source[0], texts[0], args.headless, args.out, args.jsonl, args.policy,
-                       args.max_frames, say=_say, overwrite=args.overwrite)
-        else:
-            run_cameras(pipe, args.source, texts, args.headless, args.out, args.jsonl, args.policy, args.max_frames,
-                        args.mosaic, say=_say, overwrite=args.overwrite)
+        run_cameras(pipe, args.source, texts, args.headless, args.out, args.jsonl, args.policy, args.max_frames,
+                    args.mosaic, say=_say, overwrite=args.overwrite)
     return 0
 
 

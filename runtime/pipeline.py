@@ -18,9 +18,8 @@ from fusionrt.runtime.execution import BranchExecutor, Timings
 from fusionrt.runtime.manifest import COMPONENTS
 from fusionrt.runtime.prediction import Prediction, predictions, softmax
 from fusionrt.runtime.preprocess import preprocess_batch
-from fusionrt.runtime.multistream import MultiStream, MultiStreamHandle
 from fusionrt.runtime.selection import select
-from fusionrt.runtime.stream import StreamHandle, stream
+from fusionrt.runtime.stream import MultiStream, MultiStreamHandle, StreamHandle, stream
 from fusionrt.runtime.text_cache import TextFeatureCache
 from fusionrt.runtime.tokenize import TextTokenizer
 
@@ -148,6 +147,22 @@ class Pipeline:
         """Like `logits`, but the text branch runs only for texts the cache has not seen."""
         return self.infer(pixels, tokens).logits
 
+    def infer_texts(self, pixels: np.ndarray, texts: Sequence[str]) -> tuple:
+        """(logits, which rows' text features came from the cache) for prepared pixels and raw texts: a text the
+        cache lacks runs the text branch once, in a call of its first row; the other rows run on cached features.
+        What streams call: a camera's text rarely changes, so its branch rarely runs."""
+        cache = self.text_cache
+        if cache is None:
+            return self.infer(pixels, self.tokenizer(list(texts)), text_cache=False).logits, [False] * len(texts)
+        missing = [t for t in dict.fromkeys(texts) if cache.keys(self.tokenizer([t]))[0] not in cache]
+        first_rows = sorted(texts.index(t) for t in missing)
+        rest = [i for i in range(len(texts)) if i not in first_rows]
+        logits = np.empty((len(texts), len(self.labels)), np.float32)
+        for rows in (first_rows, rest):
+            if rows:
+                logits[rows] = self.infer(pixels[rows], self.tokenizer([texts[i] for i in rows])).logits
+        return logits, [i not in first_rows for i in range(len(texts))]
+
     # -- the public calls ------------------------------------------------------------------------
     def classify_batch(self, images: Sequence, texts: Sequence[str]) -> list:
         """Images (paths or BGR uint8 arrays) and texts -> one Prediction per pair."""
@@ -165,14 +180,14 @@ class Pipeline:
         return predictions(self.labels, logits)
 
     def stream(self, frames, text, policy: str = "latest", queue_size: int = 2):
-        """Predictions over `frames` (BGR arrays or image paths) as a generator of FramePrediction; see
-        `fusionrt.runtime.stream`. `text` is a str or a callable returning the current text."""
+        """Predictions over `frames` (BGR arrays or image paths) as a generator of FramePrediction: a stream of one
+        source (`fusionrt.runtime.stream`). `text` is a str or a callable returning the current text."""
         return stream(self, frames, text, policy, queue_size)
 
     def start_stream(self, frames, text, on_prediction, policy: str = "latest", queue_size: int = 2):
         """The callback form of `stream`: runs on a thread, calls `on_prediction(FramePrediction)`; returns a
         StreamHandle (stop(), join(), a context manager)."""
-        return StreamHandle(self, frames, text, on_prediction, policy, queue_size)
+        return StreamHandle.of_one(self, frames, text, on_prediction, policy, queue_size)
 
     def stream_many(self, sources, text, policy: str = "latest", max_batch: int | None = None,
                     max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),

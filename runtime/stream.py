@@ -1,9 +1,16 @@
-"""Streaming over frames for camera apps: decode/preprocess of frame N+1 overlaps inference of frame N, and
-a late answer is worth less than a dropped frame.
+"""Streaming, one engine for one camera or many: frames batched across sources into one inference call (what
+DeepStream's nvstreammux does), for a single camera app, surveillance boxes with 4-16 cameras and cars with 6-8
+surround cameras. A single source (`Pipeline.stream`) is a stream of one.
 
-Policies (never an unbounded queue):
-- "latest": one slot; a new frame replaces a waiting one, which is dropped and counted (live cameras).
-- "all": a bounded queue; the reader waits when it is full, so every frame is classified (video files)."""
+One reader thread per source decodes and preprocesses into a mailbox ("latest": one slot, a stale frame is dropped
+and counted; "all": a bounded queue, for files). The batcher takes the newest frame of every source that has one,
+waits at most `max_wait_ms` after the first for the others, and runs one call per `max_batch` frames. A slow or
+stalled source is simply not in the batch; a live source (camera index, RTSP/HTTP URL, or a callable that opens
+one) that ends or fails is reopened with exponential backoff; a file or iterable that ends is removed and the rest
+go on (a single `stream`'s source raises instead). Every such event is in the per-source summary. The text branch
+runs only for texts the cache does not hold (`Pipeline.infer_texts`). Decoding and preprocessing of the next frames
+overlap inference of the current ones.
+"""
 
 from __future__ import annotations
 
@@ -12,166 +19,431 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from fusionrt.runtime.errors import InputError
+from fusionrt.runtime.errors import FusionRTError, InputError
+from fusionrt.runtime.mailbox import POLICIES, READER_JOIN_S, Mailbox, rate
 from fusionrt.runtime.prediction import Prediction
 from fusionrt.runtime.preprocess import load_image, preprocess_batch
 
-__all__ = ["POLICIES", "FramePrediction", "Mailbox", "rate", "stream", "StreamHandle"]
+__all__ = ["SourceFrame", "FramePrediction", "MultiStream", "StreamHandle", "MultiStreamHandle", "source_ids",
+           "stream"]
 
-POLICIES = ("latest", "all")
-READER_JOIN_S = 1.0  # how long closing a stream waits for a reader blocked in its source
-_FPS_WINDOW = 30  # predictions the fps figure averages over
+_LATENCY_WINDOW = 2000  # latencies each source keeps for its summary percentiles
+_FPS_WINDOW = 30  # predictions a source's fps figure averages over
 
 
 @dataclass(frozen=True)
-class FramePrediction:
-    index: int  # the frame's position in the source
+class SourceFrame:
+    source: str  # the source's id
+    index: int  # the frame's position in its source (counting on across reconnects)
     frame: np.ndarray = field(repr=False)  # BGR, for overlays
     prediction: Prediction
-    latency_ms: float  # frame taken from the source -> prediction ready
-    fps: float  # predictions per second over the last few
-    processed: int  # frames classified so far, this one included
-    dropped: int  # stale frames dropped so far
-    text_cached: bool  # the text branch was skipped: the text's features were cached
+    latency_ms: float  # frame taken from its source -> prediction ready
+    fps: float  # this source's predictions per second over its last few
+    batch: int  # frames classified in the same call
+    processed: int  # this source's frames classified so far, this one included
+    dropped: int  # this source's stale frames dropped so far
+    text_cached: bool  # this frame's text features came from the cache
 
 
-def rate(times) -> float:
-    """Events per second over `times` (perf_counter stamps, oldest first); 0 until two are apart."""
-    span = times[-1] - times[0] if len(times) > 1 else 0.0
-    return (len(times) - 1) / span if span > 0 else 0.0
+FramePrediction = SourceFrame  # what `Pipeline.stream` yields: the same record, for its one source
 
 
-class Mailbox:
-    """Hands frames from a reader thread to the consumer under a policy. `on_put` (optional) is called after each
-    put and at close: a batcher over many mailboxes waits on one condition instead of polling each."""
-
-    def __init__(self, policy: str, size: int, stop: threading.Event, on_put: Callable[[], None] | None = None):
-        self.capacity = 1 if policy == "latest" else size
-        self.policy, self.stop = policy, stop
-        self.items: deque = deque()
-        self.dropped = 0
-        self.closed = False
-        self.error: BaseException | None = None
-        self.cond = threading.Condition()
-        self._on_put = on_put or (lambda: None)
-
-    def put(self, item) -> None:
-        with self.cond:
-            if self.policy == "latest":
-                while len(self.items) >= self.capacity:
-                    self.items.popleft()
-                    self.dropped += 1
-            else:
-                while len(self.items) >= self.capacity and not self.stop.is_set():
-                    self.cond.wait(0.1)
-            self.items.append(item)
-            self.cond.notify_all()
-        self._on_put()
-
-    def take(self):
-        """The next item without waiting, or None when there is none now."""
-        with self.cond:
-            if not self.items:
-                return None
-            item = self.items.popleft()
-            self.cond.notify_all()
-            return item
-
-    @property
-    def finished(self) -> bool:
-        """Closed and emptied: the reader will put nothing more."""
-        with self.cond:
-            return self.closed and not self.items
-
-    def get(self):
-        """The next item, or None at the end of the source (or on stop)."""
-        with self.cond:
-            while not self.items and not self.closed and not self.stop.is_set():
-                self.cond.wait(0.1)
-            if self.error is not None:
-                raise self.error
-            if self.stop.is_set() or not self.items:
-                return None
-            item = self.items.popleft()
-            self.cond.notify_all()
-            return item
-
-    def close(self, error: BaseException | None = None) -> None:
-        with self.cond:
-            self.closed, self.error = True, error
-            self.cond.notify_all()
-        self._on_put()
+def source_ids(sources) -> dict:
+    """id -> source: a mapping's keys; for a list, the source itself (a camera index, path or URL) or 'source-N',
+    made unique."""
+    if isinstance(sources, Mapping):
+        items = [(str(k), v) for k, v in sources.items()]
+    elif isinstance(sources, (str, bytes)) or not hasattr(sources, "__iter__"):
+        raise InputError(f"sources: expected a list or a mapping of sources, found {type(sources).__name__}.")
+    else:
+        items = [(str(s) if isinstance(s, (str, int, Path)) else f"source-{i}", s) for i, s in enumerate(sources)]
+    out: dict = {}
+    for i, (key, source) in enumerate(items):
+        out[key if key not in out else f"{key}#{i}"] = source
+    if not out:
+        raise InputError("sources: expected at least one source, found none.")
+    return out
 
 
-def _read(frames: Iterable, spec, box: Mailbox) -> None:
-    try:
-        for index, frame in enumerate(frames):
-            if box.stop.is_set():
+class _Feed:
+    """One source: its reader thread, mailbox and running account."""
+
+    def __init__(self, sid: str, source, spec, policy: str, queue_size: int, stop: threading.Event, on_put,
+                 backoff_s: tuple, max_reconnects: int | None, raise_errors: bool = False):
+        from fusionrt.runtime.video import is_live
+
+        self.id, self.source, self.spec, self.stop = sid, source, spec, stop
+        self.live = callable(source) or (isinstance(source, (str, int)) and is_live(str(source)))
+        self.kind = "live" if self.live else ("file" if isinstance(source, (str, Path)) else "frames")
+        self.box = Mailbox(policy, queue_size, stop, on_put)
+        self.backoff_s, self.max_reconnects, self.raise_errors = backoff_s, max_reconnects, raise_errors
+        self.events: list = []
+        self.reconnects = self.processed = 0
+        self.latencies: deque = deque(maxlen=_LATENCY_WINDOW)
+        self.recent: deque = deque(maxlen=_FPS_WINDOW)  # when its last few predictions were ready
+        self.first_at = self.last_at = None
+        self.next_index = 0
+        self.thread = threading.Thread(target=self._run, name=f"fusionrt-source-{sid}", daemon=True)
+
+    def _event(self, what: str) -> None:
+        self.events.append({"t": round(time.time(), 3), "event": what})
+
+    def _open(self):
+        if callable(self.source):
+            return self.source(), None
+        if isinstance(self.source, (str, int, Path)):
+            from fusionrt.runtime.video import VideoSource
+
+            video = VideoSource(str(self.source))
+            return video, video
+        return self.source, None
+
+    def _run(self) -> None:
+        try:
+            self._read()
+        except BaseException as exc:  # not the source's failure (those are events): handed to the consumer
+            self.box.close(exc)
+        else:
+            self.box.close()
+
+    def _read(self) -> None:
+        delay = self.backoff_s[0]
+        while not self.stop.is_set():
+            frames = closer = None
+            read, opened_at = 0, time.monotonic()
+            try:
+                frames, closer = self._open()
+                for frame in frames:
+                    if self.stop.is_set():
+                        break
+                    taken = time.perf_counter()
+                    image = load_image(frame) if isinstance(frame, (str, Path)) else frame
+                    self.box.put((self.next_index, image, preprocess_batch([image], self.spec), taken))
+                    self.next_index += 1
+                    read += 1
+                outcome = f"ended after {read} frames"
+            except Exception as exc:  # noqa: BLE001 - a failing source is an event of its own; the others go on
+                if self.raise_errors and not self.live:
+                    raise  # a stream of one: its consumer gets the error
+                outcome = f"failed after {read} frames: {exc if isinstance(exc, FusionRTError) else repr(exc)}"
+            finally:
+                if closer is not None:
+                    closer.close()
+            if self.stop.is_set():
                 break
-            taken = time.perf_counter()
-            image = load_image(frame) if isinstance(frame, (str, Path)) else frame
-            box.put((index, image, preprocess_batch([image], spec), taken))
-        box.close()
-    except BaseException as exc:  # handed to the consumer, raised there
-        box.close(exc)
+            if not self.live or (self.max_reconnects is not None and self.reconnects >= self.max_reconnects):
+                self._event(f"{outcome}; removed" + (f" after {self.reconnects} reconnects" if self.live else ""))
+                break
+            if time.monotonic() - opened_at >= self.backoff_s[1]:
+                delay = self.backoff_s[0]  # it stayed up a while: a new outage starts from the shortest wait
+            self._event(f"{outcome}; reconnecting in {delay:g} s")
+            if self.stop.wait(delay):
+                break
+            self.reconnects += 1
+            delay = min(delay * 2, self.backoff_s[1])
+
+    def summary(self) -> dict:
+        seconds = (self.last_at - self.first_at) if self.first_at is not None else 0.0
+        lat = np.asarray(self.latencies) if self.latencies else None
+        return {"kind": self.kind, "processed": self.processed, "dropped": self.box.dropped,
+                "fps": round((self.processed - 1) / seconds, 2) if seconds > 0 else 0.0,
+                "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
+                "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,
+                "reconnects": self.reconnects, "ended": self.box.finished, "events": list(self.events)}
 
 
-def stream(pipeline, frames: Iterable, text: str | Callable[[], str], policy: str = "latest", queue_size: int = 2,
-           stop: threading.Event | None = None) -> Iterator[FramePrediction]:
-    """Classify each frame with `text` (a str, or a callable giving the current text); see the module doc."""
-    if policy not in POLICIES:
-        raise InputError(f"stream policy '{policy}' unknown: expected one of {POLICIES}.")
-    if queue_size < 1:
-        raise InputError(f"queue_size must be >= 1, found {queue_size}.")
-    current_text = text if callable(text) else (lambda: text)
-    stop = stop or threading.Event()
-    box = Mailbox(policy, queue_size, stop)
-    reader = threading.Thread(target=_read, args=(frames, pipeline.manifest.preprocess, box), name="fusionrt-frames",
-                              daemon=True)
-    reader.start()
-    done: deque = deque(maxlen=_FPS_WINDOW)
-    tokens_for, processed = {}, 0
-    try:
-        while (item := box.get()) is not None:
-            index, image, pixels, taken = item
-            words = current_text()
+class MultiStream:
+    """Iterate for SourceFrame results; `summary()` per source; `stop()`; a context manager (stops and joins)."""
+
+    def __init__(self, pipeline, sources, text, policy: str = "latest", max_batch: int | None = None,
+                 max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
+                 max_reconnects: int | None = None, raise_errors: bool = False):
+        if policy not in POLICIES:
+            raise InputError(f"stream policy '{policy}' unknown: expected one of {POLICIES}.")
+        limit = pipeline.manifest.profile.batch[2]
+        max_batch = limit if max_batch is None else max_batch
+        if type(max_batch) is not int or not 1 <= max_batch <= limit:
+            raise InputError(f"max_batch: expected 1..{limit} (the bundle's profile maximum batch), found {max_batch!r}.")
+        if max_wait_ms < 0 or queue_size < 1:
+            raise InputError(f"max_wait_ms must be >= 0 and queue_size >= 1, found {max_wait_ms} and {queue_size}.")
+        self.pipeline, self.max_batch, self.max_wait_s = pipeline, max_batch, max_wait_ms / 1e3
+        self._ids = source_ids(sources)
+        self._text = _text_for(text, self._ids)
+        self._stop = threading.Event()
+        self._arrived = threading.Condition()
+        self._feeds = [_Feed(sid, src, pipeline.manifest.preprocess, policy, queue_size, self._stop, self._notify,
+                             backoff_s, max_reconnects, raise_errors) for sid, src in self._ids.items()]
+        self._turn = 0
+        self.batch_sizes: list = []  # frames in each call
+        self._started = False
+
+    def _notify(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        if self._started:
+            raise InputError("a MultiStream runs once: call Pipeline.stream_many again for another run.")
+        self._started = True
+        for feed in self._feeds:
+            feed.thread.start()
+        try:
+            while (batch := self._next_batch()) is not None:
+                for start in range(0, len(batch), self.max_batch):
+                    yield from self._classify(batch[start:start + self.max_batch])
+        finally:
+            self.stop()
+
+    def _next_batch(self) -> list | None:
+        """(feed, item) for every source with a frame: after the first one is ready, up to max_wait for the rest."""
+        with self._arrived:
+            while True:
+                if self._stop.is_set():
+                    return None
+                ready = [f for f in self._feeds if f.box.items]
+                for feed in self._feeds:
+                    if feed.box.error is not None:
+                        raise feed.box.error
+                if ready:
+                    break
+                if all(f.box.finished for f in self._feeds):
+                    return None
+                self._arrived.wait(0.1)
+            deadline = time.perf_counter() + self.max_wait_s
+            while not self._stop.is_set():
+                waiting = [f for f in self._feeds if not f.box.items and not f.box.finished]
+                left = deadline - time.perf_counter()
+                if not waiting or left <= 0:
+                    break
+                self._arrived.wait(left)
+        # rotate who comes first, so that with more sources than max_batch the same ones do not always wait
+        order = self._feeds[self._turn:] + self._feeds[:self._turn]
+        self._turn = (self._turn + 1) % len(self._feeds)
+        return [(f, item) for f in order if (item := f.box.take()) is not None]
+
+    def _classify(self, batch: list):
+        texts = []
+        for feed, _ in batch:
+            words = self._text(feed.id)
             if not isinstance(words, str) or not words.strip():
-                raise InputError(f"the stream's text must be a non-empty str, found {words!r}.")
-            if words not in tokens_for:  # tokenized once per distinct text
-                tokens_for.clear()
-                tokens_for[words] = pipeline.tokenizer([words])
-            result = pipeline.infer(pixels, tokens_for[words])
-            now = time.perf_counter()
-            done.append(now)
-            processed += 1
-            fps = rate(done)
-            yield FramePrediction(index, image, pipeline.predictions(result.logits)[0], (now - taken) * 1e3, fps,
-                                  processed, box.dropped, result.text_cached)
-    finally:
-        # The reader may be blocked in the source's read (a stalled camera): a bounded wait, then go on; it leaves
-        # at its next frame. VideoSource.close() does not release a capture under a read in flight.
-        stop.set()
-        reader.join(timeout=READER_JOIN_S)
+                raise InputError(f"source '{feed.id}': its text must be a non-empty str, found {words!r}.")
+            texts.append(words)
+        pixels = np.concatenate([item[2] for _, item in batch])
+        logits, cached = self.pipeline.infer_texts(pixels, texts)
+        self.batch_sizes.append(len(batch))
+        now = time.perf_counter()
+        for (feed, (index, image, _, taken)), prediction, hit in zip(batch, self.pipeline.predictions(logits), cached):
+            feed.processed += 1
+            feed.first_at = feed.first_at if feed.first_at is not None else now
+            feed.last_at = now
+            latency = (now - taken) * 1e3
+            feed.latencies.append(latency)
+            feed.recent.append(now)
+            yield SourceFrame(feed.id, index, image, prediction, latency, rate(feed.recent), len(batch), feed.processed,
+                              feed.box.dropped, hit)
+
+    def summary(self) -> dict:
+        seconds = (self.last_at - self.first_at) if self.first_at is not None else 0.0
+        lat = np.asarray(self.latencies) if self.latencies else None
+        return {"kind": self.kind, "processed": self.processed, "dropped": self.box.dropped,
+                "fps": round((self.processed - 1) / seconds, 2) if seconds > 0 else 0.0,
+                "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
+                "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,
+                "reconnects": self.reconnects, "ended": self.box.finished, "events": list(self.events)}
+
+
+class MultiStream:
+    """Iterate for SourceFrame results; `summary()` per source; `stop()`; a context manager (stops and joins)."""
+
+    def __init__(self, pipeline, sources, text, policy: str = "latest", max_batch: int | None = None,
+                 max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
+                 max_reconnects: int | None = None, raise_errors: bool = False):
+        if policy not in POLICIES:
+            raise InputError(f"stream policy '{policy}' unknown: expected one of {POLICIES}.")
+        limit = pipeline.manifest.profile.batch[2]
+        max_batch = limit if max_batch is None else max_batch
+        if type(max_batch) is not int or not 1 <= max_batch <= limit:
+            raise InputError(f"max_batch: expected 1..{limit} (the bundle's profile maximum batch), found {max_batch!r}.")
+        if max_wait_ms < 0 or queue_size < 1:
+            raise InputError(f"max_wait_ms must be >= 0 and queue_size >= 1, found {max_wait_ms} and {queue_size}.")
+        self.pipeline, self.max_batch, self.max_wait_s = pipeline, max_batch, max_wait_ms / 1e3
+        self._ids = source_ids(sources)
+        self._text = _text_for(text, self._ids)
+        self._stop = threading.Event()
+        self._arrived = threading.Condition()
+        self._feeds = [_Feed(sid, src, pipeline.manifest.preprocess, policy, queue_size, self._stop, self._notify,
+                             backoff_s, max_reconnects, raise_errors) for sid, src in self._ids.items()]
+        self._turn = 0
+        self.batch_sizes: list = []  # frames in each call
+        self._started = False
+
+    def _notify(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        if self._started:
+            raise InputError("a MultiStream runs once: call Pipeline.stream_many again for another run.")
+        self._started = True
+        for feed in self._feeds:
+            feed.thread.start()
+        try:
+            while (batch := self._next_batch()) is not None:
+                for start in range(0, len(batch), self.max_batch):
+                    yield from self._classify(batch[start:start + self.max_batch])
+        finally:
+            self.stop()
+
+    def _next_batch(self) -> list | None:
+        """(feed, item) for every source with a frame: after the first one is ready, up to max_wait for the rest."""
+        with self._arrived:
+            while True:
+                if self._stop.is_set():
+                    return None
+                ready = [f for f in self._feeds if f.box.items]
+                for feed in self._feeds:
+                    if feed.box.error is not None:
+                        raise feed.box.error
+                if ready:
+                    break
+                if all(f.box.finished for f in self._feeds):
+                    return None
+                self._arrived.wait(0.1)
+            deadline = time.perf_counter() + self.max_wait_s
+            while not self._stop.is_set():
+                waiting = [f for f in self._feeds if not f.box.items and not f.box.finished]
+                left = deadline - time.perf_counter()
+                if not waiting or left <= 0:
+                    break
+                self._arrived.wait(left)
+        # rotate who comes first, so that with more sources than max_batch the same ones do not always wait
+        order = self._feeds[self._turn:] + self._feeds[:self._turn]
+        self._turn = (self._turn + 1) % len(self._feeds)
+        return [(f, item) for f in order if (item := f.box.take()) is not None]
+
+    def _classify(self, batch: list):
+        texts = []
+        for feed, _ in batch:
+            words = self._text(feed.id)
+            if not isinstance(words, str) or not words.strip():
+                raise InputError(f"source '{feed.id}': its text must be a non-empty str, found {words!r}.")
+            texts.append(words)
+        pixels = np.concatenate([item[2] for _, item in batch])
+        logits, cached = self.pipeline.infer_texts(pixels, texts)
+        self.batch_sizes.append(len(batch))
+        now = time.perf_counter()
+        for (feed, (index, image, _, taken)), prediction, hit in zip(batch, self.pipeline.predictions(logits), cached):
+            feed.processed += 1
+            feed.first_at = feed.first_at if feed.first_at is not None else now
+            feed.last_at = now
+            latency = (now - taken) * 1e3
+            feed.latencies.append(latency)
+            feed.recent.append(now)
+            yield SourceFrame(feed.id, index, image, prediction, latency, rate(feed.recent), len(batch), feed.processed,
+                              feed.box.dropped, hit)
+
+    def _batch_tokens(self, texts: list) -> dict:
+        """The tokenizer's outputs for `texts`, from each text's tokens kept since its first frame (padded to the
+        longest): a camera's text rarely changes, so it is tokenized once, not once per call."""
+        rows = [self._tokens_of(t) for t in texts]
+        length = max(r["input_ids"].shape[1] for r in rows)
+        out = {}
+        for name in rows[0]:
+            pad = self.pipeline.tokenizer.pad_id if name == "input_ids" else 0
+            out[name] = np.full((len(rows), length), pad, dtype=rows[0][name].dtype)
+            for i, r in enumerate(rows):
+                out[name][i, :r[name].shape[1]] = r[name][0]
+        return out
+
+    def _logits(self, pixels: np.ndarray, texts: list) -> tuple:
+        """Logits for the rows, and which rows' text features were cached. Texts the cache lacks run the text branch
+        once each, in a call of their own rows; the rest of the batch then runs on cached features."""
+        cache: TextFeatureCache | None = self.pipeline.text_cache
+        if cache is None:
+            return self.pipeline.infer(pixels, self._batch_tokens(texts), text_cache=False).logits, [False] * len(texts)
+        missing = [t for t in dict.fromkeys(texts) if cache.keys(self._tokens_of(t))[0] not in cache]
+        first_rows = {texts.index(t) for t in missing}
+        rest = [i for i in range(len(texts)) if i not in first_rows]
+        logits = np.empty((len(texts), len(self.pipeline.labels)), np.float32)
+        if first_rows:
+            rows = sorted(first_rows)  # each missing text's first row, in the order of `missing`
+            logits[rows] = self.pipeline.infer(pixels[rows], self._batch_tokens([texts[i] for i in rows])).logits
+        if rest:
+            logits[rest] = self.pipeline.infer(pixels[rest], self._batch_tokens([texts[i] for i in rest])).logits
+        return logits, [i not in first_rows for i in range(len(texts))]
+
+    def summary(self) -> dict:
+        """Per source: kind, processed, dropped, fps, latency p50/p99, reconnects, ended, events."""
+        return {feed.id: feed.summary() for feed in self._feeds}
+
+    def stop(self) -> None:
+        """Stop the readers (each leaves at its next frame; a stalled one is waited for a bounded time, once)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._notify()
+        deadline = time.monotonic() + READER_JOIN_S  # one bounded wait for all, however many sources stalled
+        for feed in self._feeds:
+            if feed.thread.is_alive():
+                feed.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> "MultiStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _text_for(text, ids: dict) -> Callable[[str], str]:
+    if isinstance(text, str):
+        return lambda sid: text
+    if isinstance(text, Mapping):
+        keyed = {str(k): v for k, v in text.items()}
+        missing = sorted(set(ids) - set(keyed))
+        if missing:
+            raise InputError(f"text: a mapping needs a text for every source; missing {missing} (sources: "
+                             f"{sorted(ids)}).")
+        return keyed.__getitem__
+    if callable(text):
+        return text
+    raise InputError(f"text: expected a str, a mapping source id -> str, or a callable(source_id) -> str, found "
+                     f"{type(text).__name__}.")
+
+
+def stream(pipeline, frames, text, policy: str = "latest", queue_size: int = 2):
+    """A stream of one source: each frame of `frames` (BGR arrays or image paths; a VideoSource) classified with
+    `text` (a str, or a callable giving the current text); SourceFrame results (`FramePrediction`). An error reading
+    the frames is raised here. A generator: close it (or leave the loop) to stop its reader."""
+    streams = _one(pipeline, frames, text, policy, queue_size)
+    with streams:
+        yield from streams
+
+
+def _one(pipeline, frames, text, policy: str, queue_size: int) -> MultiStream:
+    texts = (lambda _: text()) if callable(text) else text
+    return MultiStream(pipeline, [frames], texts, policy, max_batch=1, max_wait_ms=0, queue_size=queue_size,
+                       raise_errors=True)
 
 
 class StreamHandle:
-    """Runs a stream on a thread and hands each FramePrediction to `on_prediction`."""
+    """Runs a stream on a thread and hands each result to `on_result`; `join()` returns the last result."""
 
-    def __init__(self, pipeline, frames, text, on_prediction: Callable, policy: str = "latest", queue_size: int = 2):
-        stop = threading.Event()
-        self._begin(stream(pipeline, frames, text, policy, queue_size, stop), stop.set, on_prediction)
-
-    def _begin(self, results: Iterator, stop: Callable[[], None], on_result: Callable) -> None:
-        """Hand each of `results` (a generator) to `on_result` on a thread; `stop()` ends the results early."""
-        self._results, self._stop = results, stop
+    def __init__(self, multistream: MultiStream, on_result: Callable):
+        self.stream = multistream
         self.error: BaseException | None = None
         self.last = None
+        self._results = iter(multistream)
         self._thread = threading.Thread(target=self._run, args=(on_result,), name="fusionrt-stream", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def of_one(cls, pipeline, frames, text, on_result: Callable, policy: str = "latest", queue_size: int = 2):
+        """The callback form of `stream`."""
+        return cls(_one(pipeline, frames, text, policy, queue_size), on_result)
 
     def _run(self, on_result) -> None:
         try:
@@ -184,10 +456,10 @@ class StreamHandle:
             self._results.close()
 
     def stop(self) -> None:
-        self._stop()
+        self.stream.stop()
 
-    def join(self, timeout: float | None = None) -> FramePrediction | None:
-        """Wait for the end of the source (or stop()); raises what the stream raised; returns the last result."""
+    def join(self, timeout: float | None = None):
+        """Wait for the end of the sources (or stop()); raises what the stream raised; returns the last result."""
         self._thread.join(timeout)
         if self.error is not None:
             raise self.error
@@ -203,3 +475,12 @@ class StreamHandle:
     def __exit__(self, *exc):
         self.stop()
         self.join()
+
+
+class MultiStreamHandle(StreamHandle):
+    """A StreamHandle whose `join()` returns the per-source summary."""
+
+    def join(self, timeout: float | None = None) -> dict:
+        """Wait for every source to end (or stop()); raises what the stream raised; returns the summary."""
+        super().join(timeout)
+        return self.stream.summary()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -12,6 +14,7 @@ __all__ = ["TextTokenizer", "TOKEN_NAMES", "check_text"]
 
 # What the tokenizer gives, under the names Hugging Face models (and so the exported text encoders) take.
 TOKEN_NAMES = ("input_ids", "attention_mask")
+TOKEN_MEMO = 256  # texts whose token ids are kept (LRU)
 
 
 class TextTokenizer:
@@ -37,6 +40,24 @@ class TextTokenizer:
         self.pad_id = 0 if pad_id is None else pad_id
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_seq_len)
+        self._known: OrderedDict = OrderedDict()  # text -> its token ids: a camera's text is tokenized once
+        self._lock = threading.Lock()
+
+    def _ids(self, texts: list) -> list:
+        """Each text's token ids (a list per text), from the memo or the tokenizer (the new ones in one call)."""
+        with self._lock:
+            found = {t: self._known[t] for t in texts if t in self._known}
+            for t in found:
+                self._known.move_to_end(t)
+        new = [t for t in dict.fromkeys(texts) if t not in found]
+        if new:
+            for t, enc in zip(new, self._tok.encode_batch(new)):
+                found[t] = enc.ids
+            with self._lock:
+                self._known.update((t, found[t]) for t in new)
+                while len(self._known) > TOKEN_MEMO:
+                    self._known.popitem(last=False)
+        return [found[t] for t in texts]
 
     def __call__(self, texts: Sequence[str], pad_to: int | None = None, pad_multiple: int | None = None) -> dict:
         """Return {'input_ids', 'attention_mask'} as (N, L) int64; L = longest text, or `pad_to`, or the longest
@@ -50,8 +71,8 @@ class TextTokenizer:
         for i, t in enumerate(texts):
             where = f"text {i} of the batch of {len(texts)}: " if len(texts) > 1 else ""
             check_text(t, where)
-        encodings = self._tok.encode_batch(list(texts))
-        length = max(len(e.ids) for e in encodings)
+        encodings = self._ids(list(texts))
+        length = max(len(ids) for ids in encodings)
         if pad_multiple:
             length = min(-(-length // pad_multiple) * pad_multiple, max(self.max_seq_len, length))
         if pad_to is not None:
@@ -60,9 +81,9 @@ class TextTokenizer:
             length = pad_to
         ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), length), dtype=np.int64)
-        for i, enc in enumerate(encodings):
-            ids[i, : len(enc.ids)] = enc.ids
-            mask[i, : len(enc.ids)] = 1
+        for i, row in enumerate(encodings):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
 

@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 
-from fusionrt.cameras import TILE, output_paths
+from fusionrt.camera import TILE, output_paths
 from fusionrt.cli import main
 from fusionrt.runtime.pipeline import Pipeline
 from tests.cli.test_camera import read_video

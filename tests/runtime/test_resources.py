@@ -24,7 +24,7 @@ def test_a_failed_load_closes_what_it_opened(tiny_bundle, monkeypatch):
 
     monkeypatch.setattr(OnnxRuntimeBackend, "open", classmethod(open_or_fail))
     with pytest.raises(BackendUnavailable, match="the head did not load"):
-        Pipeline.load(tiny_bundle, backend="onnxruntime")
+        Pipeline.load(tiny_bundle, backend="onnxruntime", tune=False)
     assert len(opened) == 2 and all(b.session is None and b._closed for b in opened)
 
 
