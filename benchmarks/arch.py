@@ -114,7 +114,7 @@ def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=pr
     images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(2)]
     export_bundle(FusionClassifier.from_pretrained(checkpoint_dir), bundle_dir, images,
                   ["a car stops at the light", "a person crosses the road at night in the rain"],
-                  Profile((1, 8, 32), (1, 128, 512)), overwrite=True)
+                  Profile(seq=(1, 128, 512)), overwrite=True)
     say(f"calibrating {name} on {SYNTHETIC_SAMPLES} synthetic samples (speed-only INT8)")
     calibrate_bundle(bundle_dir, data, samples=32, method="minmax", precision="int8")
     bundle = Bundle.open(bundle_dir)

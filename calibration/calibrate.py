@@ -39,7 +39,8 @@ from fusionrt.calibration.reader import CalibrationSource, OrtReader, select_cal
 from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.cpu import cpu_kind
-from fusionrt.runtime.manifest import COMPONENTS, Candidate, ModelFile, Policy, sha256_of
+from fusionrt.runtime.manifest import (COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER, Candidate, ModelFile, Policy,
+                                       sha256_of)
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.precision import format_precision, parse_precision
 from fusionrt.runtime.progress import progress
@@ -144,9 +145,9 @@ def _splits(data, eval_data, samples: int) -> Splits:
 def _noise_floor(evaluator: Evaluator, fp16_files: dict, criterion: Criterion) -> NoiseFloor:
     """What the FP16 model and BF16-rounded features flip on this split: the flips INT8 is allowed as noise."""
     fp16 = {c: evaluator.features(c, fp16_files[c], REFERENCE) for c in ENCODERS}
-    fp16_logits = evaluator.head(fp16_files["fusion_head"], fp16["image_encoder"], fp16["text_encoder"], REFERENCE)
-    bf16_logits = evaluator.head(evaluator.files["fusion_head"], bf16_round(evaluator.fp32["image_encoder"]),
-                                 bf16_round(evaluator.fp32["text_encoder"]), REFERENCE)
+    fp16_logits = evaluator.head(fp16_files[FUSION_HEAD], fp16[IMAGE_ENCODER], fp16[TEXT_ENCODER], REFERENCE)
+    bf16_logits = evaluator.head(evaluator.files[FUSION_HEAD], bf16_round(evaluator.fp32[IMAGE_ENCODER]),
+                                 bf16_round(evaluator.fp32[TEXT_ENCODER]), REFERENCE)
     fp16_flips = evaluator.judge_logits(fp16_logits)["flips"]
     bf16_flips = evaluator.judge_logits(bf16_logits)["flips"]
     band = noise_band(max(fp16_flips, bf16_flips), evaluator.n, criterion.noise_quantile, criterion.min_noise_rate)
@@ -155,7 +156,7 @@ def _noise_floor(evaluator: Evaluator, fp16_files: dict, criterion: Criterion) -
 
 def _component_feeds(m, fp32: dict, calib_feeds: list) -> dict:
     """The calibration inputs of each part: the encoders' from the data, the head's the encoders' FP32 outputs
-    (batch by batch: feeds["fusion_head"][i] holds batch i's image and text features)."""
+    (batch by batch: feeds[FUSION_HEAD][i] holds batch i's image and text features)."""
     from fusionrt.calibration.evaluation import run_part
 
     w = m.wiring
@@ -163,8 +164,8 @@ def _component_feeds(m, fp32: dict, calib_feeds: list) -> dict:
     sizes = [len(f[w.image_input]) for f in calib_feeds]
     features = {c: np.split(run_part(m.components[c], fp32[c], REFERENCE, feeds[c]), np.cumsum(sizes)[:-1])
                 for c in ENCODERS}
-    feeds["fusion_head"] = [{w.image_output: i, w.text_output: t} for i, t in
-                            zip(features["image_encoder"], features["text_encoder"])]
+    feeds[FUSION_HEAD] = [{w.image_output: i, w.text_output: t} for i, t in
+                            zip(features[IMAGE_ENCODER], features[TEXT_ENCODER])]
     return feeds
 
 
@@ -172,19 +173,19 @@ def _component_feeds(m, fp32: dict, calib_feeds: list) -> dict:
 def _logits_readout(m, fp32: dict, feeds: dict, component: str):
     """readout for `rank_layers`: an encoder's outputs for calibration batch i, through the FP32 head beside the
     other branch's FP32 features of that batch: the error ranked is the classifier's. None for the head."""
-    if component == "fusion_head":
+    if component == FUSION_HEAD:
         yield None
         return
     from fusionrt.calibration.evaluation import open_part
 
-    w, head_spec = m.wiring, m.components["fusion_head"]
-    mine = w.image_output if component == "image_encoder" else w.text_output
+    w, head_spec = m.wiring, m.components[FUSION_HEAD]
+    mine = w.image_output if component == IMAGE_ENCODER else w.text_output
 
     def readout(i: int, outputs: list) -> np.ndarray:
-        feed = {**feeds["fusion_head"][i], mine: np.asarray(outputs[0], dtype=np.float32)}
+        feed = {**feeds[FUSION_HEAD][i], mine: np.asarray(outputs[0], dtype=np.float32)}
         return head.infer(feed)[w.logits]
 
-    with open_part(head_spec, fp32["fusion_head"], REFERENCE) as head:
+    with open_part(head_spec, fp32[FUSION_HEAD], REFERENCE) as head:
         yield readout
 
 

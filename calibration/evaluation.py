@@ -16,10 +16,10 @@ import numpy as np
 
 from fusionrt.calibration.fidelity import head_outcome
 from fusionrt.runtime.resolve import Execution, resolve
+from fusionrt.runtime.manifest import ENCODERS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 __all__ = ["ENCODERS", "REFERENCE", "open_part", "run_part", "bf16_round", "Evaluator"]
 
-ENCODERS = ("image_encoder", "text_encoder")
 REFERENCE = resolve("onnxruntime", "fp32", "cpu")  # FP32 on ONNX Runtime's CPU kernels: what everything is judged against
 
 
@@ -72,7 +72,7 @@ class Evaluator:
         self.wiring = self.manifest.wiring
         self.seconds: dict = {}  # FP32 model time per component on this split
         self.fp32 = {c: self.features(c, self.files[c], REFERENCE, self.seconds) for c in ENCODERS}
-        self.logits = self.head(self.files["fusion_head"], self.fp32["image_encoder"], self.fp32["text_encoder"],
+        self.logits = self.head(self.files[FUSION_HEAD], self.fp32[IMAGE_ENCODER], self.fp32[TEXT_ENCODER],
                                 REFERENCE, self.seconds)
         self.outcome = head_outcome(self.logits, self.logits, self.labels, len(self.manifest.labels))
 
@@ -87,7 +87,7 @@ class Evaluator:
         return {self.wiring.image_output: image.astype(np.float32), self.wiring.text_output: text.astype(np.float32)}
 
     def head(self, path, image: np.ndarray, text: np.ndarray, execution: Execution, seconds: dict | None = None):
-        return run_part(self.manifest.components["fusion_head"], path, execution, [self.head_feed(image, text)],
+        return run_part(self.manifest.components[FUSION_HEAD], path, execution, [self.head_feed(image, text)],
                         seconds)
 
     def judge_logits(self, logits: np.ndarray) -> dict:
@@ -95,6 +95,6 @@ class Evaluator:
 
     def pipeline(self, files: dict, execution: Execution) -> dict:
         """The outcome with every part from `files` (component -> path), all run as `execution` says."""
-        image = self.features("image_encoder", files["image_encoder"], execution)
-        text = self.features("text_encoder", files["text_encoder"], execution)
-        return self.judge_logits(self.head(files["fusion_head"], image, text, execution))
+        image = self.features(IMAGE_ENCODER, files[IMAGE_ENCODER], execution)
+        text = self.features(TEXT_ENCODER, files[TEXT_ENCODER], execution)
+        return self.judge_logits(self.head(files[FUSION_HEAD], image, text, execution))

@@ -14,6 +14,7 @@ from fusionrt.calibration.evaluation import ENCODERS, open_part
 from fusionrt.calibration.fidelity import combinations, cosine_stats
 from fusionrt.runtime.invariance import BATCH_TOLERANCE, EXTRA_PADDING, row_alone, with_padding
 from fusionrt.runtime.resolve import PRECISIONS, Execution, resolve
+from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 __all__ = ["JUDGED_ON", "TIMED", "execution_for", "Judged", "judge_target"]
 
@@ -63,14 +64,14 @@ def judge_target(target: str, files, evaluators: dict, probe: dict, noise: dict,
     report = evaluators["report"]
     cosines = {c: cosine_stats(report.fp32[c], parts.features["report"][(c, "int8")]) for c in ENCODERS}
     results = []
-    head_spec = report.manifest.components["fusion_head"]
+    head_spec = report.manifest.components[FUSION_HEAD]
     same = _aliases(target)
     for head_precision in (p for p in PRECISIONS if p not in same):
         execution = execution_for(target, head_precision)
-        with open_part(head_spec, files("fusion_head", execution.flavour), execution) as head:
+        with open_part(head_spec, files(FUSION_HEAD, execution.flavour), execution) as head:
             head_seconds = _head_seconds(head, report, parts) if target in TIMED else None
             for config in combinations(ENCODERS, tuple(p for p in PRECISIONS if p not in same)):
-                key = (config["image_encoder"], config["text_encoder"], head_precision)
+                key = (config[IMAGE_ENCODER], config[TEXT_ENCODER], head_precision)
                 if key == ("fp32",) * 3 and target == "int8-cpu":
                     continue  # the reference itself
                 results.append(_judge_one(key, head, parts, evaluators, probe, noise, criterion, head_seconds))
@@ -133,7 +134,7 @@ def _probe(run, feeds: dict, max_seq_len: int) -> dict:
 
 
 def _head_seconds(head, report, parts: _Parts) -> float:
-    feed = report.head_feed(report.fp32["image_encoder"], report.fp32["text_encoder"])
+    feed = report.head_feed(report.fp32[IMAGE_ENCODER], report.fp32[TEXT_ENCODER])
     start = time.perf_counter()
     head.infer(feed)
     return time.perf_counter() - start
@@ -146,11 +147,11 @@ def _judge_one(key: tuple, head, parts: _Parts, evaluators: dict, probe: dict, n
     outcomes = {}
     for split, evaluator in evaluators.items():
         features = parts.features[split]
-        logits = head.infer(evaluator.head_feed(features[("image_encoder", image)], features[("text_encoder", text)]))
+        logits = head.infer(evaluator.head_feed(features[(IMAGE_ENCODER, image)], features[(TEXT_ENCODER, text)]))
         outcome = evaluator.judge_logits(logits[logits_name])
         outcome["passed"], outcome["rule"] = judge(outcome, evaluator.outcome["accuracy"], noise[split], criterion)
         outcomes[split] = outcome
-    pi, pt = parts.probe[("image_encoder", image)], parts.probe[("text_encoder", text)]
+    pi, pt = parts.probe[(IMAGE_ENCODER, image)], parts.probe[(TEXT_ENCODER, text)]
     feed = evaluators["report"].head_feed
     batch = head.infer(feed(pi["batch"], pt["batch"]))[logits_name]
     padded = head.infer(feed(pi["batch"], pt["padded"]))[logits_name]

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from fusionrt.runtime.errors import DataError
+from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 from fusionrt.runtime.optional import require
 from fusionrt.runtime.progress import progress
 
@@ -33,9 +34,9 @@ QUANTIZED_OPS = {
     # into the conv's output range (QLinearConv to QLinearConv); left out, every one cost a DequantizeLinear +
     # QuantizeLinear pair, 58 % of EfficientNet-Lite0's INT8 time, and a second rounding (image cosine 0.84 -> 0.99
     # with every conv INT8). The symmetric TensorRT graph keeps them, between Q/DQ, for TensorRT to fuse.
-    "image_encoder": ["Conv", "MatMul", "Gemm", "Clip", "Relu"],
-    "text_encoder": ["MatMul", "Gemm"],
-    "fusion_head": ["MatMul", "Gemm"],
+    IMAGE_ENCODER: ["Conv", "MatMul", "Gemm", "Clip", "Relu"],
+    TEXT_ENCODER: ["MatMul", "Gemm"],
+    FUSION_HEAD: ["MatMul", "Gemm"],
 }
 
 
@@ -103,7 +104,7 @@ def quantize_component(model: Path, component: str, target: str, ranges: Path, o
 
     ops = QUANTIZED_OPS[component]
     excluded = list(excluded)
-    if target == "int8-cpu" and component == "text_encoder":
+    if target == "int8-cpu" and component == TEXT_ENCODER:
         from fusionrt.calibration.per_token import write_per_token_int8
 
         return write_per_token_int8(model, out, excluded)

@@ -17,7 +17,7 @@ from fusionrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.bundling.staging import TEMP_PREFIX, WriteLock, replace_directory
 from fusionrt.runtime.errors import BundleError, CheckpointError
-from fusionrt.runtime.manifest import Component, Manifest, ModelFile, Profile, TokenizerSpec, sha256_of
+from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER, Component, Manifest, ModelFile, Profile, TokenizerSpec, sha256_of
 from fusionrt.runtime.optional import installed_versions
 from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.tokenize import TextTokenizer
@@ -61,12 +61,12 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
             logits = model.head(image_features, text_features)
         batch, seq = {0: "batch"}, {0: "batch", 1: "sequence"}
         jobs = {
-            "image_encoder": (model.image_encoder, (t_pixels,), ["pixel_values"], ["image_features"],
+            IMAGE_ENCODER: (model.image_encoder, (t_pixels,), ["pixel_values"], ["image_features"],
                               {"pixel_values": batch, "image_features": batch}),
-            "text_encoder": (model.text_encoder, (t_tokens["input_ids"], t_tokens["attention_mask"]),
+            TEXT_ENCODER: (model.text_encoder, (t_tokens["input_ids"], t_tokens["attention_mask"]),
                              ["input_ids", "attention_mask"], ["text_features"],
                              {"input_ids": seq, "attention_mask": seq, "text_features": batch}),
-            "fusion_head": (model.head, (image_features, text_features), ["image_features", "text_features"], ["logits"],
+            FUSION_HEAD: (model.head, (image_features, text_features), ["image_features", "text_features"], ["logits"],
                             {"image_features": batch, "text_features": batch, "logits": batch}),
         }
         components = {}
@@ -105,22 +105,22 @@ def _run_both(folder, components, pixels, tokens, image_features, text_features,
         comp = components[name]
         return OnnxRuntimeBackend(folder / comp.files["fp32"].path, comp.inputs, comp.outputs, ["CPUExecutionProvider"])
 
-    with session("image_encoder") as img, session("text_encoder") as txt, session("fusion_head") as head:
+    with session(IMAGE_ENCODER) as img, session(TEXT_ENCODER) as txt, session(FUSION_HEAD) as head:
         onnx_image = img.infer({"pixel_values": pixels})["image_features"]
         onnx_text = txt.infer(tokens)["text_features"]
         ref = {"image_features": image_features.numpy(), "text_features": text_features.numpy()}
         onnx_head = head.infer(ref)["logits"]
         chained = head.infer({"image_features": onnx_image, "text_features": onnx_text})["logits"]
     references = {
-        ("image_encoder", "image_features"): ref["image_features"],
-        ("text_encoder", "text_features"): ref["text_features"],
-        ("fusion_head", "logits"): logits.numpy(),
+        (IMAGE_ENCODER, "image_features"): ref["image_features"],
+        (TEXT_ENCODER, "text_features"): ref["text_features"],
+        (FUSION_HEAD, "logits"): logits.numpy(),
         ("pipeline", "logits"): logits.numpy(),
     }
     candidates = {
-        ("image_encoder", "image_features"): onnx_image,
-        ("text_encoder", "text_features"): onnx_text,
-        ("fusion_head", "logits"): onnx_head,
+        (IMAGE_ENCODER, "image_features"): onnx_image,
+        (TEXT_ENCODER, "text_features"): onnx_text,
+        (FUSION_HEAD, "logits"): onnx_head,
         ("pipeline", "logits"): chained,
     }
     return references, candidates

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fusionrt.calibration.criterion import Criterion
 from fusionrt.runtime.errors import FusionRTError
+from fusionrt.runtime.manifest import BATCH_PROFILE
+from fusionrt.runtime.pipeline import TEXT_CACHE
 
 __all__ = ["main", "build_parser"]
 
+CRITERION = Criterion()  # the defaults the options show are the criterion's own
 ALLOW_CHANGED = "load a module: image encoder whose file changed since the checkpoint was trained"
 
 
@@ -86,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--data", help="CSV/JSONL whose first samples are the export examples and parity inputs")
     p.add_argument("--samples", type=int, default=8, help="how many samples the parity check runs on")
-    p.add_argument("--batch", type=_range, default=(1, 8, 32), help="profile MIN:OPT:MAX batch")
+    p.add_argument("--batch", type=_range, default=BATCH_PROFILE, help="profile MIN:OPT:MAX batch")
     p.add_argument("--seq", type=_range, default=None, help="profile MIN:OPT:MAX sequence (max defaults to max_seq_len)")
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| ONNX vs PyTorch")
@@ -130,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["percentile", "entropy", "minmax"], default="percentile")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--precision", default="auto", help="auto | int8 | image=int8,text=int8,head=fp32")
-    p.add_argument("--min-accuracy-ratio", type=float, default=0.99,
+    p.add_argument("--min-accuracy-ratio", type=float, default=CRITERION.min_accuracy_ratio,
                    help="INT8 accuracy at least this share of FP32's (MLPerf's 99%% rule)")
-    p.add_argument("--alpha", type=float, default=0.05,
+    p.add_argument("--alpha", type=float, default=CRITERION.alpha,
                    help="McNemar's test: refuse INT8 significantly worse than FP32 on the same samples at this level")
-    p.add_argument("--min-agreement", type=float, default=0.99,
+    p.add_argument("--min-agreement", type=float, default=CRITERION.min_agreement,
                    help="top-1 agreement that passes outright; below it, flips must stay within the noise floor")
 
     p = sub.add_parser("bench", help="throughput and latency per backend x precision x batch, beside PyTorch eager")
@@ -207,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after this many classified frames (per source)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default=None)
-    p.add_argument("--text-cache", type=int, default=64, help="texts whose features are kept (0: off)")
+    p.add_argument("--text-cache", type=int, default=TEXT_CACHE, help="texts whose features are kept (0: off)")
 
     return parser
 

@@ -1,7 +1,9 @@
-"""How one call runs the three components: `BranchExecutor`, the path for backends that do not fuse (ONNX Runtime):
-the image branch on a worker thread while the text branch runs on the caller's, or one after the other, then the
-head. A backend that fuses (TensorRT) gives its own executor with the same `run`. Each call returns its own
-`Timings`, so figures of concurrent calls never mix."""
+"""How one call runs the three components: an `Executor`. `BranchExecutor` is the generic one (ONNX Runtime, and any
+backend run with concurrent=False): the image branch on a worker thread while the text branch runs on the caller's,
+or one after the other, then the head. A backend with a better way gives its own (`Backend.executor`): OpenVINO runs
+the image branch as an asynchronous request; TensorRT runs both branches on CUDA streams and the head on the device
+(`TensorRTFusion`). Each call returns its own `Timings`, measured by the executor, so figures of concurrent calls
+never mix."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import numpy as np
 
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.wiring import Wiring
+from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
-__all__ = ["Timings", "Result", "BranchExecutor", "host_results_only"]
+__all__ = ["Timings", "Result", "Executor", "BranchExecutor", "host_results_only"]
 
 
 def host_results_only(device_output: bool, sync: bool, who: str) -> None:
@@ -43,17 +46,30 @@ class Result:
     timings: Timings
 
 
+class Executor:
+    """What runs one call of a pipeline: both branches (the text one only without `text_features`), then the head."""
+
+    def run(self, pixels, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
+            device_output: bool = False, sync: bool = True) -> Result:
+        """Logits for prepared inputs. device_output / sync=False: on a GPU, results left there (see TensorRTFusion);
+        host executors refuse them."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the executor owns (not the backends: the pipeline closes those)."""
+
+
 def _timed(backend, feeds: Mapping[str, np.ndarray], output: str) -> tuple:
     start = time.perf_counter()
     value = backend.infer(feeds)[output]
     return value, (time.perf_counter() - start) * 1e3
 
 
-class BranchExecutor:
+class BranchExecutor(Executor):
     """Both encoders (at once when `concurrent`), then the head, each through its backend's checked `infer`."""
 
     def __init__(self, backends: Mapping, wiring: Wiring, concurrent: bool = True):
-        self.image, self.text, self.head = (backends[c] for c in ("image_encoder", "text_encoder", "fusion_head"))
+        self.image, self.text, self.head = (backends[c] for c in (IMAGE_ENCODER, TEXT_ENCODER, FUSION_HEAD))
         self.wiring = wiring
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionrt-image") if concurrent else None
 

@@ -20,6 +20,11 @@ from fusionrt.runtime.wiring import Wiring
 __all__ = [
     "SCHEMA_VERSION",
     "COMPONENTS",
+    "ENCODERS",
+    "IMAGE_ENCODER",
+    "TEXT_ENCODER",
+    "FUSION_HEAD",
+    "BATCH_PROFILE",
     "INT8_TARGETS",
     "TensorSpec",
     "ModelFile",
@@ -36,7 +41,10 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-COMPONENTS = ("image_encoder", "text_encoder", "fusion_head")
+IMAGE_ENCODER, TEXT_ENCODER, FUSION_HEAD = "image_encoder", "text_encoder", "fusion_head"
+COMPONENTS = (IMAGE_ENCODER, TEXT_ENCODER, FUSION_HEAD)
+ENCODERS = (IMAGE_ENCODER, TEXT_ENCODER)
+BATCH_PROFILE = (1, 8, 32)  # the default optimization profile's batch (min, opt, max)
 # Precision flavours a component file may exist in. int8 has one file per target: ONNX Runtime's CPU
 # kernels are fast on U8S8, TensorRT needs symmetric S8S8 with float biases.
 FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8-trt-fp16")  # int8-trt-fp16: the Q/DQ graph on FP16
@@ -236,7 +244,7 @@ class TokenizerSpec:
 class Profile:
     """Optimization-profile ranges (min, opt, max) for the dynamic axes."""
 
-    batch: tuple = (1, 8, 32)
+    batch: tuple = BATCH_PROFILE
     seq: tuple = (1, 64, 128)
 
     @classmethod
@@ -269,7 +277,7 @@ class Profile:
         return tuple(shapes)
 
     @classmethod
-    def for_text(cls, max_seq_len: int, batch: tuple = (1, 8, 32)) -> "Profile":
+    def for_text(cls, max_seq_len: int, batch: tuple = BATCH_PROFILE) -> "Profile":
         """Text lengths up to the tokenizer's limit, tuned for 64 tokens (or the limit, when shorter)."""
         return cls(tuple(batch), (1, min(64, max_seq_len), max_seq_len))
 

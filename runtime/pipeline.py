@@ -14,7 +14,7 @@ import numpy as np
 from fusionrt.runtime.backends import backend_class
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.errors import FusionRTError, InputError
-from fusionrt.runtime.execution import BranchExecutor, Timings
+from fusionrt.runtime.execution import Timings
 from fusionrt.runtime.manifest import COMPONENTS
 from fusionrt.runtime.prediction import Prediction, predictions, softmax
 from fusionrt.runtime.preprocess import preprocess_batch
@@ -23,7 +23,9 @@ from fusionrt.runtime.stream import MultiStream, MultiStreamHandle, StreamHandle
 from fusionrt.runtime.text_cache import TextFeatureCache
 from fusionrt.runtime.tokenize import TextTokenizer
 
-__all__ = ["Pipeline", "Prediction", "Inference", "Timings", "softmax"]
+__all__ = ["Pipeline", "Prediction", "Inference", "Timings", "softmax", "TEXT_CACHE"]
+
+TEXT_CACHE = 64  # texts whose features a pipeline keeps (LRU), by default
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Pipeline:
     """Load with `Pipeline.load(bundle)`; use as a context manager, or call `close()`."""
 
     def __init__(self, bundle: Bundle, backends: Mapping, backend_name: str, precision: Mapping[str, str],
-                 tokenizer: TextTokenizer, executor, options, text_cache: int = 64, concurrent: bool = True,
+                 tokenizer: TextTokenizer, executor, options, text_cache: int = TEXT_CACHE, concurrent: bool = True,
                  backend_reason: str = "asked for", precision_reason: str = "asked for", tuning=None):
         self.bundle = bundle
         self.manifest = bundle.manifest
@@ -56,7 +58,7 @@ class Pipeline:
         self._executor = executor
 
     @classmethod
-    def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, text_cache: int = 64,
+    def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, text_cache: int = TEXT_CACHE,
              tune: bool = True, **options) -> "Pipeline":
         """Open a bundle directory.
 
@@ -77,15 +79,15 @@ class Pipeline:
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         chosen = select(bundle, backend, precision, concurrent, tune, options)
-        name, kind, opts = chosen.backend, backend_class(chosen.backend), chosen.options
+        name, backend_cls, opts = chosen.backend, backend_class(chosen.backend), chosen.options
         m = bundle.manifest
         tokenizer = TextTokenizer(bundle.read(m.tokenizer.file, m.tokenizer.sha256, verify=opts.verify),
                                   m.tokenizer.max_seq_len)
         opened, executor = {}, None
         try:
             for comp in COMPONENTS:
-                opened[comp] = kind.open(bundle, comp, chosen.precision[comp], opts)
-            executor = _executor(kind, opened, m.wiring, opts, concurrent)
+                opened[comp] = backend_cls.open(bundle, comp, chosen.precision[comp], opts)
+            executor = _executor(backend_cls, opened, m.wiring, opts, concurrent)
             return cls(bundle, opened, name, chosen.precision, tokenizer, executor, opts, text_cache, concurrent,
                        chosen.backend_reason, chosen.precision_reason, chosen.tuning)
         except BaseException:
@@ -100,8 +102,8 @@ class Pipeline:
         try:
             for comp, backend in self.backends.items():
                 backends[comp] = backend.clone()
-            kind = backend_class(self.backend_name)
-            executor = _executor(kind, backends, self.manifest.wiring, self.options, self.concurrent)
+            executor = _executor(backend_class(self.backend_name), backends, self.manifest.wiring, self.options,
+                                 self.concurrent)
             twin = Pipeline(self.bundle, backends, self.backend_name, self.precision, self.tokenizer, executor,
                             self.options, 0, self.concurrent, self.backend_reason, self.precision_reason, self.tuning)
         except BaseException:
@@ -217,11 +219,9 @@ class Pipeline:
         self.close()
 
 
-def _executor(kind, backends: Mapping, wiring, options, concurrent: bool):
-    """What runs a call: the backend's fused path when it has one (and the branches may run at once), else the
-    generic one."""
-    return kind.fuse(backends, wiring, options) if kind.fuses and concurrent else \
-        BranchExecutor(backends, wiring, concurrent)
+def _executor(backend_cls, backends: Mapping, wiring, options, concurrent: bool):
+    """What runs a call: the backend's own executor (`Backend.executor`)."""
+    return backend_cls.executor(backends, wiring, options, concurrent)
 
 
 def _close_all(resources) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Mapping
 
 from fusionrt.runtime.errors import InputError
-from fusionrt.runtime.manifest import COMPONENTS
+from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 __all__ = ["PRECISIONS", "parse_precision", "format_precision"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
-_SHORT = {"image": "image_encoder", "text": "text_encoder", "head": "fusion_head"}
+_SHORT = {"image": IMAGE_ENCODER, "text": TEXT_ENCODER, "head": FUSION_HEAD}
 
 
 def parse_precision(value, default: Mapping[str, str] | None = None) -> dict:

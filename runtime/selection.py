@@ -38,12 +38,12 @@ def select(bundle, backend: str, precision, concurrent: bool, tune: bool, option
             return _measured(bundle, cpu, precision, concurrent, options, skipped)
     name, why = choose_backend(backend, bundle)
     opts = _options(name, backend, options, concurrent)
-    kind = backend_class(name)
-    target = kind.target(opts)
+    backend_cls = backend_class(name)
+    target = backend_cls.target(opts)
     if _asked(precision):
         return Selection(name, opts, parse_precision(precision, bundle.manifest.precision_for(target)), why,
                          "asked for")
-    if tune and name in CPU_BACKENDS and kind.device_of(opts) in ("cpu", "CPU"):
+    if tune and name in CPU_BACKENDS and backend_cls.device_of(opts) in ("cpu", "CPU"):
         from fusionrt.runtime.tune import tune as measure
 
         choice = measure(bundle, [(name, opts)])

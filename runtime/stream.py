@@ -78,7 +78,7 @@ class _Feed:
 
         self.id, self.source, self.spec, self.stop = sid, source, spec, stop
         self.live = callable(source) or (isinstance(source, (str, int)) and is_live(str(source)))
-        self.kind = "live" if self.live else ("file" if isinstance(source, (str, Path)) else "frames")
+        self.source_kind = "live" if self.live else ("file" if isinstance(source, (str, Path)) else "frames")
         self.box = Mailbox(policy, queue_size, stop, on_put)
         self.backoff_s, self.max_reconnects, self.raise_errors = backoff_s, max_reconnects, raise_errors
         self.events: list = []
@@ -149,7 +149,7 @@ class _Feed:
     def summary(self) -> dict:
         seconds = (self.last_at - self.first_at) if self.first_at is not None else 0.0
         lat = np.asarray(self.latencies) if self.latencies else None
-        return {"kind": self.kind, "processed": self.processed, "dropped": self.box.dropped,
+        return {"kind": self.source_kind, "processed": self.processed, "dropped": self.box.dropped,
                 "fps": round((self.processed - 1) / seconds, 2) if seconds > 0 else 0.0,
                 "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
                 "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,
@@ -245,136 +245,6 @@ class MultiStream:
             feed.recent.append(now)
             yield SourceFrame(feed.id, index, image, prediction, latency, rate(feed.recent), len(batch), feed.processed,
                               feed.box.dropped, hit)
-
-    def summary(self) -> dict:
-        seconds = (self.last_at - self.first_at) if self.first_at is not None else 0.0
-        lat = np.asarray(self.latencies) if self.latencies else None
-        return {"kind": self.kind, "processed": self.processed, "dropped": self.box.dropped,
-                "fps": round((self.processed - 1) / seconds, 2) if seconds > 0 else 0.0,
-                "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat is not None else None,
-                "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat is not None else None,
-                "reconnects": self.reconnects, "ended": self.box.finished, "events": list(self.events)}
-
-
-class MultiStream:
-    """Iterate for SourceFrame results; `summary()` per source; `stop()`; a context manager (stops and joins)."""
-
-    def __init__(self, pipeline, sources, text, policy: str = "latest", max_batch: int | None = None,
-                 max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
-                 max_reconnects: int | None = None, raise_errors: bool = False):
-        if policy not in POLICIES:
-            raise InputError(f"stream policy '{policy}' unknown: expected one of {POLICIES}.")
-        limit = pipeline.manifest.profile.batch[2]
-        max_batch = limit if max_batch is None else max_batch
-        if type(max_batch) is not int or not 1 <= max_batch <= limit:
-            raise InputError(f"max_batch: expected 1..{limit} (the bundle's profile maximum batch), found {max_batch!r}.")
-        if max_wait_ms < 0 or queue_size < 1:
-            raise InputError(f"max_wait_ms must be >= 0 and queue_size >= 1, found {max_wait_ms} and {queue_size}.")
-        self.pipeline, self.max_batch, self.max_wait_s = pipeline, max_batch, max_wait_ms / 1e3
-        self._ids = source_ids(sources)
-        self._text = _text_for(text, self._ids)
-        self._stop = threading.Event()
-        self._arrived = threading.Condition()
-        self._feeds = [_Feed(sid, src, pipeline.manifest.preprocess, policy, queue_size, self._stop, self._notify,
-                             backoff_s, max_reconnects, raise_errors) for sid, src in self._ids.items()]
-        self._turn = 0
-        self.batch_sizes: list = []  # frames in each call
-        self._started = False
-
-    def _notify(self) -> None:
-        with self._arrived:
-            self._arrived.notify_all()
-
-    def __iter__(self) -> Iterator[SourceFrame]:
-        if self._started:
-            raise InputError("a MultiStream runs once: call Pipeline.stream_many again for another run.")
-        self._started = True
-        for feed in self._feeds:
-            feed.thread.start()
-        try:
-            while (batch := self._next_batch()) is not None:
-                for start in range(0, len(batch), self.max_batch):
-                    yield from self._classify(batch[start:start + self.max_batch])
-        finally:
-            self.stop()
-
-    def _next_batch(self) -> list | None:
-        """(feed, item) for every source with a frame: after the first one is ready, up to max_wait for the rest."""
-        with self._arrived:
-            while True:
-                if self._stop.is_set():
-                    return None
-                ready = [f for f in self._feeds if f.box.items]
-                for feed in self._feeds:
-                    if feed.box.error is not None:
-                        raise feed.box.error
-                if ready:
-                    break
-                if all(f.box.finished for f in self._feeds):
-                    return None
-                self._arrived.wait(0.1)
-            deadline = time.perf_counter() + self.max_wait_s
-            while not self._stop.is_set():
-                waiting = [f for f in self._feeds if not f.box.items and not f.box.finished]
-                left = deadline - time.perf_counter()
-                if not waiting or left <= 0:
-                    break
-                self._arrived.wait(left)
-        # rotate who comes first, so that with more sources than max_batch the same ones do not always wait
-        order = self._feeds[self._turn:] + self._feeds[:self._turn]
-        self._turn = (self._turn + 1) % len(self._feeds)
-        return [(f, item) for f in order if (item := f.box.take()) is not None]
-
-    def _classify(self, batch: list):
-        texts = []
-        for feed, _ in batch:
-            words = self._text(feed.id)
-            if not isinstance(words, str) or not words.strip():
-                raise InputError(f"source '{feed.id}': its text must be a non-empty str, found {words!r}.")
-            texts.append(words)
-        pixels = np.concatenate([item[2] for _, item in batch])
-        logits, cached = self.pipeline.infer_texts(pixels, texts)
-        self.batch_sizes.append(len(batch))
-        now = time.perf_counter()
-        for (feed, (index, image, _, taken)), prediction, hit in zip(batch, self.pipeline.predictions(logits), cached):
-            feed.processed += 1
-            feed.first_at = feed.first_at if feed.first_at is not None else now
-            feed.last_at = now
-            latency = (now - taken) * 1e3
-            feed.latencies.append(latency)
-            feed.recent.append(now)
-            yield SourceFrame(feed.id, index, image, prediction, latency, rate(feed.recent), len(batch), feed.processed,
-                              feed.box.dropped, hit)
-
-    def _batch_tokens(self, texts: list) -> dict:
-        """The tokenizer's outputs for `texts`, from each text's tokens kept since its first frame (padded to the
-        longest): a camera's text rarely changes, so it is tokenized once, not once per call."""
-        rows = [self._tokens_of(t) for t in texts]
-        length = max(r["input_ids"].shape[1] for r in rows)
-        out = {}
-        for name in rows[0]:
-            pad = self.pipeline.tokenizer.pad_id if name == "input_ids" else 0
-            out[name] = np.full((len(rows), length), pad, dtype=rows[0][name].dtype)
-            for i, r in enumerate(rows):
-                out[name][i, :r[name].shape[1]] = r[name][0]
-        return out
-
-    def _logits(self, pixels: np.ndarray, texts: list) -> tuple:
-        """Logits for the rows, and which rows' text features were cached. Texts the cache lacks run the text branch
-        once each, in a call of their own rows; the rest of the batch then runs on cached features."""
-        cache: TextFeatureCache | None = self.pipeline.text_cache
-        if cache is None:
-            return self.pipeline.infer(pixels, self._batch_tokens(texts), text_cache=False).logits, [False] * len(texts)
-        missing = [t for t in dict.fromkeys(texts) if cache.keys(self._tokens_of(t))[0] not in cache]
-        first_rows = {texts.index(t) for t in missing}
-        rest = [i for i in range(len(texts)) if i not in first_rows]
-        logits = np.empty((len(texts), len(self.pipeline.labels)), np.float32)
-        if first_rows:
-            rows = sorted(first_rows)  # each missing text's first row, in the order of `missing`
-            logits[rows] = self.pipeline.infer(pixels[rows], self._batch_tokens([texts[i] for i in rows])).logits
-        if rest:
-            logits[rest] = self.pipeline.infer(pixels[rest], self._batch_tokens([texts[i] for i in rest])).logits
-        return logits, [i not in first_rows for i in range(len(texts))]
 
     def summary(self) -> dict:
         """Per source: kind, processed, dropped, fps, latency p50/p99, reconnects, ended, events."""

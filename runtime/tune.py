@@ -26,7 +26,7 @@ import numpy as np
 from fusionrt.runtime.cpu import cpu_kind
 from fusionrt.runtime.environment import cache_root
 from fusionrt.runtime.invariance import invariant, relative_deviation
-from fusionrt.runtime.manifest import COMPONENTS
+from fusionrt.runtime.manifest import COMPONENTS, IMAGE_ENCODER, TEXT_ENCODER
 from fusionrt.runtime.optional import installed_versions
 from fusionrt.runtime.precision import format_precision
 from fusionrt.runtime.tokenize import TextTokenizer
@@ -126,20 +126,20 @@ def tune(bundle, backends: Sequence, asked: Mapping[str, str] | None = None, for
     path = _cache_file(bundle)
     cache = _read_cache(path)
     for name, options in backends:
-        kind = backend_class(name)
-        configs = candidates(bundle.manifest, kind.target(options), asked)
+        backend_cls = backend_class(name)
+        configs = candidates(bundle.manifest, backend_cls.target(options), asked)
         key = _entry_key(name, options)
         entry = {} if force else dict(cache.get(key, {}))
         needed = {(c, p[c]) for p, _ in configs for c in COMPONENTS}
-        missing = sorted(n for n in needed if _part_key(kind, options, bundle, *n) not in entry)
+        missing = sorted(n for n in needed if _part_key(backend_cls, options, bundle, *n) not in entry)
         if missing:
             all_cached = False
             if say:
                 say(f"tuning {name} on this machine: {len(missing)} part/precision pairs")
-            entry.update(_measure(bundle, kind, options, missing))
+            entry.update(_measure(bundle, backend_cls, options, missing))
             cache[key] = entry
         for precision, why in configs:
-            parts = [entry[_part_key(kind, options, bundle, c, precision[c])] for c in COMPONENTS]
+            parts = [entry[_part_key(backend_cls, options, bundle, c, precision[c])] for c in COMPONENTS]
             ms = {int(b): sum(p["ms"][b] for p in parts) for b in parts[0]["ms"]}
             ok = all(p["invariant"] for p in parts)
             rows.append(Measured(name, precision, ms, ok, why or ("" if ok else "batch-dependent on this machine")))
@@ -162,23 +162,23 @@ def _why(best: Measured, rows: list) -> str:
             f"{runner_up.backend} {format_precision(runner_up.precision)})")
 
 
-def _part_key(kind, options, bundle, component: str, precision: str) -> str:
+def _part_key(backend_cls, options, bundle, component: str, precision: str) -> str:
     """What a part at a precision computes on this backend: two precisions that resolve alike are measured once."""
-    execution = kind.execution(precision, options, bundle.manifest.components[component].files)
+    execution = backend_cls.execution(precision, options, bundle.manifest.components[component].files)
     return f"{component}|{execution.flavour}|{execution.float_precision}|{sorted(execution.hints.items())}"
 
 
-def _measure(bundle, kind, options, parts: list) -> dict:
+def _measure(bundle, backend_cls, options, parts: list) -> dict:
     """{part key: {"ms": {batch: ms}, "invariant": bool, "deviation": float}} for each (component, precision)."""
     m = bundle.manifest
     batches = sorted({max(1, m.profile.batch[0]), min(LARGE_BATCH, m.profile.batch[2])})
     tokenizer = TextTokenizer(bundle.read(m.tokenizer.file, m.tokenizer.sha256), m.tokenizer.max_seq_len)
     out = {}
     for component, precision in parts:
-        key = _part_key(kind, options, bundle, component, precision)
+        key = _part_key(backend_cls, options, bundle, component, precision)
         if key in out:
             continue
-        with kind.open(bundle, component, precision, options) as backend:
+        with backend_cls.open(bundle, component, precision, options) as backend:
             name = backend.output_specs[0].name
             run = lambda feeds: backend.infer(feeds)[name]  # noqa: E731 - the part as the pipeline calls it
             ms = {b: _time(run, _feeds(m, component, b, tokenizer, timing=True)) for b in batches}
@@ -205,7 +205,7 @@ def _feeds(manifest, component: str, batch: int, tokenizer: TextTokenizer, timin
     tokens (of the profile's typical length for timing; of mixed lengths for the invariance check)."""
     rng = np.random.default_rng(batch)
     spec = manifest.components[component]
-    if component == "text_encoder":
+    if component == TEXT_ENCODER:
         texts = [_TEXTS[i % len(_TEXTS)] for i in range(batch)]
         seq = min(manifest.profile.seq[1], manifest.tokenizer.max_seq_len)
         tokens = tokenizer(texts, pad_to=max(seq, tokenizer(texts)["input_ids"].shape[1]) if timing else None)
@@ -215,7 +215,7 @@ def _feeds(manifest, component: str, batch: int, tokenizer: TextTokenizer, timin
     feeds = {}
     for s in spec.inputs:
         shape = [batch if d == "batch" else d for d in s.shape]
-        if component == "image_encoder" and not all(isinstance(d, int) for d in shape):
+        if component == IMAGE_ENCODER and not all(isinstance(d, int) for d in shape):
             shape = [batch, 3, manifest.preprocess.height, manifest.preprocess.width]
         feeds[s.name] = np.clip(rng.standard_normal(shape), -2.5, 2.5).astype(s.dtype)
     return feeds

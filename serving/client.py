@@ -21,6 +21,7 @@ from fusionrt.runtime.optional import require
 from fusionrt.runtime.prediction import Prediction, predictions
 from fusionrt.runtime.tokenize import check_text
 from fusionrt.serving.repository import ENSEMBLE, IMAGE, TEXT
+from fusionrt.runtime.manifest import FUSION_HEAD
 
 __all__ = ["TritonClient", "ServingError", "encode_image"]
 
@@ -108,7 +109,7 @@ class TritonClient:
             from fusionrt.runtime.bundle import Bundle
 
             m = (bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)).manifest
-            wanted = (tuple(m.labels), m.components["fusion_head"].outputs[0].name)
+            wanted = (tuple(m.labels), m.components[FUSION_HEAD].outputs[0].name)
             if (labels, logits) != wanted:
                 raise ServingError(f"model '{self.model}' on {self.url} has labels {list(labels)} and output "
                                    f"'{logits}'; the bundle has {list(wanted[0])} and '{wanted[1]}': the server "

@@ -20,7 +20,7 @@ from pathlib import Path
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.bundling.staging import TEMP_PREFIX, replace_directory
 from fusionrt.runtime.errors import BundleError, InputError
-from fusionrt.runtime.manifest import COMPONENTS, TensorSpec
+from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER, TensorSpec
 from fusionrt.runtime.precision import parse_precision
 from fusionrt.runtime.resolve import resolve
 from fusionrt.serving.pbtxt import Enum, dumps
@@ -68,14 +68,15 @@ class RepositoryOptions:
         return self
 
     @property
-    def kind(self) -> str:
+    def instance_kind(self) -> str:
+        """Triton's instance_group kind: KIND_GPU or KIND_CPU."""
         device = self.device or ("gpu" if self.platform == "tensorrt" else "cpu")
         return "KIND_GPU" if device == "gpu" else "KIND_CPU"
 
     def execution(self, precision: str, available=None):
         """What an instance of this platform computes for a part at `precision` (`fusionrt.runtime.resolve`)."""
         backend, cpu, gpu = _RUNS_AS[self.platform]
-        return resolve(backend, precision, gpu if self.kind == "KIND_GPU" else cpu, available=available)
+        return resolve(backend, precision, gpu if self.instance_kind == "KIND_GPU" else cpu, available=available)
 
 
 def write_repository(bundle, out, options: RepositoryOptions = RepositoryOptions(), overwrite: bool = False) -> dict:
@@ -105,7 +106,7 @@ def write_repository(bundle, out, options: RepositoryOptions = RepositoryOptions
         _write_preprocess(bundle, wiring, max_batch, options, staging / PREPROCESS)
         _write_ensemble(m, wiring, max_batch, staging / ENSEMBLE)
         summary = {"platform": options.platform, "precision": precision, "max_batch": max_batch,
-                   "instances": options.instances, "kind": options.kind, "bundle": str(bundle.root),
+                   "instances": options.instances, "kind": options.instance_kind, "bundle": str(bundle.root),
                    "models": [PREPROCESS, *COMPONENTS, ENSEMBLE], "ensemble": ENSEMBLE,
                    "options": dataclasses.asdict(options)}
         (staging / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
@@ -137,7 +138,7 @@ def _batching(max_batch: int, options: RepositoryOptions) -> dict:
     preferred = sorted({b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch} | {max_batch})[-3:]
     return {"dynamic_batching": {"preferred_batch_size": preferred,
                                  "max_queue_delay_microseconds": options.queue_delay_us},
-            "instance_group": [{"count": options.instances, "kind": Enum(options.kind)}]}
+            "instance_group": [{"count": options.instances, "kind": Enum(options.instance_kind)}]}
 
 
 def _max_batch(m, options: RepositoryOptions, engines: dict) -> int:
@@ -209,8 +210,8 @@ def _write_preprocess(bundle, wiring, max_batch: int, options: RepositoryOptions
     version = folder / "1"
     version.mkdir(parents=True)
     shutil.copyfile(bundle.file(m.tokenizer.file, m.tokenizer.sha256), version / "tokenizer.json")
-    image_spec = m.components["image_encoder"].inputs[0]
-    text_specs = {t.name: t for t in m.components["text_encoder"].inputs}
+    image_spec = m.components[IMAGE_ENCODER].inputs[0]
+    text_specs = {t.name: t for t in m.components[TEXT_ENCODER].inputs}
     settings = {"preprocess": m.preprocess.to_dict(), "max_seq_len": m.tokenizer.max_seq_len,
                 "seq_bucket": options.seq_bucket, "image_input": IMAGE, "text_input": TEXT,
                 "pixels": image_spec.to_dict(), "tokens": [text_specs[n].to_dict() for n in wiring.text_inputs]}
@@ -227,7 +228,7 @@ def _write_preprocess(bundle, wiring, max_batch: int, options: RepositoryOptions
 def _write_ensemble(m, wiring, max_batch: int, folder: Path) -> None:
     (folder / "1").mkdir(parents=True)
     comps = m.components
-    logits = comps["fusion_head"].outputs[0]
+    logits = comps[FUSION_HEAD].outputs[0]
 
     def step(model: str, inputs, outputs) -> dict:
         return {"model_name": model, "model_version": -1,
@@ -243,9 +244,9 @@ def _write_ensemble(m, wiring, max_batch: int, folder: Path) -> None:
         "ensemble_scheduling": {"step": [
             step(PREPROCESS, [(IMAGE, IMAGE), (TEXT, TEXT)],
                  [(wiring.image_input, wiring.image_input), *((n, n) for n in wiring.text_inputs)]),
-            step("image_encoder", names(comps["image_encoder"].inputs), names(comps["image_encoder"].outputs)),
-            step("text_encoder", names(comps["text_encoder"].inputs), names(comps["text_encoder"].outputs)),
-            step("fusion_head", names(comps["fusion_head"].inputs), names(comps["fusion_head"].outputs)),
+            step(IMAGE_ENCODER, names(comps[IMAGE_ENCODER].inputs), names(comps[IMAGE_ENCODER].outputs)),
+            step(TEXT_ENCODER, names(comps[TEXT_ENCODER].inputs), names(comps[TEXT_ENCODER].outputs)),
+            step(FUSION_HEAD, names(comps[FUSION_HEAD].inputs), names(comps[FUSION_HEAD].outputs)),
         ]},
         # what fusionrt.client reads back: the labels of the logits, and the tensor that holds them
         "parameters": _parameters({"labels": json.dumps(list(m.labels), ensure_ascii=False),

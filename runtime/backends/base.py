@@ -2,21 +2,21 @@
 
 A backend is a class registered under its `name` (see `fusionrt.runtime.backends.BACKENDS`) and imported only when
 chosen. It declares its typed, frozen `Options`; `open` gives one bundle component ready to run, with its input and
-output specs from the manifest. The public `infer` does the shared checks (names, dtypes, ranks, fixed dimensions),
-times the call and then calls the backend's `_infer` hook, so a backend stays small. A backend that can run the two
-branches and the head as one device-side sequence (the TensorRT backends: two CUDA streams, one host sync) says so
-with `fuses = True` and implements `fuse`; the pipeline then runs through what `fuse` returns.
+output specs from the manifest. The public `infer` does the shared checks (names, dtypes, ranks, fixed dimensions)
+and then calls the backend's `_infer` hook, so a backend stays small. How a pipeline runs its three components is
+the backend's `executor` (`fusionrt.runtime.execution.Executor`): the generic BranchExecutor, unless the backend has
+a better way (OpenVINO's asynchronous requests; TensorRT's CUDA streams and device-side head).
 """
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar, Mapping
 
 import numpy as np
 
 from fusionrt.runtime.backends.options import BackendOptions
 from fusionrt.runtime.errors import BackendUnavailable, InputError
+from fusionrt.runtime.execution import BranchExecutor
 from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.resolve import Execution, resolve
@@ -35,13 +35,11 @@ class Backend:
 
     name: ClassVar[str] = "base"
     Options: ClassVar[type] = BackendOptions
-    fuses: ClassVar[bool] = False  # implements `fuse`: both branches and the head as one device-side call
     package: ClassVar[str | None] = None  # the Python package it runs on (usable when it imports)
 
     def __init__(self, inputs: tuple, outputs: tuple):
         self.input_specs: tuple = tuple(inputs)
         self.output_specs: tuple = tuple(outputs)
-        self.last_inference_ms = 0.0  # wall time of the last `infer`, checks excluded
         self._closed = False
 
     # -- what a backend class provides ----------------------------------------------------------------
@@ -88,10 +86,9 @@ class Backend:
         raise NotImplementedError(f"backend '{cls.name}' loads engines, not model files")
 
     @classmethod
-    def fuse(cls, backends: Mapping[str, "Backend"], wiring, options: BackendOptions):
-        """Only where `fuses`: an executor (`run(pixels, tokens, text_features=None) -> Result`, `close()`) that runs
-        the three opened components of this class as one call."""
-        raise NotImplementedError(f"backend '{cls.name}' does not fuse its components")
+    def executor(cls, backends: Mapping[str, "Backend"], wiring, options: BackendOptions, concurrent: bool):
+        """The Executor that runs the three opened components of this class as one pipeline call."""
+        return BranchExecutor(backends, wiring, concurrent)
 
     def clone(self) -> "Backend":
         """Another handle on this loaded model, for another thread or pipeline: it shares what is read-only and
@@ -105,10 +102,7 @@ class Backend:
         if self._closed:
             raise InputError(f"{self.name} backend is closed: expected an open backend. Load the pipeline again.")
         self.check(feeds)
-        start = time.perf_counter()
-        outputs = self._infer(feeds)
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
-        return outputs
+        return self._infer(feeds)
 
     def check(self, feeds: Mapping[str, np.ndarray]) -> None:
         """The shared input checks `infer` runs (a fused executor runs them too): InputError when `feeds` are not

@@ -88,7 +88,7 @@ class OnnxRuntimeBackend(Backend):
     def clone(self) -> "OnnxRuntimeBackend":
         """The same session (ONNX Runtime runs one session from many threads at once) behind another handle."""
         twin = copy.copy(self)
-        twin._closed, twin.last_inference_ms = False, 0.0
+        twin._closed = False
         return twin
 
     def close(self) -> None:

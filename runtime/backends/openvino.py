@@ -20,8 +20,9 @@ import numpy as np
 
 from fusionrt.runtime.backends.base import Backend, BackendOptions
 from fusionrt.runtime.errors import BackendUnavailable
-from fusionrt.runtime.execution import Result, Timings, host_results_only
+from fusionrt.runtime.execution import Executor, Result, Timings, host_results_only
 from fusionrt.runtime.optional import require
+from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 __all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model"]
 
@@ -58,7 +59,6 @@ def compile_model(data, device: str = "CPU", hint: str = "f32", threads: int = 0
 class OpenVINOBackend(Backend):
     name = "openvino"
     Options = OpenVINOOptions
-    fuses = True  # its executor runs the image branch as an asynchronous infer request
     package = "openvino"
 
     def __init__(self, compiled, inputs: tuple, outputs: tuple):
@@ -100,8 +100,9 @@ class OpenVINOBackend(Backend):
         return cls(compiled, component.inputs, component.outputs)
 
     @classmethod
-    def fuse(cls, backends: Mapping[str, "OpenVINOBackend"], wiring, options: OpenVINOOptions) -> "OpenVINOExecutor":
-        return OpenVINOExecutor(backends, wiring)
+    def executor(cls, backends: Mapping[str, "OpenVINOBackend"], wiring, options: OpenVINOOptions, concurrent: bool):
+        """With concurrent branches, the image branch as an asynchronous request beside the text branch."""
+        return OpenVINOExecutor(backends, wiring) if concurrent else super().executor(backends, wiring, options, False)
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
         request = self.request
@@ -117,12 +118,12 @@ class OpenVINOBackend(Backend):
         super().close()
 
 
-class OpenVINOExecutor:
+class OpenVINOExecutor(Executor):
     """The image branch as an asynchronous infer request while the text branch runs on the caller's thread (or the
     text's features are given), then the head. Each calling thread has its own requests."""
 
     def __init__(self, backends: Mapping[str, OpenVINOBackend], wiring):
-        self.image, self.text, self.head = (backends[c] for c in ("image_encoder", "text_encoder", "fusion_head"))
+        self.image, self.text, self.head = (backends[c] for c in (IMAGE_ENCODER, TEXT_ENCODER, FUSION_HEAD))
         self.wiring = wiring
 
     def run(self, pixels: np.ndarray, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,

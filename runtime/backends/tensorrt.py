@@ -23,6 +23,7 @@ from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
 from fusionrt.runtime.backends.trt_fusion import TensorRTFusion
 from fusionrt.runtime.device_array import DeviceArray
 from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
+from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 __all__ = ["TensorRTBackend", "TensorRTRTXBackend", "TensorRTOptions", "TensorRTFusion", "check_engine"]
 
@@ -117,7 +118,6 @@ class TensorRTOptions(BackendOptions):
 class TensorRTBackend(Backend):
     name = "tensorrt"
     Options = TensorRTOptions
-    fuses = True
     product: ClassVar[str] = "tensorrt"  # the Python package whose runtime deserializes the plans
 
     def __init__(self, api: TrtApi, plan, record, inputs: tuple, outputs: tuple, stream: cuda.Stream, shared=None,
@@ -175,7 +175,7 @@ class TensorRTBackend(Backend):
         comp = bundle.manifest.components[component]
         record = _select(comp, precision, api, gpu_cc, gpu_name)
         plan = bundle.read(record.path, record.sha256, verify=options.verify)  # read once: these bytes are the engine
-        borrowed = options.stream if component == "fusion_head" else None
+        borrowed = options.stream if component == FUSION_HEAD else None
         stream = cuda.Stream(int(borrowed) if borrowed is not None else None)
         try:
             return cls(api, plan, record, comp.inputs, comp.outputs, stream, cuda_graphs=options.cuda_graphs)
@@ -184,10 +184,14 @@ class TensorRTBackend(Backend):
             raise
 
     @classmethod
-    def fuse(cls, backends: Mapping[str, "TensorRTBackend"], wiring, options: TensorRTOptions) -> "TensorRTFusion":
-        head = backends["fusion_head"]
+    def executor(cls, backends: Mapping[str, "TensorRTBackend"], wiring, options: TensorRTOptions,
+                 concurrent: bool = True):
+        """TensorRTFusion: with concurrent branches, on two CUDA streams; else the generic one."""
+        if not concurrent:
+            return super().executor(backends, wiring, options, False)
+        head = backends[FUSION_HEAD]
         # TensorRT-RTX runs CUDA graphs itself (its contexts were made with them on): no capture of our own there
-        return TensorRTFusion(backends["image_encoder"], backends["text_encoder"], head, wiring,
+        return TensorRTFusion(backends[IMAGE_ENCODER], backends[TEXT_ENCODER], head, wiring,
                               graphs=options.cuda_graphs and not head.api.builtin_cuda_graphs)
 
     def _allocate(self, trt) -> None:

@@ -15,12 +15,12 @@ from fusionrt.runtime import cuda
 from fusionrt.runtime.backends.base import check_spec
 from fusionrt.runtime.device_array import DeviceArray, as_device_array
 from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
-from fusionrt.runtime.execution import Result, Timings
+from fusionrt.runtime.execution import Executor, Result, Timings
 
 __all__ = ["TensorRTFusion"]
 
 
-class TensorRTFusion:
+class TensorRTFusion(Executor):
     """Both branches at once on two streams, the head after both (events), one host sync; CUDA graphs optional.
     With the text's features given (the pipeline's text cache), the image branch and the head alone. Tensors are
     addressed by the manifest's names (`wiring`); the backends are driven through their public steps."""

@@ -121,7 +121,7 @@ def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dic
         backends = open_copy_backends(cu, Path(folder), head_stream)
         try:
             for mode in ("eager", "cuda_graphs"):
-                fusion = TensorRTBackend.fuse(backends, WIRING, TensorRTOptions(cuda_graphs=mode == "cuda_graphs"))
+                fusion = TensorRTBackend.executor(backends, WIRING, TensorRTOptions(cuda_graphs=mode == "cuda_graphs"), True)
                 equal, timings_read, host_us = True, True, []
                 try:
                     for call in range(calls):

@@ -85,7 +85,7 @@ def emulated(request, monkeypatch, tmp_path):
         """The three components fused; on exit everything closed, and every buffer, event and graph released."""
         backends = {c: open_backend(m) for c, m in (("image_encoder", "image"), ("text_encoder", "text"),
                                                      ("fusion_head", "head"))}
-        fusion = trt_backend.TensorRTBackend.fuse(backends, WIRING, trt_backend.TensorRTOptions(cuda_graphs=graphs))
+        fusion = trt_backend.TensorRTBackend.executor(backends, WIRING, trt_backend.TensorRTOptions(cuda_graphs=graphs), True)
         yield fusion, backends
         fusion.close()
         for backend in backends.values():
