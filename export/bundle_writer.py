@@ -51,31 +51,9 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
     try:
         model.tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
         tokenizer = TextTokenizer(staging / "tokenizer.json", config.max_seq_len)
-        pixels = preprocess_batch(images, config.preprocess)
-        tokens = tokenizer(texts)
-        t_pixels = torch.from_numpy(pixels)
-        t_tokens = {k: torch.from_numpy(v) for k, v in tokens.items()}
-        with torch.no_grad():
-            image_features = model.image_encoder(t_pixels)
-            text_features = model.text_encoder(t_tokens["input_ids"], t_tokens["attention_mask"])
-            logits = model.head(image_features, text_features)
-        batch, seq = {0: "batch"}, {0: "batch", 1: "sequence"}
-        jobs = {
-            IMAGE_ENCODER: (model.image_encoder, (t_pixels,), ["pixel_values"], ["image_features"],
-                              {"pixel_values": batch, "image_features": batch}),
-            TEXT_ENCODER: (model.text_encoder, (t_tokens["input_ids"], t_tokens["attention_mask"]),
-                             ["input_ids", "attention_mask"], ["text_features"],
-                             {"input_ids": seq, "attention_mask": seq, "text_features": batch}),
-            FUSION_HEAD: (model.head, (image_features, text_features), ["image_features", "text_features"], ["logits"],
-                            {"image_features": batch, "text_features": batch, "logits": batch}),
-        }
-        components = {}
-        for name, (module, args, ins, outs, dynamic) in jobs.items():
-            path = staging / f"{name}.onnx"
-            in_specs, out_specs = export_module(module, args, path, ins, outs, dynamic, opset, dynamo)
-            components[name] = Component(name, {"fp32": ModelFile(path.name, sha256_of(path))}, in_specs, out_specs)
-
-        references, candidates = _run_both(staging, components, pixels, tokens, image_features, text_features, logits)
+        pixels, tokens = preprocess_batch(images, config.preprocess), tokenizer(texts)
+        components, torch_outputs = _export_parts(model, staging, pixels, tokens, opset, dynamo)
+        references, candidates = _run_both(staging, components, pixels, tokens, *torch_outputs)
         tolerances = {key: _tolerance(key, tolerance, references[key]) for key in references}
         checks = check_parity(references, candidates, tolerances)
         manifest = Manifest(
@@ -97,6 +75,33 @@ def export_bundle(model: FusionClassifier, out_dir, images: Sequence, texts: Seq
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Bundle.open(out_dir)
+
+
+def _export_parts(model, staging: Path, pixels, tokens: dict, opset: int, dynamo: bool) -> tuple:
+    """({component: Component}, (image features, text features, logits) from PyTorch): each part exported to ONNX
+    in `staging` with named dynamic axes, on the real samples."""
+    t_pixels = torch.from_numpy(pixels)
+    t_tokens = {k: torch.from_numpy(v) for k, v in tokens.items()}
+    with torch.no_grad():
+        image_features = model.image_encoder(t_pixels)
+        text_features = model.text_encoder(t_tokens["input_ids"], t_tokens["attention_mask"])
+        logits = model.head(image_features, text_features)
+    batch, seq = {0: "batch"}, {0: "batch", 1: "sequence"}
+    jobs = {
+        IMAGE_ENCODER: (model.image_encoder, (t_pixels,), ["pixel_values"], ["image_features"],
+                        {"pixel_values": batch, "image_features": batch}),
+        TEXT_ENCODER: (model.text_encoder, (t_tokens["input_ids"], t_tokens["attention_mask"]),
+                       ["input_ids", "attention_mask"], ["text_features"],
+                       {"input_ids": seq, "attention_mask": seq, "text_features": batch}),
+        FUSION_HEAD: (model.head, (image_features, text_features), ["image_features", "text_features"], ["logits"],
+                      {"image_features": batch, "text_features": batch, "logits": batch}),
+    }
+    components = {}
+    for name, (module, args, ins, outs, dynamic) in jobs.items():
+        path = staging / f"{name}.onnx"
+        in_specs, out_specs = export_module(module, args, path, ins, outs, dynamic, opset, dynamo)
+        components[name] = Component(name, {"fp32": ModelFile(path.name, sha256_of(path))}, in_specs, out_specs)
+    return components, (image_features, text_features, logits)
 
 
 def _run_both(folder, components, pixels, tokens, image_features, text_features, logits):

@@ -29,7 +29,7 @@ class TensorRTFusion(Executor):
         self.image, self.text, self.head, self.wiring, self.use_graphs = image, text, head, wiring, graphs
         for name, source in ((wiring.image_output, image), (wiring.text_output, text)):
             # The head reads these buffers as they are: element type and feature width must agree byte for byte.
-            (out_dtype, out_shape), (in_dtype, in_shape) = source.layout(name), head.layout(name)
+            (out_dtype, out_shape), (in_dtype, in_shape) = source.io.layout(name), head.io.layout(name)
             if (out_dtype, out_shape) != (in_dtype, in_shape):
                 raise EngineMismatch(f"{name}: the encoder's engine writes {out_dtype} {list(out_shape)} per sample but "
                                      f"the head's engine reads {in_dtype} {list(in_shape)}; rebuild the engines from "
@@ -63,23 +63,23 @@ class TensorRTFusion(Executor):
             backend.stream.wait(joins["fork"])
             marks[f"{branch}0"].record(backend.stream, external=True)
             if backend is self.image and source is not None:
-                backend.enqueue_copy_in_device(w.image_input, source)  # device to device: no host copy of the frame
+                backend.io.enqueue_copy_in_device(w.image_input, source)  # device to device: no host copy of the frame
             else:
-                backend.enqueue_copy_in()
+                backend.io.enqueue_copy_in()
             backend.enqueue_run()
             if branch == "text":
-                backend.enqueue_copy_out()  # a few KiB: the features the pipeline's text cache keeps
+                backend.io.enqueue_copy_out()  # a few KiB: the features the pipeline's text cache keeps
             marks[f"{branch}1"].record(backend.stream, external=True)
             joins[f"{branch}_done"].record(backend.stream)
         if not with_text:  # cached features: uploaded to the head's own input while the image branch runs
-            self.head.bind(w.text_output)
-            self.head.enqueue_copy_in([w.text_output])
+            self.head.io.bind(w.text_output)
+            self.head.io.enqueue_copy_in([w.text_output])
         for backend, branch, name in branches:
             main.wait(joins[f"{branch}_done"])
-            self.head.bind(name, backend.device_address(name))  # no host round trip
+            self.head.io.bind(name, backend.io.device_address(name))  # no host round trip
         self.head.enqueue_run()
         if not self._device_output:
-            self.head.enqueue_copy_out()
+            self.head.io.enqueue_copy_out()
         marks["head1"].record(main, external=True)
 
     def run(self, pixels, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
@@ -103,11 +103,11 @@ class TensorRTFusion(Executor):
         device = as_device_array(pixels)
         if device is not None:
             check_spec(next(s for s in self.image.input_specs if s.name == w.image_input), device.dtype, device.shape)
-            self.image.set_shapes({w.image_input: device.shape})
+            self.image.io.set_shapes({w.image_input: device.shape})
         else:
             image_feeds = {w.image_input: pixels}
             self.image.check(image_feeds)
-            self.image.set_inputs(image_feeds)
+            self.image.io.set_inputs(image_feeds)
         self._device_input, self._device_output = device, device_output
         graphs = device is None and not device_output  # a graph would bake in the caller's pointer or the copy-out
         n = device.shape[0] if device is not None else len(pixels)
@@ -115,16 +115,16 @@ class TensorRTFusion(Executor):
         if with_text:
             text_feeds = w.text_feeds(tokens)
             self.text.check(text_feeds)
-            self.text.set_inputs(text_feeds)
-            self._head_shapes(n, self.text.layout(w.text_output)[1][0])
+            self.text.io.set_inputs(text_feeds)
+            self._head_shapes(n, self.text.io.layout(w.text_output)[1][0])
             self._run((n, tokens[w.text_inputs[0]].shape[1]), self._enqueue, (self.image, self.text, self.head), graphs,
                       sync)
             if not sync:
                 self.text.stream.synchronize()  # the few KiB of text features the text cache keeps, not the head
-            text_features = self.text.outputs()[w.text_output]
+            text_features = self.text.io.outputs()[w.text_output]
         else:
             self._head_shapes(n, text_features.shape[1])
-            self.head.write_input(w.text_output, text_features)
+            self.head.io.write_input(w.text_output, text_features)
             self._run(("text given", n), lambda: self._enqueue(with_text=False), (self.image, self.head), graphs, sync)
         if sync:
             if with_text:
@@ -137,15 +137,15 @@ class TensorRTFusion(Executor):
         else:
             self._pending = True
         if device_output:
-            logits = DeviceArray(self.head.device_address(w.logits), self.head.output_shape(w.logits),
-                                 self.head.layout(w.logits)[0], self.head.stream.ptr, owner=self)
+            logits = DeviceArray(self.head.io.device_address(w.logits), self.head.io.output_shape(w.logits),
+                                 self.head.io.layout(w.logits)[0], self.head.stream.ptr, owner=self)
         else:
-            logits = self.head.outputs()[w.logits]
+            logits = self.head.io.outputs()[w.logits]
         return Result(logits, text_features, timings)
 
     def _head_shapes(self, n: int, text_width: int) -> None:
         w = self.wiring
-        self.head.set_shapes({w.image_output: (n, *self.image.layout(w.image_output)[1]),
+        self.head.io.set_shapes({w.image_output: (n, *self.image.io.layout(w.image_output)[1]),
                               w.text_output: (n, text_width)})
 
     def _run(self, key: tuple, enqueue, backends: tuple, graphs: bool = True, sync: bool = True) -> None:
@@ -153,7 +153,7 @@ class TensorRTFusion(Executor):
         shape is captured only when every context in the call last enqueued eagerly at its shapes of now: after a
         shape change, TensorRT's first enqueue does set-up work a capture must not record (shapes A, B, A: the second
         A runs eagerly, the third is captured)."""
-        shapes = {id(b): b.input_shapes() for b in backends}
+        shapes = {id(b): b.io.input_shapes() for b in backends}
         ready = all(self._enqueued.get(k) == v for k, v in shapes.items())
         if graphs and self.use_graphs and key not in self.graphs and ready:
             self.graphs[key] = self._capture(key, enqueue, backends)

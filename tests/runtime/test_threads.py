@@ -87,7 +87,7 @@ def test_tensorrt_from_threads_one_pipeline_and_clones(built, calibrated, monkey
         clone = pipe.clone()
         image, twin = pipe.backends["image_encoder"], clone.backends["image_encoder"]
         assert twin.engine is image.engine and twin.context is not image.context
-        assert twin.device_address("pixel_values") != image.device_address("pixel_values")
+        assert twin.io.device_address("pixel_values") != image.io.device_address("pixel_values")
         assert twin.stream.handle != image.stream.handle
         clones = [clone] + [pipe.clone() for _ in range(THREADS - 1)]
         _same(_run_all(lambda worker: clones[worker], jobs), expected)

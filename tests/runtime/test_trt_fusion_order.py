@@ -89,6 +89,7 @@ class FakeBackend:
         self.inputs, self.outputs_ = inputs, outputs
         self.input_specs = tuple(TensorSpec(n, "float32", ("batch", d)) for n, d in inputs.items())
         self.addresses, self.shapes, self.written, self.checked = {}, {}, {}, []
+        self.io = self  # the buffers' steps (EngineIO) and the backend's, on one double
 
     def layout(self, name):
         return self.dtypes[name], (self.dims[name],)

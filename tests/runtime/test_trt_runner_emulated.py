@@ -115,14 +115,14 @@ def _expected(pixels, tokens):
 
 def test_one_backend_runs_every_shape_in_its_profile_in_buffers_sized_once(emulated):
     image = emulated.open("image")
-    sizes = image.buffer_bytes()
+    sizes = image.io.buffer_bytes()
     assert sizes == {"pixel_values": 4 * 3 * 4 * 4 * 4, "image_features": 4 * 6 * 4}  # the profile's largest
     for batch in (2, 4, 1):
         pixels, _ = _inputs(batch, 1, seed=batch)
         out = image.infer({"pixel_values": pixels})
         assert out["image_features"].shape == (batch, 6)
         np.testing.assert_allclose(out["image_features"], image_model(pixels)["image_features"], rtol=1e-6)
-    assert image.buffer_bytes() == sizes  # no allocation per call
+    assert image.io.buffer_bytes() == sizes  # no allocation per call
     with pytest.raises(InputError, match="exceeds the engine's profile maximum"):
         image.infer({"pixel_values": _inputs(5, 1)[0]})
     image.close()
@@ -136,7 +136,7 @@ def test_fused_path_feeds_the_head_from_the_encoders_device_outputs(emulated):
             logits = fusion.run(pixels, tokens).logits
             np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
         head = backends["fusion_head"]
-        assert not head._tensors["image_features"].host.array.any()  # white-box: never copied through the host
+        assert not head.io._tensors["image_features"].host.array.any()  # white-box: never copied through the host
         pixels, tokens = _inputs(2, 5, seed=9)  # the head alone still runs from its own input buffers
         features = {**image_model(pixels), **text_model(**tokens)}
         np.testing.assert_allclose(head.infer(features)["logits"], _expected(pixels, tokens), rtol=1e-5)
@@ -227,16 +227,16 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
 def test_shape_and_feed_errors_are_input_errors(emulated):
     image = emulated.open("image")
     with pytest.raises(InputError, match=r"shape \[1, 3, 2, 4\] is below the engine's profile minimum \[1, 3, 4, 4\]"):
-        image.set_shapes({"pixel_values": (1, 3, 2, 4)})
+        image.io.set_shapes({"pixel_values": (1, 3, 2, 4)})
     with pytest.raises(InputError, match=r"expected 4 dimensions, found shape \[1, 3, 4\]"):
-        image.set_shapes({"pixel_values": (1, 3, 4)})
+        image.io.set_shapes({"pixel_values": (1, 3, 4)})
     with pytest.raises(InputError, match=r"'image_features' is not an input"):
-        image.set_shapes({"image_features": (1, 6)})
-    real = image.context
-    image.context = SimpleNamespace(set_input_shape=lambda name, shape: False)  # TensorRT says no
+        image.io.set_shapes({"image_features": (1, 6)})
+    real = image.io.context
+    image.io.context = SimpleNamespace(set_input_shape=lambda name, shape: False)  # TensorRT says no
     with pytest.raises(InputError, match=r"TensorRT refused shape \[2, 3, 4, 4\]"):
-        image.set_shapes({"pixel_values": (2, 3, 4, 4)})
-    image.context = real
+        image.io.set_shapes({"pixel_values": (2, 3, 4, 4)})
+    image.io.context = real
     image.close()
     with emulated.fused(False) as (fusion, backends):  # the fused path runs the shared input checks too
         pixels, tokens = _inputs(2, 5)
@@ -333,8 +333,8 @@ def test_device_arrays_in_and_out_skip_the_host(emulated):
             logits = view(result.logits.ptr, result.logits.dtype, result.logits.shape).copy()
             np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
         image, head = backends["image_encoder"], backends["fusion_head"]
-        assert not image._tensors["pixel_values"].host.array.any()  # white-box: the frame never went through the host
-        assert not head._tensors["logits"].host.array.any()  # nor the logits
+        assert not image.io._tensors["pixel_values"].host.array.any()  # white-box: the frame never went through the host
+        assert not head.io._tensors["logits"].host.array.any()  # nor the logits
         assert not fusion.graphs  # device in or out: eager (a graph would bake in the caller's pointer)
 
 
