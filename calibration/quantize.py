@@ -30,10 +30,8 @@ __all__ = ["METHODS", "RECIPE", "QUANTIZED_OPS", "collect_ranges", "quantize_com
 METHODS = ("minmax", "percentile", "entropy")
 RECIPE = 7  # bumped whenever what is quantized changes (keys cached quantized models)
 QUANTIZED_OPS = {
-    # Clip (ReLU6) and Relu too: quantized with the conv before them, ONNX Runtime's asymmetric U8 graph drops them
-    # into the conv's output range (QLinearConv to QLinearConv); left out, every one cost a DequantizeLinear +
-    # QuantizeLinear pair, 58 % of EfficientNet-Lite0's INT8 time, and a second rounding (image cosine 0.84 -> 0.99
-    # with every conv INT8). The symmetric TensorRT graph keeps them, between Q/DQ, for TensorRT to fuse.
+    # Clip (ReLU6) and Relu too: ONNX Runtime's U8 graph folds them into the conv's output range; left out, each costs
+    # a DequantizeLinear + QuantizeLinear pair and a second rounding. TensorRT fuses them between its Q/DQ itself.
     IMAGE_ENCODER: ["Conv", "MatMul", "Gemm", "Clip", "Relu"],
     TEXT_ENCODER: ["MatMul", "Gemm"],
     FUSION_HEAD: ["MatMul", "Gemm"],

@@ -15,14 +15,9 @@ from fusionrt.runtime.optional import require
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "gpu_providers"]
 
-# Graph optimizations every session leaves off. WeightBiasQuantization quantizes the float weights of a layer that
-# sits between a DequantizeLinear and a QuantizeLinear, per tensor: exactly the layers calibration kept float because
-# INT8 could not hold them (demo EfficientNet-Lite0, held-out split, image features' cosine vs FP32: every conv INT8
-# 0.988; the first depthwise conv kept float, 0.908 with it on, 0.992 with it off).
+# Off in every session: it quantizes, per tensor, the float weights of the layers a Q/DQ graph keeps float.
 DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
-# And those sessions on the CPU alone leave off: its SkipLayerNormalization (BERT's residual Add fused with its
-# LayerNorm) runs about 5x slower than the two ops it replaces (ORT 1.32, 128 x 768: 0.22 against 0.045 ms; BERT-base
-# INT8 at seq 128 spent 6 of its 35 ms in it). GPU providers keep it.
+# Off where only the CPU runs: its SkipLayerNormalization is slower than the Add and LayerNorm it fuses.
 CPU_SLOW_FUSIONS = ("SkipLayerNormFusion",)
 
 
@@ -34,8 +29,7 @@ class OnnxRuntimeOptions(BackendOptions):
     providers: tuple | None = None  # or an explicit list: names, or (name, provider options) pairs
     threads: int = 0  # intra-op threads per session; 0 = ONNX Runtime's default (one per core)
     # Worker threads spin between a call's ops instead of sleeping, and stop when the call returns. None: on when the
-    # branches run one after the other (BERT-base + ResNet-50 INT8, batch 1: 38 against 48 ms per pair on 2 cores),
-    # off when they run at once, where the spinning workers of one branch take the cores of the other.
+    # branches run one after the other, off when they run at once (one branch's spinning workers take the other's cores).
     spinning: bool | None = None
     allow_fallback: bool = False  # run on the providers that loaded instead of raising
     optimize: bool = True  # False: the graph as written (Q/DQ not fused into this CPU's integer kernels)
