@@ -57,14 +57,18 @@ def _target(api: TrtApi, compute_capability: str | None) -> tuple:
     return f"{slug}-sm{major}{minor}", f"{major}.{minor}"
 
 
+CONTEXTS = 2  # optimization profiles per engine by default: a pipeline and one clone may run it at once
+
+
 def engine_folder(api: TrtApi, device: str) -> str:
     return f"engines/{api.product}-{api.version}-{device}"
 
 
 def _cache_key(onnx_sha: str, api: TrtApi, device: str, precision: str, profile: Profile,
-               capturable: bool = False) -> str:
+               capturable: bool = False, contexts: int = 1) -> str:
     parts = [onnx_sha, api.product, str(api.version), device, precision, profile.to_dict()] + (["capturable"] if
                                                                                                 capturable else [])
+    parts += [f"contexts={contexts}"] if contexts != 1 else []
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -95,7 +99,7 @@ def _float_compute(network) -> dict:
 
 
 def _build_one(api: TrtApi, logger, onnx_name: str, onnx: bytes, comp, precision: str, profile: Profile, cc,
-               folder: Path, workspace_mib: int | None, capturable: bool = False) -> tuple:
+               folder: Path, workspace_mib: int | None, capturable: bool = False, contexts: int = 1) -> tuple:
     """(plan bytes, layer counts, float compute counts) of one engine, parsed from `onnx`: the bytes whose sha256 was
     just checked."""
     trt = api.trt
@@ -112,15 +116,19 @@ def _build_one(api: TrtApi, logger, onnx_name: str, onnx: bytes, comp, precision
     api.set_target(config, cc)
     if workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    optimization = builder.create_optimization_profile()
-    for spec in comp.inputs:
-        optimization.set_shape(spec.name, *profile.shapes_for(spec))
-    config.add_optimization_profile(optimization)
+    for _ in range(contexts):  # identical profiles: TensorRT runs one context per profile at once
+        optimization = builder.create_optimization_profile()
+        for spec in comp.inputs:
+            optimization.set_shape(spec.name, *profile.shapes_for(spec))
+        if config.add_optimization_profile(optimization) < 0:
+            raise BundleError(f"{api.product} refused the optimization profile of {onnx_name}: {profile.to_dict()}.")
     cache_file = folder / TIMING_CACHE
     timing = None
     if api.has_timing_cache:
         timing = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-        config.set_timing_cache(timing, ignore_mismatch=False)
+        if not config.set_timing_cache(timing, ignore_mismatch=False):  # one of another TensorRT or GPU: start anew
+            timing = config.create_timing_cache(b"")
+            config.set_timing_cache(timing, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BackendUnavailable(f"{api.product} {api.version} failed to build {onnx_name} at {precision} "
@@ -138,17 +146,21 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def build_engines(bundle_dir, product: str = "tensorrt", precision: str = "auto", batch: tuple | None = None,
                   seq: tuple | None = None, compute_capability: str | None = None, force: bool = False,
-                  workspace_mib: int | None = None, verbose: bool = False, cuda_graphs: bool = False) -> list:
+                  workspace_mib: int | None = None, verbose: bool = False, cuda_graphs: bool = False,
+                  contexts: int = CONTEXTS) -> list:
     """Build (or skip, when unchanged) one engine per component; returns a BuildResult per component. The engines and
-    their records are committed together, under the bundle's write lock."""
+    their records are committed together, under the bundle's write lock. contexts: identical optimization profiles,
+    so that many execution contexts (a pipeline and its clones) may run the engine at once."""
     api = load_api(product)
+    if type(contexts) is not int or contexts < 1:
+        raise BundleError(f"contexts: expected a whole number >= 1, found {contexts!r}.")
     with update_bundle(Bundle.open(bundle_dir), "build") as update:
         return _build_all(update, api, precision, batch, seq, compute_capability, force, workspace_mib, verbose,
-                          cuda_graphs)
+                          cuda_graphs, contexts)
 
 
 def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capability, force: bool, workspace_mib,
-               verbose: bool, cuda_graphs: bool = False) -> list:
+               verbose: bool, cuda_graphs: bool = False, contexts: int = CONTEXTS) -> list:
     bundle = update.current
     m = bundle.manifest
     profile = Profile(tuple(batch or m.profile.batch), tuple(seq or m.profile.seq))
@@ -167,7 +179,7 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
             raise BundleError(f"{name}: a {prec} engine for {api.product} {api.version} is built from the bundle's "
                               f"'{flavour}' model, which it lacks (has {sorted(comp.files)}): run `fusionrt calibrate` first.")
         source = comp.files[flavour]
-        key = _cache_key(source.sha256, api, device, prec, profile, cuda_graphs)
+        key = _cache_key(source.sha256, api, device, prec, profile, cuda_graphs, contexts)
         known = next((e for e in comp.engines if e.cache_key == key), None)
         if not force and known and (bundle.root / known.path).is_file() \
                 and sha256_of(bundle.root / known.path) == known.sha256:
@@ -175,11 +187,11 @@ def _build_all(update, api: TrtApi, precision: str, batch, seq, compute_capabili
             continue
         started = time.perf_counter()
         plan, layers, float_compute = _build_one(api, logger, source.path, bundle.read(source.path, source.sha256),
-                                                 comp, prec, profile, cc, folder, workspace_mib, cuda_graphs)
+                                                 comp, prec, profile, cc, folder, workspace_mib, cuda_graphs, contexts)
         staged = update.stage(f"{rel_folder}/{name}.{prec}.plan")
         staged.path.write_bytes(plan)
         record = EngineRecord(staged.name, hashlib.sha256(plan).hexdigest(), api.product, str(api.version), device,
-                              cc or "", prec, profile.to_dict(), key)
+                              cc or "", prec, profile.to_dict(), key, capturable=cuda_graphs, contexts=contexts)
         # one engine per product, version, GPU and precision: the one it replaces is deleted at the commit
         same_slot = (api.product, str(api.version), device, prec)
         engines = tuple(e for e in comp.engines if (e.product, e.version, e.device, e.precision) != same_slot) + (record,)

@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="TensorRT's INFO log")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="engines to run with cuda_graphs=True (TensorRT-RTX: built stream-capturable)")
+    p.add_argument("--contexts", type=int, default=2,
+                   help="identical optimization profiles per engine: how many contexts (a pipeline and its clones) "
+                        "may run it at once; TensorRT runs one context per profile at a time")
 
     p = sub.add_parser("triton", help="a Triton Inference Server model repository: preprocess, the three parts, "
                                       "and the ensemble 'fusionrt' that wires them")

@@ -295,7 +295,8 @@ def cmd_build(args) -> int:
     from fusionrt.engines.build import build_engines
 
     results = build_engines(args.bundle, args.target.replace("-", "_"), args.precision, args.batch, args.seq,
-                            args.compute_capability, args.force, args.workspace, args.verbose, args.cuda_graphs)
+                            args.compute_capability, args.force, args.workspace, args.verbose, args.cuda_graphs,
+                            args.contexts)
     for r in results:
         size = Path(args.bundle, r.record.path).stat().st_size / 2**20
         what = "unchanged, skipped" if r.skipped else f"built in {r.seconds:.1f} s"

@@ -12,7 +12,11 @@ from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import require
 
 __all__ = ["cudart", "cuda_call", "Stream", "Event", "PinnedBuffer", "DeviceBuffer", "Graph", "device_count",
-           "compute_capability", "set_device"]
+           "compute_capability", "set_device", "clear_error", "LEGACY_STREAM", "PER_THREAD_STREAM"]
+
+# CUDA's special stream handles (driver_types.h): cudaStreamLegacy and cudaStreamPerThread. Handle 0 is the legacy
+# default stream too, and CUDA Array Interface v3 forbids it (its meaning is ambiguous there).
+LEGACY_STREAM, PER_THREAD_STREAM = 1, 2
 
 
 def cudart():
@@ -47,6 +51,12 @@ def set_device(device: int) -> None:
     cuda_call(cudart().cudaSetDevice(int(device)))
 
 
+def clear_error() -> None:
+    """Reset the thread's last (non-sticky) CUDA error, e.g. after a failed capture, so later calls do not report it
+    (cudaGetLastError returns the error and resets it)."""
+    cudart().cudaGetLastError()
+
+
 def compute_capability(device: int = 0) -> tuple:
     rt = cudart()
     props = cuda_call(rt.cudaGetDeviceProperties(device))
@@ -78,6 +88,12 @@ class Stream(_Resource):
     def ptr(self) -> int:
         return int(self.handle)
 
+    def capturing(self) -> bool:
+        """Whether a stream capture is recording this stream's work now (cudaStreamIsCapturing)."""
+        rt = cudart()
+        status = cuda_call(rt.cudaStreamIsCapturing(self.handle))
+        return int(status) == int(rt.cudaStreamCaptureStatus.cudaStreamCaptureStatusActive)
+
     def synchronize(self) -> None:
         cuda_call(cudart().cudaStreamSynchronize(self.handle))
 
@@ -100,10 +116,11 @@ class Event(_Resource):
     def record(self, stream: Stream, external: bool = False) -> "Event":
         """Record on `stream`. Inside a stream capture a plain record only joins streams within the graph: the
         event is never recorded on replay, so it cannot be timed or queried after a launch. `external=True` makes
-        it an event-record node that fires on every replay (what a timing mark needs); outside a capture both
-        record the same way."""
+        it an event-record node that fires on every replay (what a timing mark needs), and only while capturing:
+        outside a capture cudaEventRecordExternal is invalid (cuEventRecordWithFlags; PyTorch's CUDAEvent.h passes
+        it only while capturing), and a plain record is what is meant."""
         rt = cudart()
-        flags = rt.cudaEventRecordExternal if external else rt.cudaEventRecordDefault
+        flags = rt.cudaEventRecordExternal if external and stream.capturing() else rt.cudaEventRecordDefault
         cuda_call(rt.cudaEventRecordWithFlags(self.handle, stream.handle, flags))
         return self
 
@@ -171,27 +188,41 @@ class DeviceBuffer(_Resource):
 
 
 class Graph(_Resource):
-    """Capture the work a callable enqueues on `stream` into a CUDA graph; `launch()` replays it."""
+    """Capture the work a callable enqueues on `stream` (and on the streams it forks to) into a CUDA graph; `launch()`
+    replays it. A capture that fails leaves no stream capturing and no pending CUDA error behind."""
 
-    def __init__(self, stream: Stream, enqueue):
+    def __init__(self, stream: Stream, enqueue, forked: tuple = ()):
         rt = cudart()
+        if stream.ptr in (0, LEGACY_STREAM, PER_THREAD_STREAM):  # the default streams cannot be captured
+            raise BackendUnavailable("CUDA graphs: a default stream (0, legacy or per-thread) cannot be captured; "
+                                     "pass a created stream (torch.cuda.Stream(), cupy.cuda.Stream()).")
         self.stream, self.graph, self.exec = stream, None, None
         cuda_call(rt.cudaStreamBeginCapture(stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
         try:
             enqueue()
+            self.graph = cuda_call(rt.cudaStreamEndCapture(stream.handle))
         except BaseException:
-            # Leave capture mode whatever happened (the stream is unusable until then), drop what was captured,
-            # and raise the enqueue's own error rather than the capture's.
-            err, graph = rt.cudaStreamEndCapture(stream.handle)
-            if int(err) == 0 and graph is not None:
-                rt.cudaGraphDestroy(graph)
+            self._abandon(rt, forked)
             raise
-        self.graph = cuda_call(rt.cudaStreamEndCapture(stream.handle))
         try:
             self._instantiate()
         except BaseException:
             self.close()
+            clear_error()
             raise
+
+    def _abandon(self, rt, forked: tuple) -> None:
+        """After a failed capture: end it on the origin stream (it ends on every joined stream with it; an unjoined
+        fork invalidates the capture), end it on any forked stream still capturing, drop the partial graph, and
+        clear the thread's error so that the next call does not report this one."""
+        if self.stream.capturing():
+            err, graph = rt.cudaStreamEndCapture(self.stream.handle)
+            if int(err) == 0 and graph is not None:
+                rt.cudaGraphDestroy(graph)
+        for other in forked:
+            if other.handle is not None and other.capturing():
+                rt.cudaStreamEndCapture(other.handle)
+        clear_error()
 
     def _instantiate(self) -> None:
         self.exec = cuda_call(cudart().cudaGraphInstantiate(self.graph, 0))

@@ -4,19 +4,23 @@ the same way."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from fusionrt.runtime.errors import InputError
 
+LEGACY_STREAM = 1  # cudaStreamLegacy (fusionrt.runtime.cuda, not imported here: this module needs no CUDA)
+
 __all__ = ["DeviceArray", "as_device_array"]
 
 
 @dataclass(frozen=True)
 class DeviceArray:
-    """C-contiguous memory on the GPU. `stream`: the CUDA stream its producer wrote it on (work reading it waits for
-    that stream), None for the legacy default. `owner` keeps the producer's object (and so the memory) alive."""
+    """C-contiguous memory on the GPU. `stream`: the CUDA stream its producer wrote it on, which work reading it waits
+    for (a handle, or 1 / 2 for the legacy / per-thread default stream), None where no wait is needed. `owner` keeps
+    the producer's object (and so the memory) alive."""
 
     ptr: int
     shape: tuple
@@ -53,5 +57,22 @@ def as_device_array(obj) -> DeviceArray | None:
     if strides is not None and tuple(strides) != tuple(np.empty(shape, dtype).strides):
         raise InputError(f"a device array of shape {list(shape)} with strides {list(strides)}: expected a C-contiguous "
                          "one. Call .contiguous() (torch) or cupy.ascontiguousarray first.")
-    stream = interface.get("stream")
-    return DeviceArray(int(interface["data"][0]), shape, dtype, None if stream in (None, 1, 2) else int(stream), obj)
+    return DeviceArray(int(interface["data"][0]), shape, dtype, _producer_stream(obj, interface), obj)
+
+
+def _producer_stream(obj, interface: dict) -> int | None:
+    """The stream to wait on before reading `obj`, by the CUDA Array Interface (v3): its `stream` entry, 1 and 2
+    meaning the legacy and per-thread default streams, None no wait, 0 forbidden. An export without the entry (v2:
+    torch's) says nothing: torch's own current stream then, else the legacy default stream, which orders work on
+    every blocking stream."""
+    if "stream" in interface:
+        stream = interface["stream"]
+        if stream == 0:
+            raise InputError(f"a {type(obj).__name__} whose __cuda_array_interface__ names stream 0: the interface "
+                             "forbids it (ambiguous); expected None, 1, 2 or a stream handle.")
+        return None if stream is None else int(stream)
+    torch = sys.modules.get("torch") if type(obj).__module__.startswith("torch") else None
+    if torch is not None:
+        handle = int(torch.cuda.current_stream(obj.device).cuda_stream)
+        return handle or LEGACY_STREAM  # torch's default stream is the legacy one
+    return LEGACY_STREAM

@@ -144,10 +144,14 @@ class EngineRecord:
     precision: str
     profile: Mapping[str, list]
     cache_key: str
+    capturable: bool = False  # built stream-capturable (TensorRT-RTX needs it for CUDA graphs)
+    contexts: int = 1  # identical optimization profiles: how many execution contexts may run it at once
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str) -> "EngineRecord":
-        return cls(**{f.name: _need(d, f.name, where) for f in dataclasses.fields(cls)})
+        optional = {"capturable", "contexts"}  # engines recorded before they were are neither
+        return cls(**{f.name: _need(d, f.name, where) for f in dataclasses.fields(cls) if f.name not in optional},
+                   capturable=bool(d.get("capturable", False)), contexts=int(d.get("contexts", 1)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

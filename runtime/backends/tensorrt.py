@@ -19,10 +19,10 @@ import numpy as np
 
 from fusionrt.runtime import cuda
 from fusionrt.runtime.backends.base import Backend, BackendOptions
-from fusionrt.runtime.backends.trt_compat import TrtApi, load_api
+from fusionrt.runtime.backends.trt_compat import TrtApi, load_api, save_runtime_cache
 from fusionrt.runtime.backends.trt_fusion import TensorRTFusion
 from fusionrt.runtime.backends.trt_io import EngineIO
-from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch
+from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch, InputError
 from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 __all__ = ["TensorRTBackend", "TensorRTRTXBackend", "TensorRTOptions", "TensorRTFusion", "check_engine"]
@@ -86,6 +86,42 @@ def _select(comp, precision: str, api: TrtApi, gpu_cc: str, gpu_name: str):
                              f"Run: fusionrt build BUNDLE --precision {precision}")
 
 
+class _Shared:
+    """What a backend and its clones share: the deserialized engine, its free optimization profiles, and (TensorRT-RTX)
+    the runtime cache of its JIT-compiled kernels, kept on disk per engine so each process compiles them once."""
+
+    def __init__(self, api: TrtApi, logger, runtime, engine, record):
+        self.api, self.logger, self.runtime, self.engine, self.record = api, logger, runtime, engine, record
+        count = int(getattr(engine, "num_optimization_profiles", 1) or 1)
+        self._free, self._lock = list(range(count)), threading.Lock()
+        self.runtime_cache = api.runtime_cache(engine, record)
+
+    @classmethod
+    def load(cls, api: TrtApi, plan, record) -> "_Shared":
+        logger = _logger(api.trt)
+        runtime = api.trt.Runtime(logger)
+        data = bytes(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else Path(plan).read_bytes()
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise EngineMismatch(f"{api.product} {api.version} could not deserialize {record.path} (see its log): "
+                                 "rebuild it with `fusionrt build` on this machine.")
+        return cls(api, logger, runtime, engine, record)
+
+    def take_profile(self) -> int:
+        with self._lock:
+            if not self._free:
+                count = int(getattr(self.engine, "num_optimization_profiles", 1) or 1)
+                raise BackendUnavailable(f"{self.record.path} has {count} optimization profile(s), all in use: TensorRT "
+                                         "runs at most one context per profile at once. Close a clone, or rebuild with "
+                                         f"`fusionrt build --contexts {count + 1}` (or more).")
+            return self._free.pop(0)
+
+    def give_profile(self, profile: int) -> None:
+        with self._lock:
+            self._free.append(profile)
+            self._free.sort()
+
+
 @dataclass(frozen=True)
 class TensorRTOptions(BackendOptions):
     stream: int | None = None  # a caller's CUDA stream handle (torch, CuPy): the head runs and the results land on it
@@ -99,28 +135,28 @@ class TensorRTBackend(Backend):
     product: ClassVar[str] = "tensorrt"  # the Python package whose runtime deserializes the plans
 
     def __init__(self, api: TrtApi, plan, record, inputs: tuple, outputs: tuple, stream: cuda.Stream, shared=None,
-                 cuda_graphs: bool = False):
-        """plan: the engine's bytes (what `Bundle.read` checked) or its path; or `shared`, the (logger, runtime,
-        engine) of the backend this one is a clone of."""
+                 cuda_graphs: bool = False, device: int = 0):
+        """plan: the engine's bytes (what `Bundle.read` checked) or its path; or `shared`, the _Shared engine of the
+        backend this one is a clone of. Each backend takes an optimization profile of its own: TensorRT requires a
+        separate profile for each context that runs at the same time as another."""
         super().__init__(inputs, outputs)
-        trt = api.trt
-        self.api, self.record, self.stream = api, record, stream
+        self.api, self.record, self.stream, self.device = api, record, stream, device
         self.io: EngineIO | None = None
+        self.context = self.profile = None
         self._lock = threading.Lock()  # one call at a time uses this context and these buffers
-        if shared is not None:
-            self._logger, self._runtime, self.engine = shared
-        else:
-            self._logger = _logger(trt)
-            self._runtime = trt.Runtime(self._logger)
-            data = bytes(plan) if isinstance(plan, (bytes, bytearray, memoryview)) else Path(plan).read_bytes()
-            self.engine = self._runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise EngineMismatch(f"{api.product} {api.version} could not deserialize {record.path} (see its log): rebuild it "
-                                 "with `fusionrt build` on this machine.")
+        self.shared = shared or _Shared.load(api, plan, record)
+        self.engine = self.shared.engine
         self.cuda_graphs = cuda_graphs
-        self.context = api.create_context(self.engine, cuda_graphs)  # RTX: its built-in graphs when asked
         try:
-            self.io = EngineIO(trt, self.engine, self.context, stream, record.path)
+            self.profile = self.shared.take_profile()
+            self.context = api.create_context(self.engine, cuda_graphs, self.shared.runtime_cache)
+            if self.context is None:  # TensorRT returns None where it cannot (out of GPU memory, most often)
+                raise BackendUnavailable(f"{api.product} could not create an execution context for {record.path}: "
+                                         "expected free GPU memory for its activations. Close other pipelines or "
+                                         "clones, or rebuild with a smaller --batch/--seq range.")
+            if self.profile and not self.context.set_optimization_profile_async(self.profile, stream.ptr):
+                raise BackendUnavailable(f"{api.product} refused optimization profile {self.profile} of {record.path}.")
+            self.io = EngineIO(api.trt, self.engine, self.context, stream, record.path, self.profile)
         except BaseException:
             self.close()
             raise
@@ -154,9 +190,15 @@ class TensorRTBackend(Backend):
         record = _select(comp, precision, api, gpu_cc, gpu_name)
         plan = bundle.read(record.path, record.sha256, verify=options.verify)  # read once: these bytes are the engine
         borrowed = options.stream if component == FUSION_HEAD else None
+        if borrowed is not None and int(borrowed) in (0, cuda.LEGACY_STREAM, cuda.PER_THREAD_STREAM):
+            raise InputError(f"stream={borrowed}: a default CUDA stream (0 is torch's default stream): TensorRT's "
+                             "enqueue on it synchronizes the device, it cannot be captured into a CUDA graph, and the "
+                             "CUDA Array Interface forbids advertising it. Expected a created stream: s = "
+                             "torch.cuda.Stream(); Pipeline.load(..., stream=s.cuda_stream).")
         stream = cuda.Stream(int(borrowed) if borrowed is not None else None)
         try:
-            return cls(api, plan, record, comp.inputs, comp.outputs, stream, cuda_graphs=options.cuda_graphs)
+            return cls(api, plan, record, comp.inputs, comp.outputs, stream, cuda_graphs=options.cuda_graphs,
+                       device=options.device)
         except BaseException:
             stream.close()
             raise
@@ -168,9 +210,11 @@ class TensorRTBackend(Backend):
         if not concurrent:
             return super().executor(backends, wiring, options, False)
         head = backends[FUSION_HEAD]
+        if options.cuda_graphs:
+            head.api.check_cuda_graphs([b.record for b in backends.values()])
         # TensorRT-RTX runs CUDA graphs itself (its contexts were made with them on): no capture of our own there
         return TensorRTFusion(backends[IMAGE_ENCODER], backends[TEXT_ENCODER], head, wiring,
-                              graphs=options.cuda_graphs and not head.api.builtin_cuda_graphs)
+                              graphs=options.cuda_graphs and head.api.product != "tensorrt_rtx")
 
     def capturable(self) -> bool:
         """Whether this context may be captured into a CUDA graph on its stream (TensorRT-RTX and recent TensorRT
@@ -185,6 +229,7 @@ class TensorRTBackend(Backend):
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
         io = self.io
         with self._lock:
+            cuda.set_device(self.device)  # the current device is per thread: this one may not be the loading one
             for name in io.input_names:  # the fused path may have pointed the head at the encoders' outputs
                 io.bind(name)
             io.set_inputs(feeds)
@@ -195,24 +240,46 @@ class TensorRTBackend(Backend):
             return io.outputs()
 
     def clone(self) -> "TensorRTBackend":
-        """The same engine with its own execution context, buffers and stream: run it from another thread."""
-        stream = cuda.Stream()  # on the current device: clone on the thread that will use it, after open's set_device
+        """The same engine with its own execution context, optimization profile, buffers and stream: run it from
+        another thread. BackendUnavailable when every profile of the engine is in use."""
+        cuda.set_device(self.device)
+        stream = cuda.Stream()
         try:
             return type(self)(self.api, None, self.record, self.input_specs, self.output_specs, stream,
-                              shared=(self._logger, self._runtime, self.engine), cuda_graphs=self.cuda_graphs)
+                              shared=self.shared, cuda_graphs=self.cuda_graphs, device=self.device)
         except BaseException:
             stream.close()
             raise
 
     def close(self) -> None:
-        if getattr(self, "stream", None) is not None and self.stream.handle is not None:
-            self.stream.synchronize()
+        """Wait for this stream's work, then free the buffers, the context, the profile and the stream: every one
+        even where one fails (the first error is raised)."""
+        errors = []
+        stream = getattr(self, "stream", None)
+        steps = [lambda: cuda.set_device(self.device)]
+        if stream is not None and stream.handle is not None:
+            steps.append(stream.synchronize)
         if getattr(self, "io", None) is not None:
-            self.io.close()
-        self.context = self.engine = self._runtime = None  # TensorRT frees them when the last reference goes
-        if getattr(self, "stream", None) is not None:
-            self.stream.close()
+            steps.append(self.io.close)
+        if getattr(self, "shared", None) is not None and self.shared.runtime_cache is not None:
+            steps.append(lambda: save_runtime_cache(self.shared.runtime_cache, self.record))
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - free the rest, then raise the first
+                errors.append(exc)
+        self.io, self.context = None, None  # TensorRT frees the context when the last reference goes
+        if getattr(self, "profile", None) is not None:
+            self.shared.give_profile(self.profile)
+            self.profile = None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
         super().close()
+        if errors:
+            raise errors[0]
 
 
 class TensorRTRTXBackend(TensorRTBackend):

@@ -18,7 +18,7 @@ from types import ModuleType
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import require
 
-__all__ = ["PRODUCTS", "TrtApi", "load_api"]
+__all__ = ["PRODUCTS", "TrtApi", "load_api", "runtime_cache_path", "save_runtime_cache"]
 
 PRODUCTS = ("tensorrt", "tensorrt_rtx")
 
@@ -46,8 +46,43 @@ class TrtApi:
     @property
     def builtin_cuda_graphs(self) -> bool:
         """TensorRT-RTX captures and replays CUDA graphs itself, per context and for dynamic shapes too
-        (IRuntimeConfig.cuda_graph_strategy): fusionrt's own capture is not used there."""
-        return self.product == "tensorrt_rtx" and hasattr(self.trt, "CudaGraphStrategy")
+        (IRuntimeConfig.cuda_graph_strategy, from TensorRT-RTX 1.2 on): fusionrt's own capture is not used there."""
+        from packaging.version import Version
+
+        return self.product == "tensorrt_rtx" and hasattr(self.trt, "CudaGraphStrategy") and \
+            self.version >= Version("1.2")
+
+    def check_cuda_graphs(self, records) -> None:
+        """Warn where cuda_graphs=True cannot take effect: TensorRT-RTX before 1.2 has no CUDA graphs, and its engines
+        capture only when built stream-capturable (`fusionrt build --cuda-graphs`, recorded in the manifest)."""
+        import warnings
+        from packaging.version import Version
+
+        if self.product != "tensorrt_rtx":
+            return
+        if self.version < Version("1.2"):
+            warnings.warn(f"cuda_graphs=True: TensorRT-RTX {self.version} has no CUDA graphs (1.2 and later do); the "
+                          "pipeline runs without.", RuntimeWarning, stacklevel=4)
+            return
+        plain = [r.path for r in records if not getattr(r, "capturable", False)]
+        if plain:
+            warnings.warn(f"cuda_graphs=True: {', '.join(plain)} were not built stream-capturable; TensorRT-RTX runs "
+                          "them without graphs. Rebuild with `fusionrt build --target tensorrt-rtx --cuda-graphs`.",
+                          RuntimeWarning, stacklevel=4)
+
+    def runtime_cache(self, engine, record):
+        """TensorRT-RTX: a RuntimeCache of its JIT-compiled kernels, read from the cache folder (per engine sha256),
+        written back by `save_runtime_cache`; None elsewhere."""
+        if self.product != "tensorrt_rtx" or not getattr(record, "sha256", None):
+            return None
+        config = engine.create_runtime_config()
+        if not hasattr(config, "create_runtime_cache"):
+            return None
+        cache = config.create_runtime_cache()
+        path = runtime_cache_path(record)
+        if path.is_file():
+            cache.deserialize(path.read_bytes())  # rejected (left empty) when made by another GPU or version
+        return cache
 
     def set_capturable(self, config) -> None:
         """At build, when CUDA graphs are wanted: TensorRT-RTX engines are stream-capturable only when built with
@@ -55,13 +90,17 @@ class TrtApi:
         if self.product == "tensorrt_rtx":
             config.set_flag(self.trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
 
-    def create_context(self, engine, cuda_graphs: bool = False):
-        """An execution context; on TensorRT-RTX with `cuda_graphs`, one whose built-in CUDA graphs are on."""
+    def create_context(self, engine, cuda_graphs: bool = False, runtime_cache=None):
+        """An execution context (None where TensorRT cannot make one); on TensorRT-RTX, with the shared runtime cache
+        and, with `cuda_graphs`, its built-in CUDA graphs on."""
+        if runtime_cache is None and not (cuda_graphs and self.builtin_cuda_graphs):
+            return engine.create_execution_context()
+        config = engine.create_runtime_config()
+        if runtime_cache is not None:
+            config.set_runtime_cache(runtime_cache)
         if cuda_graphs and self.builtin_cuda_graphs:
-            config = engine.create_runtime_config()
             config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
-            return engine.create_execution_context(config)
-        return engine.create_execution_context()
+        return engine.create_execution_context(config)
 
     def execution(self, precision: str, available=()):
         """What a `precision` engine is built from and computes (`available`: the component's flavours), as the one
@@ -105,6 +144,27 @@ class TrtApi:
             choice = getattr(targets, name)
         config.num_compute_capabilities = 1
         config.set_compute_capability(choice, 0)
+
+
+def runtime_cache_path(record):
+    """Where TensorRT-RTX's runtime cache of an engine lives: the user's cache (bundles may be read-only)."""
+    from fusionrt.runtime.environment import cache_root
+
+    return cache_root() / "tensorrt-rtx" / f"{record.sha256[:32]}.cache"
+
+
+def save_runtime_cache(cache, record) -> None:
+    """Write a runtime cache back (atomically); a read-only home only costs the next process its compile time."""
+    import os
+
+    path = runtime_cache_path(record)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(bytes(cache.serialize()))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def load_api(product: str) -> TrtApi:

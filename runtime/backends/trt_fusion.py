@@ -37,12 +37,16 @@ class TensorRTFusion(Executor):
         # Two kinds of event, because a CUDA graph treats them differently: joins order the streams (inside a
         # capture they become graph edges), marks time the steps (captured as event-record nodes, so they are
         # recorded again on every replay and can be read after it).
-        self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done", "input_ready")}
+        self.joins = {k: cuda.Event(timing=False) for k in ("fork", "image_done", "text_done", "input_ready",
+                                                            "input_read")}
         self._device_input: DeviceArray | None = None  # this call's image input, when a device array
         self._device_output = False
         self._pending = False  # a call returned without waiting for its work (sync=False)
         self.marks = {k: cuda.Event() for k in ("start", "image0", "image1", "text0", "text1", "head1")}
-        self.graphs: dict = {}
+        # One CUDA graph, of the contexts' current shape (trtexec keeps one per context; Torch-TensorRT records again
+        # on a shape change): nothing NVIDIA publishes makes a graph of shape A valid after the context ran shape B.
+        self.graph_key, self.graph = None, None
+        self._capturing = False  # external event records only while a capture records them (else invalid)
         self._enqueued: dict = {}  # backend -> the input shapes of its last eager enqueue
         self._lock = threading.Lock()  # the contexts, buffers and graphs serve one call at a time (clone for more)
 
@@ -54,22 +58,25 @@ class TensorRTFusion(Executor):
         if with_text:
             branches.append((self.text, "text", w.text_output))
         joins["fork"].record(main)  # the branches start after the caller's earlier work on `main`
-        marks["start"].record(main, external=True)
+        marks["start"].record(main, external=self._capturing)
         source = self._device_input
         if source is not None and source.stream is not None:  # the producer's writes come first
             joins["input_ready"].record(cuda.Stream(source.stream))
             self.image.stream.wait(joins["input_ready"])
         for backend, branch, _ in branches:
             backend.stream.wait(joins["fork"])
-            marks[f"{branch}0"].record(backend.stream, external=True)
+            marks[f"{branch}0"].record(backend.stream, external=self._capturing)
             if backend is self.image and source is not None:
                 backend.io.enqueue_copy_in_device(w.image_input, source)  # device to device: no host copy of the frame
+                if source.stream is not None:  # the producer must not overwrite the frame before this copy read it
+                    joins["input_read"].record(backend.stream)
+                    cuda.Stream(source.stream).wait(joins["input_read"])
             else:
                 backend.io.enqueue_copy_in()
             backend.enqueue_run()
             if branch == "text":
                 backend.io.enqueue_copy_out()  # a few KiB: the features the pipeline's text cache keeps
-            marks[f"{branch}1"].record(backend.stream, external=True)
+            marks[f"{branch}1"].record(backend.stream, external=self._capturing)
             joins[f"{branch}_done"].record(backend.stream)
         if not with_text:  # cached features: uploaded to the head's own input while the image branch runs
             self.head.io.bind(w.text_output)
@@ -80,7 +87,7 @@ class TensorRTFusion(Executor):
         self.head.enqueue_run()
         if not self._device_output:
             self.head.io.enqueue_copy_out()
-        marks["head1"].record(main, external=True)
+        marks["head1"].record(main, external=self._capturing)
 
     def run(self, pixels, tokens: Mapping[str, np.ndarray], text_features: np.ndarray | None = None,
             device_output: bool = False, sync: bool = True) -> Result:
@@ -93,6 +100,7 @@ class TensorRTFusion(Executor):
         if not sync and not device_output:
             raise InputError("sync=False leaves the results on the GPU: expected device_output=True with it.")
         with self._lock:
+            cuda.set_device(self.head.device)  # on this thread too: the current device is per thread
             if self._pending:  # the last call did not wait: its copies may still read our pinned buffers
                 self.head.stream.synchronize()
                 self._pending = False
@@ -149,22 +157,30 @@ class TensorRTFusion(Executor):
                               w.text_output: (n, text_width)})
 
     def _run(self, key: tuple, enqueue, backends: tuple, graphs: bool = True, sync: bool = True) -> None:
-        """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync). A
-        shape is captured only when every context in the call last enqueued eagerly at its shapes of now: after a
-        shape change, TensorRT's first enqueue does set-up work a capture must not record (shapes A, B, A: the second
-        A runs eagerly, the third is captured)."""
+        """Enqueue one call, eagerly or as the CUDA graph of its shape `key`, and wait for it (one host sync). The one
+        graph kept is of the contexts' current shape: a call of another shape closes it and runs eagerly, and the
+        next call of that shape, with every context having last enqueued eagerly at it (TensorRT's first enqueue at
+        a new shape does set-up work a capture must not record), is captured."""
         shapes = {id(b): b.io.input_shapes() for b in backends}
-        ready = all(self._enqueued.get(k) == v for k, v in shapes.items())
-        if graphs and self.use_graphs and key not in self.graphs and ready:
-            self.graphs[key] = self._capture(key, enqueue, backends)
-        graph = self.graphs.get(key) if graphs else None
-        if graph is not None:
-            graph.launch()
+        use = graphs and self.use_graphs
+        if use and self.graph_key != key:
+            self._drop_graph()  # of another shape: never replayed after the contexts ran this one
+            if all(self._enqueued.get(k) == v for k, v in shapes.items()):
+                self.graph_key, self.graph = key, self._capture(key, enqueue, backends)
+        if use and self.graph is not None and self.graph_key == key:
+            self.graph.launch()
         else:
+            if not use:
+                self._drop_graph()  # an eager call of its own kind (device input or output) moved the contexts too
             enqueue()
             self._enqueued.update(shapes)
         if sync:
             self.head.stream.synchronize()
+
+    def _drop_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.close()
+        self.graph_key, self.graph = None, None
 
     def _capture(self, key: tuple, enqueue, backends: tuple):
         """A CUDA graph of the whole call for this shape, or None (run eagerly) where the engines cannot be
@@ -178,17 +194,26 @@ class TensorRTFusion(Executor):
                           "runs without a graph. Rebuild with `fusionrt build --cuda-graphs`.", RuntimeWarning,
                           stacklevel=4)
             return None
+        self._capturing = True
         try:
-            return cuda.Graph(self.head.stream, enqueue)
+            return cuda.Graph(self.head.stream, enqueue, forked=(self.image.stream, self.text.stream))
         except BackendUnavailable as exc:
             warnings.warn(f"CUDA graph capture failed for {shape} ({exc}); this shape runs without a graph.",
                           RuntimeWarning, stacklevel=4)
             return None
+        finally:
+            self._capturing = False
 
     def close(self) -> None:
-        for graph in self.graphs.values():
-            if graph is not None:
-                graph.close()
-        for event in (*self.joins.values(), *self.marks.values()):
-            event.close()
-        self.graphs, self.joins, self.marks = {}, {}, {}
+        """Wait for a call that returned without waiting (sync=False: the head may still read the encoders'
+        buffers), then free the graph and the events, all of them even if one fails (the first error raised)."""
+        errors = []
+        for step in ([self.head.stream.synchronize] if self._pending else []) + [self._drop_graph] + \
+                [e.close for e in (*self.joins.values(), *self.marks.values())]:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - free the rest, then raise the first
+                errors.append(exc)
+        self._pending, self.joins, self.marks = False, {}, {}
+        if errors:
+            raise errors[0]

@@ -22,7 +22,11 @@ class _Tensor:
         self.name, self.dtype, self.max_shape = name, np.dtype(dtype), tuple(max_shape)
         self.min_shape = tuple(min_shape) if min_shape is not None else tuple(1 for _ in max_shape)
         self.host = cuda.PinnedBuffer(self.max_shape, self.dtype)
-        self.device = cuda.DeviceBuffer(self.host.nbytes)
+        try:
+            self.device = cuda.DeviceBuffer(self.host.nbytes)
+        except BaseException:  # out of device memory: the pinned buffer is not left behind
+            self.host.close()
+            raise
         self.shape = self.max_shape
 
     def view(self, shape) -> np.ndarray:
@@ -33,8 +37,10 @@ class _Tensor:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
     def close(self) -> None:
-        self.device.close()
-        self.host.close()
+        try:
+            self.device.close()
+        finally:
+            self.host.close()
 
 
 class EngineIO:
@@ -43,7 +49,11 @@ class EngineIO:
     def __init__(self, trt, engine, context, stream, path: str, profile: int = 0):
         self.engine, self.context, self.stream, self.path, self.profile = engine, context, stream, path, profile
         self._tensors: dict = {}
-        self._allocate(trt)
+        try:
+            self._allocate(trt)
+        except BaseException:
+            self.close()
+            raise
 
     def _allocate(self, trt) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -54,10 +64,26 @@ class EngineIO:
             low, _, high = self.engine.get_tensor_profile_shape(name, self.profile)
             lowest[name] = tuple(low)
             self._set_shape(name, tuple(high))
+        self._check_shapes()
         for name in names:
             shape = tuple(self.context.get_tensor_shape(name))
             self._tensors[name] = _Tensor(name, trt.nptype(self.engine.get_tensor_dtype(name)), shape, lowest.get(name))
-            self.context.set_tensor_address(name, self._tensors[name].device.ptr)
+            self._address(name, self._tensors[name].device.ptr)
+
+    def _address(self, name: str, address: int) -> None:
+        """Bind `name` to `address`; TensorRT refuses (False) an address it cannot use, one not 256-byte aligned among
+        them (cudaMalloc's are; an offset into another buffer may not be)."""
+        if address % 256 or not self.context.set_tensor_address(name, int(address)):
+            raise InputError(f"tensor '{name}' of {self.path}: TensorRT refused address {address:#x}: expected one "
+                             "aligned to 256 bytes, of device memory that stays allocated.")
+
+    def _check_shapes(self) -> None:
+        """Every shape resolved: TensorRT names the tensors it cannot infer (IExecutionContext.infer_shapes)."""
+        infer = getattr(self.context, "infer_shapes", None)
+        missing = list(infer()) if infer is not None else []
+        if missing:
+            raise InputError(f"{self.path}: TensorRT cannot infer the shapes of {missing} from the input shapes set; "
+                             f"expected every input of the engine ({self.input_names}) with a shape.")
 
     def _set_shape(self, name: str, shape: tuple) -> None:
         if not self.context.set_input_shape(name, tuple(shape)):  # False: TensorRT refused it (it logs why)
@@ -83,7 +109,7 @@ class EngineIO:
 
     def bind(self, name: str, address: int | None = None) -> None:
         """Make input `name` read from `address` (another backend's device output), or from its own buffer."""
-        self.context.set_tensor_address(name, self.device_address(name) if address is None else address)
+        self._address(name, self.device_address(name) if address is None else address)
 
     def write_input(self, name: str, array: np.ndarray) -> None:
         """Copy `array` into input `name`'s pinned buffer (its shape must have been set); nothing enqueued."""
@@ -106,6 +132,7 @@ class EngineIO:
                                  f"{list(tensor.min_shape)}; rebuild with a smaller --batch/--seq range.")
             tensor.shape = tuple(shape)
             self._set_shape(name, tuple(shape))
+        self._check_shapes()
         for name in self.output_names:
             self._tensors[name].shape = tuple(self.context.get_tensor_shape(name))
 
@@ -137,6 +164,13 @@ class EngineIO:
         return {name: self._tensors[name].view(self._tensors[name].shape).copy() for name in self.output_names}
 
     def close(self) -> None:
+        """Free every buffer, even where one fails (the first error raised)."""
+        errors = []
         for tensor in self._tensors.values():
-            tensor.close()
+            try:
+                tensor.close()
+            except Exception as exc:  # noqa: BLE001 - free the rest, then raise the first
+                errors.append(exc)
         self._tensors = {}
+        if errors:
+            raise errors[0]

@@ -22,6 +22,8 @@ def test_engines_for_every_component_and_precision_are_recorded(built):
             assert r.record.path.startswith(f"engines/tensorrt_rtx-{r.record.version}-sm89/")
             assert (bundle / r.record.path).stat().st_size > 0 and r.record in m.components[r.component].engines
             assert r.record.compute_capability == CC and r.record.profile == m.profile.to_dict()
+            # a profile per context that may run at once (a pipeline and a clone), and whether built capturable
+            assert r.record.contexts == 2 and r.record.capturable is False
     assert Bundle.open(bundle).verify()  # every engine's sha256 is in the manifest
 
 

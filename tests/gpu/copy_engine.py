@@ -42,8 +42,10 @@ def _row_bytes(inputs) -> int:
 class CopyEngine:
     """The calls of TensorRT's ICudaEngine that the runner makes."""
 
-    def __init__(self, cu, inputs: dict, output: str):
-        self.cu, self.inputs, self.output = cu, inputs, output
+    num_optimization_profiles = 4  # a context per profile may run at once: the runner and three clones
+
+    def __init__(self, cu, inputs: dict, output: str, sleep=None):
+        self.cu, self.inputs, self.output, self.sleep = cu, inputs, output, sleep
         self.names = [*inputs, output]
         self.num_io_tensors = len(self.names)
 
@@ -60,7 +62,7 @@ class CopyEngine:
     def get_tensor_dtype(self, name: str):
         return np.dtype(self.inputs[name][0] if name in self.inputs else "float32")
 
-    def create_execution_context(self) -> "CopyContext":
+    def create_execution_context(self, *config) -> "CopyContext":
         return CopyContext(self)
 
 
@@ -84,8 +86,16 @@ class CopyContext:
         self.addresses[name] = int(address)
         return True
 
+    def set_optimization_profile_async(self, index: int, stream_handle: int) -> bool:
+        return 0 <= index < self.engine.num_optimization_profiles
+
+    def infer_shapes(self) -> list:
+        return [name for name in self.engine.inputs if name not in self.shapes]
+
     def execute_async_v3(self, stream_handle: int) -> bool:
         cu, rt = self.engine.cu, self.engine.cu.cudart()
+        if self.engine.sleep is not None:  # a slow kernel first: a missing wait on this stream's work then shows
+            self.engine.sleep(int(stream_handle))
         batch, pitch, offset = self.get_tensor_shape(self.engine.output)[0], _row_bytes(self.engine.inputs), 0
         for name, (dtype, width) in self.engine.inputs.items():
             nbytes = np.dtype(dtype).itemsize * width
@@ -96,8 +106,9 @@ class CopyContext:
         return True
 
 
-def _api(cu, component: str):
-    """A TrtApi whose module deserializes every plan into this component's copy engine."""
+def _api(cu, component: str, sleep=None):
+    """A TrtApi whose module deserializes every plan into this component's copy engine (`sleep(stream)`: a slow kernel
+    it enqueues before its copies)."""
     from packaging.version import Version
 
     from fusionrt.runtime.backends.trt_compat import TrtApi
@@ -106,11 +117,12 @@ def _api(cu, component: str):
     logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
     module = SimpleNamespace(Logger=logger, TensorIOMode=SimpleNamespace(INPUT="input", OUTPUT="output"),
                              nptype=np.dtype,
-                             Runtime=lambda _: SimpleNamespace(deserialize_cuda_engine=lambda _: CopyEngine(cu, inputs, output)))
+                             Runtime=lambda _: SimpleNamespace(deserialize_cuda_engine=lambda _: CopyEngine(cu, inputs, output,
+                                                                                               sleep)))
     return TrtApi("tensorrt", module, Version("10.0"))
 
 
-def open_copy_backends(cu, folder: Path, head_stream: int | None = None) -> dict:
+def open_copy_backends(cu, folder: Path, head_stream: int | None = None, sleep=None) -> dict:
     """The three components as TensorRTBackends over copy engines; the head on a caller's stream when given."""
     from fusionrt.runtime.backends.tensorrt import TensorRTBackend
     from fusionrt.runtime.manifest import TensorSpec
@@ -124,8 +136,8 @@ def open_copy_backends(cu, folder: Path, head_stream: int | None = None) -> dict
             out = (TensorSpec(output, "float32", ("batch", _row_bytes(inputs) // 4)),)
             stream = cu.Stream(head_stream if component == "fusion_head" else None)
             try:
-                backends[component] = TensorRTBackend(_api(cu, component), plan, SimpleNamespace(path=str(plan)),
-                                                      specs, out, stream)
+                backends[component] = TensorRTBackend(_api(cu, component, sleep), plan,
+                                                      SimpleNamespace(path=str(plan)), specs, out, stream)
             except BaseException:
                 stream.close()
                 raise

@@ -109,8 +109,9 @@ def borrowed_stream_check(cu, torch) -> dict:
 def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dict:
     """fusionrt's TensorRT runner on real CUDA, with copy engines standing in for TensorRT: both branches on their
     own streams, the head on `head_stream` (a caller's) after both, then the cached-text path (image branch and
-    head), eager and with CUDA graphs per shape. Every call gets new data and its result is compared byte for
-    byte; the event timings must read back."""
+    head), eager and with CUDA graphs. Each shape runs three times in a row (eager, captured, replayed), full calls
+    then cached-text ones; every call gets new data and its result is compared byte for byte; the event timings
+    must read back."""
     import tempfile
 
     from fusionrt.runtime.backends.tensorrt import TensorRTBackend, TensorRTOptions
@@ -121,27 +122,27 @@ def check_fused_path(cu, head_stream: int | None = None, calls: int = 30) -> dic
         backends = open_copy_backends(cu, Path(folder), head_stream)
         try:
             for mode in ("eager", "cuda_graphs"):
-                fusion = TensorRTBackend.executor(backends, WIRING, TensorRTOptions(cuda_graphs=mode == "cuda_graphs"), True)
-                equal, timings_read, host_us = True, True, []
+                fusion = TensorRTBackend.executor(backends, WIRING, TensorRTOptions(cuda_graphs=mode == "cuda_graphs"),
+                                                  True)
+                equal, timings_read, host_us, captured = True, True, [], set()
                 try:
                     for call in range(calls):
-                        batch = (1, 8, 32)[call // 2 % 3]  # each shape twice in a row: eager, then captured
+                        batch, cached = (1, 8, 32)[call // 6 % 3], call % 6 >= 3  # 3 full calls, then 3 cached-text
                         pixels = rng.standard_normal((batch, 12), dtype=np.float32)
                         tokens = {"input_ids": rng.integers(0, 30522, (batch, 8)),
                                   "attention_mask": rng.integers(0, 2, (batch, 8))}
+                        given = np.ascontiguousarray(expected_bytes(pixels, tokens)[:, 48:].view(np.float32)) \
+                            if cached else None  # what the text branch gives: its inputs' bytes
                         start = time.perf_counter()
-                        result = fusion.run(pixels, tokens)
+                        result = fusion.run(pixels, tokens, given)
                         host_us.append((time.perf_counter() - start) * 1e6)
                         equal &= bool(np.array_equal(logits_bytes(result.logits), expected_bytes(pixels, tokens)))
-                        # A camera app's next frame with the same (cached) text: image branch and head only.
-                        frame = rng.standard_normal((batch, 12), dtype=np.float32)
-                        cached = fusion.run(frame, tokens, result.text_features).logits
-                        equal &= bool(np.array_equal(logits_bytes(cached), expected_bytes(frame, tokens)))
+                        if fusion.graph is not None:
+                            captured.add(" ".join(map(str, fusion.graph_key)))
                         timings = result.timings
                         marks = (timings.image_ms, timings.text_ms, timings.branches_ms, timings.head_ms)
                         timings_read &= all(np.isfinite(m) and m >= -1e-3 for m in marks)
-                    out[mode] = {"results_equal": equal, "timings_read": timings_read,
-                                 "graphs": sorted(" ".join(map(str, k)) for k in fusion.graphs),
+                    out[mode] = {"results_equal": equal, "timings_read": timings_read, "graphs": sorted(captured),
                                  "call_us_median": round(statistics.median(host_us[6:] or host_us), 1)}
                 finally:
                     fusion.close()
@@ -261,10 +262,13 @@ def main() -> int:
     report = {"python": platform.python_version(), "torch": torch.__version__}
     # One lent GPU session may be all there is: a section that fails is reported and the others still run.
     caller = torch.cuda.Stream()  # the head runs on a caller's stream, as in an app that already uses torch
+    from tests.gpu.gpu_contracts import check_contracts
+
     sections = {
         "cuda_layer": lambda: check_cuda_layer(cu),
         "borrowed_streams": lambda: borrowed_stream_check(cu, torch),
         "fused_path": lambda: check_fused_path(cu, caller.cuda_stream),
+        "contracts": lambda: check_contracts(cu, torch, args.out),
         "branches": lambda: time_all_branches(torch, cu, args),
     }
     for name, run in sections.items():
@@ -296,6 +300,8 @@ def print_report(report: dict, args) -> None:
         print("fusionrt TensorRT runner on copy engines (two streams, head on a torch stream): "
               + "; ".join(f"{mode}: results equal={r['results_equal']}, timings read={r['timings_read']}, "
                           f"{r['call_us_median']} us/call, graphs {r['graphs']}" for mode, r in fused.items()))
+    if "error" not in report.get("contracts", {"error": "did not run"}):
+        print("CUDA / TensorRT contracts: " + "; ".join(f"{k}: {v}" for k, v in report["contracts"].items()))
     if "error" in report["branches"]:
         print(f"\ntotal {report['seconds']} s")
         return

@@ -22,7 +22,7 @@ def _cudart(gpu: Gpu):
 
             err, = rt.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, kind, stream)
             assert err == rt.cudaError_t.cudaErrorInsufficientDriver  # the arguments passed cuda-bindings' checks
-        gpu.submit(lambda: [ctypes.memmove(dst + r * dpitch, src + r * spitch, width) for r in range(height)])
+        gpu.submit(lambda: [ctypes.memmove(dst + r * dpitch, src + r * spitch, width) for r in range(height)], stream)
         return (0,)
 
     kinds = SimpleNamespace(cudaMemcpyDeviceToDevice=3)
@@ -38,10 +38,11 @@ def test_fused_path_check_passes_on_an_emulated_gpu_and_catches_a_wrong_hand_off
 
     gpu = Gpu()
     emulated = emulated_cuda(gpu)
-    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph"):
+    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph", "Stream", "set_device", "clear_error"):
         monkeypatch.setattr(trt_backend.cuda, name, getattr(emulated, name))
+    emulated.set_device(0)
     cu = SimpleNamespace(Stream=emulated.Stream, cudart=lambda: _cudart(gpu), cuda_call=lambda result: None)
-    report = gpu_check.check_fused_path(cu, head_stream=1234, calls=12)
+    report = gpu_check.check_fused_path(cu, head_stream=1234, calls=18)
     assert report["eager"]["results_equal"] and report["eager"]["timings_read"] and report["eager"]["graphs"] == []
     assert report["cuda_graphs"]["results_equal"] and report["cuda_graphs"]["timings_read"]
     assert report["cuda_graphs"]["graphs"] == ["1 8", "32 8", "8 8", "text given 1", "text given 32", "text given 8"]

@@ -74,11 +74,13 @@ def test_every_cuda_call_matches_the_installed_cuda_bindings():
     host = _unbuilt(cuda.PinnedBuffer, ptr=4096, nbytes=16, array=None)
     device = _unbuilt(cuda.DeviceBuffer, ptr=4096, nbytes=16)
     graph = _unbuilt(cuda.Graph, stream=stream, graph=rt.cudaGraph_t(), exec=rt.cudaGraphExec_t())
+    created = _unbuilt(cuda.Stream, handle=rt.cudaStream_t(4096), owned=True)  # capture needs a created stream
     calls = {
         "Stream()": cuda.Stream,
         "Stream.synchronize": stream.synchronize,
         "Stream.wait": lambda: stream.wait(event),
         "Stream.close": stream.close,
+        "Stream.capturing": stream.capturing,
         "Event()": cuda.Event,
         "Event(timing=False)": lambda: cuda.Event(timing=False),
         "Event.record": lambda: event.record(stream),
@@ -93,7 +95,7 @@ def test_every_cuda_call_matches_the_installed_cuda_bindings():
         "DeviceBuffer.copy_to_host": lambda: device.copy_to_host(host, stream, 8),
         "DeviceBuffer.copy_from_device": lambda: device.copy_from_device(device, stream),
         "DeviceBuffer.close": device.close,
-        "Graph() (begin and end capture)": lambda: cuda.Graph(stream, lambda: None),
+        "Graph() (begin and end capture)": lambda: cuda.Graph(created, lambda: None),
         "Graph instantiate": graph._instantiate,
         "Graph.launch": graph.launch,
         "Graph.close": graph.close,
@@ -104,30 +106,72 @@ def test_every_cuda_call_matches_the_installed_cuda_bindings():
         with pytest.raises(BackendUnavailable, match="cudaErrorInsufficientDriver") as raised:
             call()
         assert "CUDA call failed" in str(raised.value), name
+    cuda.clear_error()  # cudaGetLastError: it returns the error it clears, it never raises
     borrowed = cuda.Stream(1234)  # a caller's handle: wrapped without a call, never destroyed
     assert borrowed.ptr == 1234 and not borrowed.owned
     borrowed.close()
 
 
-def test_a_failed_capture_ends_the_capture_and_raises_its_own_error(monkeypatch):
-    """The stream must leave capture mode (or every later call on it fails) and the partial graph must be freed."""
+def _fake_capture_runtime(calls: list, capturing: set):
+    from types import SimpleNamespace
+
+    active, none = 1, 0
+    return SimpleNamespace(
+        cudaError_t=SimpleNamespace(cudaSuccess=0),
+        cudaStreamCaptureMode=SimpleNamespace(cudaStreamCaptureModeThreadLocal=2),
+        cudaStreamCaptureStatus=SimpleNamespace(cudaStreamCaptureStatusActive=active),
+        cudaStreamBeginCapture=lambda stream, mode: (calls.append("begin") or capturing.add(stream) or (0,)),
+        cudaStreamIsCapturing=lambda stream: (0, active if stream in capturing else none),
+        cudaStreamEndCapture=lambda stream: (calls.append(f"end {stream}") or capturing.discard(stream) or
+                                             (0, "partial graph")),
+        cudaGraphDestroy=lambda graph: (calls.append(f"destroy {graph}") or (0,)),
+        cudaGetLastError=lambda: (calls.append("clear error") or (0,)))
+
+
+def test_a_failed_capture_ends_every_capture_frees_the_graph_and_clears_the_error(monkeypatch):
+    """The stream (and a forked one left unjoined) must leave capture mode, or every later call on it fails; the
+    partial graph must be freed; and the thread's error cleared, or the next CUDA call reports this one."""
+    from fusionrt.runtime import cuda
+
+    calls, capturing = [], set()
+    monkeypatch.setattr(cuda, "cudart", lambda: _fake_capture_runtime(calls, capturing))
+    stream = _unbuilt(cuda.Stream, handle=4096, owned=False)
+    fork = _unbuilt(cuda.Stream, handle=8192, owned=True)
+
+    def enqueue():
+        capturing.add(8192)  # the work forked onto another stream, then TensorRT refused
+        raise ValueError("TensorRT refused the capture")
+
+    with pytest.raises(ValueError, match="TensorRT refused"):
+        cuda.Graph(stream, enqueue, forked=(fork,))
+    assert calls == ["begin", "end 4096", "destroy partial graph", "end 8192", "clear error"] and not capturing
+
+
+@pytest.mark.parametrize("handle", [0, 1, 2])
+def test_a_default_stream_refuses_capture(monkeypatch, handle):
+    from fusionrt.runtime import cuda
+
+    calls = []
+    monkeypatch.setattr(cuda, "cudart", lambda: _fake_capture_runtime(calls, set()))
+    with pytest.raises(BackendUnavailable, match="a default stream .* cannot be captured"):
+        cuda.Graph(_unbuilt(cuda.Stream, handle=handle, owned=False), lambda: None)
+    assert calls == []  # refused before any capture began
+
+
+def test_an_external_record_is_asked_only_while_capturing(monkeypatch):
+    """cudaEventRecordExternal is invalid outside a capture: a timing mark outside one is a plain record."""
     from types import SimpleNamespace
 
     from fusionrt.runtime import cuda
 
-    calls = []
-    ok = SimpleNamespace(cudaSuccess=0)
-    fake = SimpleNamespace(
-        cudaError_t=ok, cudaStreamCaptureMode=SimpleNamespace(cudaStreamCaptureModeThreadLocal=2),
-        cudaStreamBeginCapture=lambda stream, mode: (calls.append("begin") or (0,)),
-        cudaStreamEndCapture=lambda stream: (calls.append("end") or (0, "partial graph")),
-        cudaGraphDestroy=lambda graph: (calls.append(f"destroy {graph}") or (0,)))
+    flags, capturing = [], set()
+    fake = _fake_capture_runtime([], capturing)
+    fake.cudaEventRecordDefault, fake.cudaEventRecordExternal = 0, 1
+    fake.cudaEventRecordWithFlags = lambda event, stream, flag: (flags.append(flag) or (0,))
     monkeypatch.setattr(cuda, "cudart", lambda: fake)
-    stream = _unbuilt(cuda.Stream, handle=1, owned=False)
-
-    def enqueue():
-        raise ValueError("TensorRT refused the capture")
-
-    with pytest.raises(ValueError, match="TensorRT refused"):
-        cuda.Graph(stream, enqueue)
-    assert calls == ["begin", "end", "destroy partial graph"]
+    stream, event = _unbuilt(cuda.Stream, handle=4096, owned=False), _unbuilt(cuda.Event, handle=SimpleNamespace())
+    event.record(stream, external=True)
+    capturing.add(4096)
+    event.record(stream, external=True)
+    event.record(stream)
+    assert flags == [0, 1, 0]

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from fusionrt.runtime.errors import BackendUnavailable
+
 from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.pipeline import Pipeline
 from tests.hardware import needs_rtx
@@ -76,8 +78,12 @@ def test_tensorrt_from_threads_one_pipeline_and_clones(built, calibrated, monkey
     of buffers); clones get their own context, buffers and stream on the same engine."""
     from tests.runtime.trt_emulation import emulate_tensorrt
 
+    from fusionrt.engines.build import build_engines
+    from tests.conftest import RTX_CC
+
     bundle = tmp_path / "bundle"
     shutil.copytree(built[0], bundle)
+    build_engines(bundle, "tensorrt_rtx", "fp32", compute_capability=RTX_CC, contexts=THREADS + 1)  # a profile each
     gpu = emulate_tensorrt(monkeypatch, bundle)
     jobs = _jobs(LabeledDataset.read(calibrated[3]), 4 * THREADS, seed=2)
     with Pipeline.load(bundle, backend="onnxruntime", precision="fp32") as ref:
@@ -91,6 +97,8 @@ def test_tensorrt_from_threads_one_pipeline_and_clones(built, calibrated, monkey
         assert twin.stream.handle != image.stream.handle
         clones = [clone] + [pipe.clone() for _ in range(THREADS - 1)]
         _same(_run_all(lambda worker: clones[worker], jobs), expected)
+        with pytest.raises(BackendUnavailable, match=r"optimization profile\(s\), all in use.*--contexts"):
+            pipe.clone()  # TensorRT runs one context per profile at once: one more is refused, clearly
         for c in clones:
             c.close()
         _same([[p.probs for p in pipe.classify_batch(*job)] for job in jobs[:2]], expected[:2])

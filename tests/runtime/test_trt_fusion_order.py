@@ -90,6 +90,7 @@ class FakeBackend:
         self.input_specs = tuple(TensorSpec(n, "float32", ("batch", d)) for n, d in inputs.items())
         self.addresses, self.shapes, self.written, self.checked = {}, {}, {}, []
         self.io = self  # the buffers' steps (EngineIO) and the backend's, on one double
+        self.device = 0
 
     def layout(self, name):
         return self.dtypes[name], (self.dims[name],)
@@ -148,7 +149,8 @@ class FakeBackend:
 def fused(monkeypatch):
     rec = Recorder()
     monkeypatch.setattr(trt_backend.cuda, "Event", lambda timing=True: FakeEvent(rec, timing))
-    monkeypatch.setattr(trt_backend.cuda, "Graph", lambda stream, enqueue: FakeGraph(stream, enqueue, rec))
+    monkeypatch.setattr(trt_backend.cuda, "Graph", lambda stream, enqueue, forked=(): FakeGraph(stream, enqueue, rec))
+    monkeypatch.setattr(trt_backend.cuda, "set_device", lambda device: rec("set-device", device))
     monkeypatch.setattr(trt_backend.cuda, "Stream", lambda handle=None: FakeStream(f"caller:{handle}", rec))
     image = FakeBackend("image", rec, {"img": 3}, {"img_vec": 16})
     text = FakeBackend("text", rec, {"ids": 8, "mask": 8}, {"txt_vec": 8})
@@ -196,18 +198,18 @@ def test_branches_fork_from_the_head_stream_and_the_head_waits_for_both(fused):
 def test_cuda_graph_is_captured_on_the_second_call_per_shape_and_replayed_after(fused):
     fusion, rec, _ = fused(graphs=True)
     _call(fusion)  # first call: eager (TensorRT does lazy set-up on its first enqueue)
-    assert not fusion.graphs and not any(e[0] == "capture-begin" for e in rec.log)
+    assert fusion.graph is None and not any(e[0] == "capture-begin" for e in rec.log)
     _call(fusion)  # second: captured on the head stream, then launched
-    assert list(fusion.graphs) == [(2, 5)] and ("capture-begin", "head") in rec.log
-    captured = len(rec.log)
+    assert fusion.graph_key == (2, 5) and ("capture-begin", "head") in rec.log
+    captured, graph = len(rec.log), fusion.graph
     _, timings = _call(fusion)  # third: replayed, nothing re-captured; the timing marks still read after a replay
     assert rec.log.count(("capture-begin", "head")) == 1 and ("launch",) in rec.log[captured:]
     assert timings.image_ms > 0 and timings.text_ms > 0 and timings.head_ms > 0
-    _call(fusion, batch=4, seq=7)  # a new (batch, seq) bucket starts eager again
-    assert list(fusion.graphs) == [(2, 5)]
-    graphs, events = list(fusion.graphs.values()), [*fusion.joins.values(), *fusion.marks.values()]
+    _call(fusion, batch=4, seq=7)  # a new shape: the graph of the old one is dropped, the new one runs eagerly
+    assert graph.closed and fusion.graph is None
+    events = [*fusion.joins.values(), *fusion.marks.values()]
     fusion.close()
-    assert all(g.closed for g in graphs) and all(e.closed for e in events)
+    assert all(e.closed for e in events)
 
 
 def test_capture_waits_for_an_eager_enqueue_at_the_same_shapes(fused):
@@ -216,9 +218,9 @@ def test_capture_waits_for_an_eager_enqueue_at_the_same_shapes(fused):
     fusion, rec, _ = fused(graphs=True)
     for batch in (2, 4, 2):
         _call(fusion, batch=batch)
-    assert not fusion.graphs and not any(e[0] == "capture-begin" for e in rec.log)
+    assert fusion.graph is None and not any(e[0] == "capture-begin" for e in rec.log)
     _call(fusion, batch=2)
-    assert list(fusion.graphs) == [(2, 5)]
+    assert fusion.graph_key == (2, 5) and fusion.graph is not None
     begin = rec.log.index(("capture-begin", "head"))
     last_run = max(i for i, e in enumerate(rec.log[:begin]) if e == ("run", "head"))
     shapes_then = [e for e in rec.log[:last_run] if e[0] == "shape" and e[1] == "image"]
@@ -231,7 +233,7 @@ def test_a_shape_whose_capture_fails_runs_without_a_graph(fused, monkeypatch):
 
     fusion, rec, _ = fused(graphs=True)
 
-    def refuse(stream, enqueue):
+    def refuse(stream, enqueue, forked=()):
         rec("capture-refused", stream.name)
         raise BackendUnavailable("CUDA call failed: cudaErrorStreamCaptureUnsupported")
 
@@ -296,7 +298,44 @@ def test_a_device_array_input_is_copied_device_to_device_after_its_producer(fuse
         assert log.index(("record", "caller:555", "input_ready")) < log.index(("wait", "image", "input_ready")) < copy
         assert ("copy-in", "image") not in log and copy < log.index(("run", "image"))  # no host copy of the frame
         assert result.logits.shape == (2, 3)
-    assert not fusion.graphs and not any(e[0] == "capture-begin" for e in rec.log)
+    assert fusion.graph is None and not any(e[0] == "capture-begin" for e in rec.log)
+
+
+def test_the_producer_waits_for_fusionrts_read_before_it_overwrites_the_frame(fused):
+    """CUDA Array Interface v3: the consumer orders its reads after the producer's stream; and so that the producer
+    (with sync=False, not waited for) does not overwrite the frame before the copy read it, its stream waits for the
+    copy."""
+    fusion, rec, head = fused(graphs=False)
+    tokens = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    fusion.run(CudaArray(0xBEEF, (2, 3), stream=555), tokens, device_output=True, sync=False)
+    log = rec.log
+    copy = log.index(("copy-in-device", "image", "img", 0xBEEF))
+    assert copy < log.index(("record", "image", "input_read")) < log.index(("wait", "caller:555", "input_read"))
+
+
+@pytest.mark.parametrize("cai_stream, waited", [(1, "caller:1"), (2, "caller:2"), (None, None)])
+def test_the_legacy_and_per_thread_streams_are_waited_on_and_none_means_no_wait(fused, cai_stream, waited):
+    fusion, rec, head = fused(graphs=False)
+    tokens = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    fusion.run(CudaArray(0xBEEF, (2, 3), stream=cai_stream), tokens)
+    recorded = [e for e in rec.log if e[0] == "record" and e[2] == "input_ready"]
+    assert recorded == ([("record", waited, "input_ready")] if waited else [])
+
+
+def test_an_export_without_a_stream_entry_is_ordered_after_the_legacy_stream_and_0_is_refused(fused):
+    """A v2 export (torch's) names no stream: the legacy default stream, which orders every blocking stream's work,
+    is waited on. Stream 0 is forbidden by the interface (ambiguous)."""
+    from fusionrt.runtime.errors import InputError
+
+    fusion, rec, head = fused(graphs=False)
+    tokens = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    v2 = CudaArray(0xBEEF, (2, 3))
+    del v2.__cuda_array_interface__["stream"]
+    v2.__cuda_array_interface__["version"] = 2
+    fusion.run(v2, tokens)
+    assert ("record", "caller:1", "input_ready") in rec.log
+    with pytest.raises(InputError, match="names stream 0: the interface forbids it"):
+        fusion.run(CudaArray(0xBEEF, (2, 3), stream=0), tokens)
 
 
 def test_device_output_leaves_the_logits_in_the_heads_buffer(fused):
@@ -335,6 +374,6 @@ def test_without_sync_the_results_stay_on_the_heads_stream_until_the_next_call(f
     assert result.logits.stream == "stream:head" and result.timings.head_ms == 0  # not measured: nothing waited
     start = len(rec.log)
     fusion.run(np.zeros((2, 3), np.float32), tokens)
-    assert rec.log[start] == ("sync", "head")  # the next call first waits before reusing the buffers
+    assert rec.log[start:start + 2] == [("set-device", 0), ("sync", "head")]  # waits before reusing the buffers
     with pytest.raises(InputError, match="expected device_output=True with it"):
         fusion.run(np.zeros((2, 3), np.float32), tokens, sync=False)

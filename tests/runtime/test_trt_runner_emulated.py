@@ -17,8 +17,9 @@ from fusionrt.runtime.manifest import TensorSpec
 from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.wiring import Wiring
 from tests.hardware import needs_rtx
-from tests.runtime.trt_emulation import Gpu, emulate_tensorrt, emulated_trt, install_emulated_cuda
 from fusionrt.bundling import save_manifest
+from fusionrt.runtime.pipeline import Pipeline
+from tests.runtime.trt_emulation import Gpu, emulate_tensorrt, emulated_trt, install_emulated_cuda, view
 
 # The runner's calls are checked against each installed TensorRT's real classes: TensorRT-RTX, and TensorRT 11's
 # runtime (tensorrt-lean: the same runtime API as the full tensorrt package, which cannot be installed here).
@@ -92,7 +93,9 @@ def emulated(request, monkeypatch, tmp_path):
             backend.close()
         assert not gpu.open
 
-    return SimpleNamespace(open=open_backend, fused=fused, gpu=gpu, trt_backend=trt_backend, trt=trt)
+    # fusionrt captures CUDA graphs itself on TensorRT; TensorRT-RTX captures its own (its built-in strategy)
+    return SimpleNamespace(open=open_backend, fused=fused, gpu=gpu, trt_backend=trt_backend, trt=trt,
+                           own_graphs=CLASS_APIS[request.param] != "tensorrt_rtx")
 
 
 def trt_module():
@@ -145,25 +148,34 @@ def test_fused_path_feeds_the_head_from_the_encoders_device_outputs(emulated):
 @pytest.mark.parametrize("graphs", [False, True])
 def test_with_the_text_given_the_head_reads_those_features(emulated, graphs):
     with emulated.fused(graphs) as (fusion, backends):
-        for seed in range(3):  # with graphs: the full call and the cached-text call each eager, captured, replayed
-            pixels, tokens = _inputs(2, 5, seed=seed)
-            result = fusion.run(pixels, tokens)
-            np.testing.assert_allclose(result.logits, _expected(pixels, tokens), rtol=1e-5)
-            features = result.text_features
-            np.testing.assert_allclose(features, text_model(**tokens)["text_features"])
-            frame, _ = _inputs(2, 5, seed=100 + seed)  # a new frame, the same text
+        pixels, tokens = _inputs(2, 5)
+        result = fusion.run(pixels, tokens)
+        np.testing.assert_allclose(result.logits, _expected(pixels, tokens), rtol=1e-5)
+        features = result.text_features
+        np.testing.assert_allclose(features, text_model(**tokens)["text_features"])
+        for seed in range(3):  # a new frame, the same text: with graphs eager, captured, then replayed
+            frame, _ = _inputs(2, 5, seed=100 + seed)
             np.testing.assert_allclose(fusion.run(frame, tokens, features).logits, _expected(frame, tokens), rtol=1e-5)
-        assert set(fusion.graphs) == ({(2, 5), ("text given", 2)} if graphs else set())
+        graphs = graphs and emulated.own_graphs
+        assert fusion.graph_key == (("text given", 2) if graphs else None) and (fusion.graph is not None) == graphs
 
 
-def test_cuda_graph_replays_on_new_inputs_per_bucket(emulated):
+def test_a_context_replays_only_the_graph_of_its_current_shape(emulated):
+    """Shapes A, A, B, B, A, B, A, A, A: one graph is kept, of the contexts' current shape; a change of shape drops it
+    (the emulated context refuses a graph replayed after it ran another shape), and each shape is captured again
+    after one eager call at it. Every answer equals the eager one, on new data each call."""
+    shapes = [(2, 5), (2, 5), (4, 3), (4, 3), (2, 5), (4, 3), (2, 5), (2, 5), (2, 5)]
     with emulated.fused(True) as (fusion, backends):
-        for seed in range(3):  # per bucket: eager, captured (the 2nd call in a row), then replayed, each on new data
-            for batch, seq in ((2, 5), (4, 3)):
-                for repeat in range(2):
-                    pixels, tokens = _inputs(batch, seq, seed=100 * seed + 10 * repeat + batch)
-                    np.testing.assert_allclose(fusion.run(pixels, tokens).logits, _expected(pixels, tokens), rtol=1e-5)
-        assert sorted(fusion.graphs) == [(2, 5), (4, 3)]
+        captured = []
+        for i, (batch, seq) in enumerate(shapes):
+            pixels, tokens = _inputs(batch, seq, seed=i)
+            np.testing.assert_allclose(fusion.run(pixels, tokens).logits, _expected(pixels, tokens), rtol=1e-5)
+            captured.append(fusion.graph is not None)
+        if not emulated.own_graphs:  # TensorRT-RTX: never a capture of fusionrt's own
+            assert not any(captured) and not fusion.use_graphs
+            return
+        assert captured == [False, True, False, True, False, False, False, True, True]
+        assert fusion.graph_key == (2, 5)
 
 
 @needs_rtx
@@ -214,7 +226,7 @@ def test_pipeline_on_tensorrt_engines_matches_onnxruntime(precision, built, cali
             strategies = {b.context.runtime_config.cuda_graph_strategy if b.context.runtime_config else None
                           for b in pipe.backends.values()}
             assert strategies == ({trt_module().CudaGraphStrategy.WHOLE_GRAPH_CAPTURE} if graphs else {None})
-            assert not pipe._executor.graphs and not pipe._executor.use_graphs
+            assert pipe._executor.graph is None and not pipe._executor.use_graphs
             pipe.text_cache = TextFeatureCache(8)
             for _ in range(2):  # text cache miss (both branches), then hit (the image branch and the head only)
                 np.testing.assert_allclose(pipe.cached_logits(*pipe.prepare(images[:8], texts[:8])), expected[8],
@@ -249,7 +261,7 @@ def test_shape_and_feed_errors_are_input_errors(emulated):
 
 def test_one_logger_per_product_and_the_device_is_checked(emulated, monkeypatch):
     image, head = emulated.open("image"), emulated.open("head")
-    assert image._logger is head._logger  # TensorRT warns when a second, different logger comes
+    assert image.shared.logger is head.shared.logger  # TensorRT warns when a second, different logger comes
     image.close()
     head.close()
     from fusionrt.runtime.errors import BackendUnavailable
@@ -276,16 +288,18 @@ def test_a_context_that_says_it_cannot_be_captured_runs_eagerly(emulated):
     """Before a capture of its own, fusionrt asks each context (where TensorRT has the call)."""
     emulated.gpu.capturable = False
     asks = hasattr(emulated.trt.IExecutionContext, "is_stream_capturable")
+    if not emulated.own_graphs:
+        pytest.skip("TensorRT-RTX captures its CUDA graphs itself: fusionrt asks no context (tested above)")
     with emulated.fused(True) as (fusion, backends):
         pixels, tokens = _inputs(2, 5)
         fusion.run(pixels, tokens)
         if asks:
             with pytest.warns(RuntimeWarning, match="cannot be stream-captured .*`fusionrt build --cuda-graphs`"):
                 fusion.run(pixels, tokens)
-            assert fusion.graphs == {(2, 5): None}  # refused: eager from now on
+            assert fusion.graph_key == (2, 5) and fusion.graph is None  # refused: eager at this shape
         else:  # TensorRT 11's lean runtime has no such call: the capture is tried
             fusion.run(pixels, tokens)
-            assert fusion.graphs[(2, 5)] is not None
+            assert fusion.graph is not None
 
 
 @needs_rtx
@@ -335,7 +349,7 @@ def test_device_arrays_in_and_out_skip_the_host(emulated):
         image, head = backends["image_encoder"], backends["fusion_head"]
         assert not image.io._tensors["pixel_values"].host.array.any()  # white-box: the frame never went through the host
         assert not head.io._tensors["logits"].host.array.any()  # nor the logits
-        assert not fusion.graphs  # device in or out: eager (a graph would bake in the caller's pointer)
+        assert fusion.graph is None  # device in or out: eager (a graph would bake in the caller's pointer)
 
 
 def test_a_host_backend_refuses_device_arrays_clearly(tiny_bundle):
@@ -347,3 +361,119 @@ def test_a_host_backend_refuses_device_arrays_clearly(tiny_bundle):
             pipe.infer(HostBackedCudaArray(pixels), tokens)
         with pytest.raises(InputError, match=r"device_output=True \(and sync=False\): expected a backend that runs on"):
             pipe.infer(pixels, tokens, device_output=True)
+
+
+@pytest.mark.parametrize("producer", [Gpu.LEGACY, Gpu.PER_THREAD, 777])
+def test_a_device_frame_is_read_after_its_producers_stream_wrote_it(emulated, producer):
+    """The producer's write is still queued on its stream (legacy, per-thread or its own) when fusionrt is called:
+    the branch streams are non-blocking and wait for nothing but events, so only waiting on the producer's stream
+    (as the CUDA Array Interface says) reads the frame rather than what was there before."""
+    pixels, tokens = _inputs(2, 5, seed=4)
+    frame = HostBackedCudaArray(np.zeros_like(pixels))
+    frame.__cuda_array_interface__["stream"] = producer
+    target = frame.array
+    emulated.gpu.queue(producer).ops.append(lambda: target.__setitem__(Ellipsis, pixels))  # a slow kernel's write
+    with emulated.fused(False) as (fusion, backends):
+        np.testing.assert_allclose(fusion.run(frame, tokens).logits, _expected(pixels, tokens), rtol=1e-5)
+
+
+def test_the_producer_does_not_overwrite_the_frame_before_the_read_without_sync(emulated):
+    """With sync=False nothing waits for fusionrt's copy; the producer's next write (the next frame) is ordered after
+    it because its stream waits for the copy."""
+    pixels, tokens = _inputs(2, 5, seed=5)
+    expected = _expected(pixels, tokens)
+    frame = HostBackedCudaArray(pixels.copy())
+    frame.__cuda_array_interface__["stream"] = 778
+    with emulated.fused(False) as (fusion, backends):
+        result = fusion.run(frame, tokens, device_output=True, sync=False)
+        producer = emulated.gpu.queue(778)
+        producer.ops.append(lambda: frame.array.__setitem__(Ellipsis, 0.0))  # the next frame, written over it
+        producer.flush()  # the producer runs on first
+        backends["fusion_head"].stream.synchronize()
+        logits = view(result.logits.ptr, result.logits.dtype, result.logits.shape).copy()
+        np.testing.assert_allclose(logits, _expected(pixels, tokens), rtol=1e-5)
+
+
+@needs_rtx
+def test_a_default_stream_for_the_head_is_refused(built, monkeypatch):
+    emulate_tensorrt(monkeypatch, built[0])
+    with pytest.raises(InputError, match=r"stream=0: a default CUDA stream .* torch.cuda.Stream\(\)"):
+        Pipeline.load(built[0], backend="tensorrt_rtx", precision="fp32", stream=0)
+
+
+def test_close_right_after_a_call_that_did_not_wait_waits_first(emulated):
+    """sync=False, then close(): the head may still be reading the encoders' buffers, so close waits before freeing
+    them (on the emulated GPU the queued work would read freed memory, and fail)."""
+    pixels, tokens = _inputs(2, 5, seed=6)
+    with emulated.fused(False) as (fusion, backends):
+        fusion.run(HostBackedCudaArray(pixels), tokens, device_output=True, sync=False)
+        fusion.close()
+        assert not emulated.gpu.queue(backends["fusion_head"].stream.handle).ops  # everything ran before the frees
+
+
+def test_unchecked_tensorrt_results_are_checked(emulated, monkeypatch):
+    """A context TensorRT could not make (None: out of memory), an address it refuses or one not 256-byte aligned, and
+    shapes it cannot infer are clear errors, not a crash later."""
+    from fusionrt.runtime.errors import BackendUnavailable
+
+    image = emulated.open("image")
+    with pytest.raises(InputError, match=r"refused address 0x[0-9a-f]+: expected one aligned to 256 bytes"):
+        image.io.bind("pixel_values", image.io.device_address("pixel_values") + 4)
+    real = image.io.context
+    image.io.context = SimpleNamespace(infer_shapes=lambda: ["pixel_values"], set_input_shape=lambda n, s: True)
+    with pytest.raises(InputError, match=r"cannot infer the shapes of \['pixel_values'\]"):
+        image.io.set_shapes({"pixel_values": (1, 3, 4, 4)})
+    image.io.context = real
+    image.close()
+    monkeypatch.setattr(type(image.api), "create_context", lambda self, engine, graphs=False, cache=None: None)
+    with pytest.raises(BackendUnavailable, match="could not create an execution context .* expected free GPU memory"):
+        emulated.open("image")
+    assert not emulated.gpu.open  # nothing left allocated by the failed open
+
+
+def test_close_frees_every_buffer_even_when_one_fails(emulated):
+    image = emulated.open("image")
+    tensors = list(image.io._tensors.values())
+    real = tensors[0].device.close
+    tensors[0].device.close = lambda: (real(), (_ for _ in ()).throw(RuntimeError("cudaFree failed")))
+    with pytest.raises(RuntimeError, match="cudaFree failed"):
+        image.close()
+    assert not emulated.gpu.open  # every other buffer (and the failing one's host half) freed all the same
+
+
+def test_a_pinned_buffer_is_freed_when_its_device_buffer_cannot_be_made(emulated, monkeypatch):
+    from fusionrt.runtime.backends import trt_io
+
+    def out_of_memory(nbytes):
+        raise BackendUnavailable("CUDA call failed: cudaErrorMemoryAllocation")
+
+    from fusionrt.runtime.errors import BackendUnavailable
+
+    monkeypatch.setattr(trt_io.cuda, "DeviceBuffer", out_of_memory)
+    with pytest.raises(BackendUnavailable, match="cudaErrorMemoryAllocation"):
+        emulated.open("image")
+    assert not emulated.gpu.open
+
+
+def test_tensorrt_rtx_cuda_graphs_need_1_2_and_capturable_engines_and_its_runtime_cache_is_kept(tmp_path, monkeypatch):
+    """CUDA graphs on TensorRT-RTX: its own, from 1.2 on, of engines built stream-capturable (recorded in the
+    manifest); the runtime cache of JIT-compiled kernels is read at load and written back at close, per engine."""
+    import tensorrt_rtx
+
+    from fusionrt.runtime.backends.trt_compat import TrtApi, runtime_cache_path, save_runtime_cache
+
+    old, new = (TrtApi("tensorrt_rtx", tensorrt_rtx, Version(v)) for v in ("1.1", "1.7"))
+    assert not old.builtin_cuda_graphs and new.builtin_cuda_graphs
+    with pytest.warns(RuntimeWarning, match="TensorRT-RTX 1.1 has no CUDA graphs"):
+        old.check_cuda_graphs([])
+    plain = SimpleNamespace(path="image.plan", capturable=False)
+    with pytest.warns(RuntimeWarning, match="image.plan were not built stream-capturable"):
+        new.check_cuda_graphs([plain])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    record = SimpleNamespace(sha256="ab" * 32)
+    save_runtime_cache(SimpleNamespace(serialize=lambda: b"kernels"), record)
+    assert runtime_cache_path(record).read_bytes() == b"kernels" and str(tmp_path) in str(runtime_cache_path(record))
+    loaded = []
+    engine = SimpleNamespace(create_runtime_config=lambda: SimpleNamespace(create_runtime_cache=lambda: SimpleNamespace(
+        deserialize=lambda blob: loaded.append(bytes(blob)) or True)))
+    assert new.runtime_cache(engine, record) is not None and loaded == [b"kernels"]

@@ -84,18 +84,61 @@ class Checked:
         return call
 
 
-# -- an emulated GPU: host memory, work run at once or recorded while a stream captures ----------------
+# -- an emulated GPU: host memory, work queued per stream and run in stream order -----------------------
 class Gpu:
+    """Streams are queues: work runs when a stream is synchronized (or an event on it waited for), in the order
+    events and waits say, never sooner; nothing orders two streams but an event. So a read that does not wait for
+    its producer's stream reads what was there before, as on a GPU. It learns CUDA's rules the runner must keep:
+    an external event record only while capturing; no capture on a default stream (0, legacy, per-thread); a
+    context replays only the graph of its current shapes; no two live contexts of an engine on one optimization
+    profile; a CUDA call only on a thread that set its device; no pending error after a failed capture."""
+
+    LEGACY, PER_THREAD = 1, 2
+
     def __init__(self):
-        self.captured = None  # the ops of a capture in progress
+        self.streams: dict = {}  # handle -> _Queue
+        self.capture = None  # the ops of a capture in progress
         self.open: set = set()
         self.capturable = True  # what contexts answer to is_stream_capturable
+        self.threads: set = set()  # threads that set their device
+        self.error = None  # a pending CUDA error (what a failed capture leaves unless cleared)
+        for handle in (self.LEGACY, self.PER_THREAD):
+            self.queue(handle)
 
-    def submit(self, op):
-        if self.captured is not None:
-            self.captured.append(op)
+    def queue(self, handle):
+        if handle not in self.streams:
+            self.streams[handle] = _Queue(self, handle)
+        return self.streams[handle]
+
+    def check_thread(self):
+        import threading
+
+        assert threading.get_ident() in self.threads, "a CUDA call on a thread that never set its device"
+        assert self.error is None, f"a CUDA call with an error pending: {self.error}"
+
+    def submit(self, op, handle):
+        self.check_thread()
+        if self.capture is not None:
+            self.capture.append(op)
         else:
+            self.queue(handle).ops.append(op)
+
+
+class _Queue:
+    def __init__(self, gpu, handle):
+        self.gpu, self.handle, self.ops, self.done = gpu, handle, [], 0
+
+    def mark(self) -> int:
+        return self.done + len(self.ops)
+
+    def run_to(self, mark: int) -> None:
+        while self.done < mark and self.ops:
+            op = self.ops.pop(0)
+            self.done += 1
             op()
+
+    def flush(self) -> None:
+        self.run_to(self.mark())
 
 
 def view(address: int, dtype, shape) -> np.ndarray:
@@ -107,8 +150,8 @@ def view(address: int, dtype, shape) -> np.ndarray:
 def emulated_cuda(gpu: Gpu):
     class Buffer:
         def __init__(self, nbytes):
-            self.memory = np.zeros(max(int(nbytes), 1), np.uint8)
-            self.ptr, self.nbytes = self.memory.ctypes.data, int(nbytes)
+            self.memory = np.zeros(max(int(nbytes), 1) + 256, np.uint8)  # cudaMalloc's 256-byte alignment
+            self.ptr, self.nbytes = self.memory.ctypes.data + (-self.memory.ctypes.data % 256), int(nbytes)
             gpu.open.add(self)
 
         def close(self):
@@ -121,39 +164,59 @@ def emulated_cuda(gpu: Gpu):
             self.array = view(self.ptr, dtype, shape)
 
     class DeviceBuffer(Buffer):
-        def _copy(self, dst, src, nbytes):
+        def _copy(self, dst, src, nbytes, stream):
             assert nbytes <= self.nbytes, f"copy of {nbytes} bytes into a {self.nbytes}-byte buffer"
-            gpu.submit(lambda: ctypes.memmove(dst, src, nbytes))
+            gpu.submit(lambda: ctypes.memmove(dst, src, nbytes), stream.handle)
 
         def copy_from_address(self, address, stream, nbytes):
-            self._copy(self.ptr, int(address), int(nbytes))
+            self._copy(self.ptr, int(address), int(nbytes), stream)
 
         def copy_from_host(self, host, stream, nbytes=None):
-            self._copy(self.ptr, host.ptr, nbytes or host.nbytes)
+            self._copy(self.ptr, host.ptr, nbytes or host.nbytes, stream)
 
         def copy_to_host(self, host, stream, nbytes=None):
-            self._copy(host.ptr, self.ptr, nbytes or host.nbytes)
+            self._copy(host.ptr, self.ptr, nbytes or host.nbytes, stream)
 
     class Stream:
         def __init__(self, handle=None):  # a caller's handle is borrowed, as in the real layer
-            self.owned, self.handle = handle is None, handle or id(self)
+            self.owned = handle is None
+            self.handle = id(self) if handle is None else int(handle)
             self.ptr = self.handle
+            gpu.queue(self.handle)
+
+        def capturing(self):
+            return gpu.capture is not None
 
         def wait(self, event):
-            pass
+            gpu.check_thread()
+            if gpu.capture is not None or event.at is None:
+                return  # inside a capture a wait is an edge of the graph; an event never recorded: nothing to wait
+            queue, mark = event.at
+            gpu.queue(self.handle).ops.append(lambda: queue.run_to(mark))
 
         def synchronize(self):
-            assert gpu.captured is None, "synchronize inside a capture"
+            assert gpu.capture is None, "synchronize inside a capture"
+            gpu.queue(self.handle).flush()
 
         def close(self):
             self.handle = None
 
     class Event:
         def __init__(self, timing=True):
+            self.at = None
             gpu.open.add(self)
 
         def record(self, stream, external=False):
-            pass
+            gpu.check_thread()
+            assert not external or gpu.capture is not None, "an external event record outside a stream capture"
+            if gpu.capture is None:
+                queue = gpu.queue(stream.handle)
+                self.at = (queue, queue.mark())
+            return self
+
+        def synchronize(self):
+            if self.at is not None:
+                self.at[0].run_to(self.at[1])
 
         def elapsed_ms(self, start):
             return 1.0
@@ -162,33 +225,51 @@ def emulated_cuda(gpu: Gpu):
             gpu.open.discard(self)
 
     class Graph:
-        def __init__(self, stream, enqueue):
-            gpu.captured = []
+        def __init__(self, stream, enqueue, forked=()):
+            if stream.handle in (0, Gpu.LEGACY, Gpu.PER_THREAD):
+                from fusionrt.runtime.errors import BackendUnavailable
+
+                raise BackendUnavailable("CUDA graphs: a default stream cannot be captured")
+            self.stream, gpu.capture = stream, []
             try:
                 enqueue()
+            except BaseException:
+                gpu.error = "a capture failed and was never cleared"  # what the real layer must clear
+                raise
             finally:
-                self.ops, gpu.captured = gpu.captured, None
+                self.ops, gpu.capture = gpu.capture, None
             gpu.open.add(self)
 
         def launch(self):
-            for op in self.ops:
-                op()
+            gpu.submit(lambda: [op() for op in self.ops], self.stream.handle)
 
         def close(self):
             gpu.open.discard(self)
 
+    def set_device(device):
+        import threading
+
+        gpu.threads.add(threading.get_ident())
+
+    def clear_error():
+        gpu.error = None
+
     return SimpleNamespace(PinnedBuffer=PinnedBuffer, DeviceBuffer=DeviceBuffer, Stream=Stream, Event=Event,
-                           Graph=Graph)
+                           Graph=Graph, set_device=set_device, clear_error=clear_error)
 
 
 def emulated_engine(trt, gpu: Gpu, model: tuple):
-    """model: (inputs {name: (dtype, min shape, max shape)}, outputs {name: (dtype, width)}, function)."""
-    inputs, outputs, function = model
+    """model: (inputs {name: (dtype, min shape, max shape)}, outputs {name: (dtype, width)}, function[, profiles])."""
+    import weakref
+
+    inputs, outputs, function = model[:3]
+    profiles = model[3] if len(model) > 3 else 2
     names = [*inputs, *outputs]
     dtype = {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF, "int64": trt.DataType.INT64}
+    live = weakref.WeakSet()  # the engine's contexts still referenced
 
-    def make_context(*_):
-        shapes, addresses = {}, {}
+    def make_context(*config):
+        shapes, addresses, state = {}, {}, {"profile": 0, "ran": None}
 
         def output_shape(name):
             batch = shapes[next(iter(inputs))][0]
@@ -200,32 +281,65 @@ def emulated_engine(trt, gpu: Gpu, model: tuple):
             shapes[name] = tuple(shape)
             return True
 
+        def set_profile(index, stream):
+            assert 0 <= index < profiles, f"profile {index} of an engine with {profiles}"
+            state["profile"] = index
+            return True
+
         def execute_async_v3(stream_handle):
             # TensorRT reads the shapes and addresses set now; the work runs later on the stream.
+            mine = [c for c in live if c is not context]
+            assert all(c.state["profile"] != state["profile"] for c in mine), \
+                f"two live contexts of one engine on optimization profile {state['profile']}"
             now = {n: (addresses[n], shapes[n]) for n in inputs}
             out = {n: (addresses[n], output_shape(n)) for n in outputs}
+            captured = gpu.capture is not None
+            at = tuple(sorted(shapes.items()))
 
             def run():
+                if captured:  # a replay: the context must not have run another shape since the capture
+                    assert state["ran"] in (None, at), f"a graph of shapes {at} replayed after the context ran {state['ran']}"
+                state["ran"] = at
                 feeds = {n: view(a, inputs[n][0], s).copy() for n, (a, s) in now.items()}
                 for n, value in function(**feeds).items():
                     view(out[n][0], outputs[n][0], out[n][1])[...] = value
 
-            gpu.submit(run)
+            gpu.submit(run, stream_handle)
+            return True
+
+        def set_tensor_address(name, pointer):
+            assert pointer % 256 == 0, f"{name}: address {pointer:#x} is not 256-byte aligned"
+            addresses[name] = pointer
             return True
 
         context = Checked(trt.IExecutionContext, set_input_shape=set_input_shape,
                           get_tensor_shape=lambda n: shapes[n] if n in inputs else output_shape(n),
-                          set_tensor_address=lambda n, p: addresses.__setitem__(n, p) or True,
-                          execute_async_v3=execute_async_v3, is_stream_capturable=lambda stream: gpu.capturable)
-        context.runtime_config = _[0] if _ else None  # what it was created with (RTX: its CUDA graph strategy)
+                          set_tensor_address=set_tensor_address, execute_async_v3=execute_async_v3,
+                          is_stream_capturable=lambda stream: gpu.capturable,
+                          set_optimization_profile_async=set_profile,
+                          infer_shapes=lambda: [n for n in inputs if n not in shapes])
+        context.runtime_config = config[0] if config else None  # what it was created with (RTX: its graph strategy)
+        context.state = state
+        live.add(context)
         return context
+
+    def runtime_config():
+        impl = {"cuda_graph_strategy": None, "create_runtime_cache": lambda: SimpleNamespace(
+            serialize=lambda: b"cache", deserialize=lambda blob: True), "set_runtime_cache": lambda cache: True}
+        config = SimpleNamespace(**impl)
+        return config
 
     return Checked(trt.ICudaEngine, num_io_tensors=len(names), get_tensor_name=lambda i: names[i],
                    get_tensor_mode=lambda n: trt.TensorIOMode.INPUT if n in inputs else trt.TensorIOMode.OUTPUT,
-                   get_tensor_profile_shape=lambda n, p: [inputs[n][1], inputs[n][2], inputs[n][2]],
+                   get_tensor_profile_shape=lambda n, p: (p < profiles or _fail(f"profile {p}")) and
+                   [inputs[n][1], inputs[n][2], inputs[n][2]],
                    get_tensor_dtype=lambda n: dtype[(inputs.get(n) or outputs[n])[0]],
-                   create_execution_context=make_context,
-                   create_runtime_config=lambda: SimpleNamespace(cuda_graph_strategy=None))
+                   num_optimization_profiles=profiles,
+                   create_execution_context=make_context, create_runtime_config=runtime_config)
+
+
+def _fail(what):
+    raise AssertionError(what)
 
 
 def emulated_trt(trt, gpu: Gpu, model_of, builtin_graphs: bool = False):
@@ -244,11 +358,13 @@ def emulated_trt(trt, gpu: Gpu, model_of, builtin_graphs: bool = False):
 
 
 def install_emulated_cuda(monkeypatch, gpu: Gpu):
+    """The CUDA layer's classes and calls, emulated; this thread has set its device (as a load does)."""
     from fusionrt.runtime.backends import tensorrt as trt_backend
 
     cu = emulated_cuda(gpu)
-    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph", "Stream"):
+    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph", "Stream", "set_device", "clear_error"):
         monkeypatch.setattr(trt_backend.cuda, name, getattr(cu, name))
+    cu.set_device(0)
     return cu
 
 
@@ -273,7 +389,8 @@ def onnx_models(bundle, precision: str) -> dict:
             outputs = {t.name: (t.dtype, t.shape[1]) for t in comp.outputs}
             names = [o.name for o in session.get_outputs()]
             models[engine.sha256] = (inputs, outputs,
-                                     lambda s=session, n=names, **feeds: dict(zip(n, s.run(None, feeds))))
+                                     lambda s=session, n=names, **feeds: dict(zip(n, s.run(None, feeds))),
+                                     engine.contexts)
             assert hashlib.sha256((bundle / engine.path).read_bytes()).hexdigest() == engine.sha256
     return models
 
@@ -292,5 +409,6 @@ def emulate_tensorrt(monkeypatch, bundle, precisions=("fp32",)) -> Gpu:
     models = {k: v for p in precisions for k, v in onnx_models(bundle, p).items()}
     module = emulated_trt(trt, gpu, lambda plan: models[hashlib.sha256(plan).hexdigest()], builtin_graphs=True)
     monkeypatch.setattr(trt_backend, "load_api", lambda product: TrtApi(product, module, Version(trt.__version__)))
-    monkeypatch.setattr(trt_backend, "_gpu", lambda device=0: (RTX_CC, "an emulated GPU"))
+    monkeypatch.setattr(trt_backend, "_gpu", lambda device=0: (trt_backend.cuda.set_device(device) or RTX_CC,
+                                                                "an emulated GPU"))
     return gpu
