@@ -79,3 +79,26 @@ def test_report_prints_what_ran_when_a_section_failed(capsys):
     gpu_check.print_report(report, SimpleNamespace(seq=128, iters=5))
     out = capsys.readouterr().out
     assert "eager: results equal=True" in out and "41.0 us/call" in out and "total 1.0 s" in out
+
+
+def test_the_contract_checks_pass_on_an_emulated_gpu(monkeypatch):
+    """The contract section's own logic (graph replays over changing shapes, a capture that fails, sync=False then
+    close, two clones on two threads), run here so a GPU session does not spend its minutes on a broken script."""
+    from fusionrt.runtime.backends import tensorrt as trt_backend
+    from tests.gpu import gpu_contracts
+
+    gpu = Gpu()
+    emulated = emulated_cuda(gpu)
+    for name in ("PinnedBuffer", "DeviceBuffer", "Event", "Graph", "Stream", "set_device", "clear_error"):
+        monkeypatch.setattr(trt_backend.cuda, name, getattr(emulated, name))
+    emulated.set_device(0)
+    runtime = _cudart(gpu)
+    runtime.cudaGetLastError = lambda: (0,)
+    cu = SimpleNamespace(Stream=emulated.Stream, cudart=lambda: runtime, cuda_call=lambda result: None)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        assert gpu_contracts.graph_replays(cu, folder) is True
+        assert gpu_contracts.failed_capture(cu, folder) is True
+    assert gpu_contracts.clones_and_close(cu) is True
+    assert not gpu.open
