@@ -61,11 +61,17 @@ def load_image_weights(module, path: Path) -> None:
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     own = module.state_dict()
-    state = {k: v for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CheckpointError(f"image weights '{path}' lack {len(missing)} keys of the model (first: {missing[:3]}).")
-    module.load_state_dict(state)
+    state = {k: v for k, v in state.items() if k in own}  # another classifier's keys are not the encoder's
+    try:  # PyTorch's own rules: BatchNorm fills the num_batches_tracked an older PyTorch did not save
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        detail = " ".join(str(exc).split())[:400]
+        raise CheckpointError(f"image weights '{path}' do not fit the model ({detail}): expected a state dict of "
+                              "this backbone at this size; check --image-backbone.") from exc
+    if result.missing_keys:
+        missing = list(result.missing_keys)
+        raise CheckpointError(f"image weights '{path}' lack {len(missing)} keys of the model (first: {missing[:3]}): "
+                              "expected a state dict of this backbone.")
 
 
 def efficientnet_lite0_weights(module) -> None:

@@ -118,3 +118,30 @@ def test_dynamo_exporter_also_passes_parity(trained_checkpoint, shape_data, tmp_
     ops = {n.op_type for n in text.graph.node}
     assert attention == "sdpa" and "IsNaN" not in ops and "Softmax" in ops
     assert model.text_encoder.model.config._attn_implementation == attention
+
+
+def test_an_older_pytorchs_state_dict_without_num_batches_tracked_loads_and_a_real_gap_is_named(tmp_path):
+    """Many published checkpoints predate BatchNorm's num_batches_tracked: PyTorch's load_state_dict accepts them
+    (it fills the counter), and so does --image-weights; a key the model really needs is refused by name."""
+    import torch
+
+    from fusionrt.export.encoders import load_image_weights
+    from fusionrt.runtime.errors import CheckpointError
+
+    def encoder():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+
+    source = encoder()
+    source[1].running_mean.fill_(0.5)
+    old = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pth")
+    target = encoder()
+    load_image_weights(target, tmp_path / "old.pth")
+    assert torch.equal(target[1].running_mean, source[1].running_mean)
+    torch.save({k: v for k, v in old.items() if k != "0.weight"}, tmp_path / "gap.pth")
+    with pytest.raises(CheckpointError, match=r"lack 1 keys of the model \(first: \['0.weight'\]\)"):
+        load_image_weights(encoder(), tmp_path / "gap.pth")
+    torch.save({**old, "0.weight": torch.zeros(5, 3, 3, 3)}, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match=r"do not fit the model \(.*size mismatch for 0.weight"):
+        load_image_weights(encoder(), tmp_path / "shape.pth")
