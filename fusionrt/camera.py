@@ -132,10 +132,12 @@ def _record(r) -> str:
 
 def run_cameras(pipeline, sources: list, texts, headless: bool, out=None, jsonl=None, policy=None,
                 max_frames=None, mosaic_out: bool = False, say=print, overwrite: bool = False,
-                on_key: Callable[[int], None] | None = None) -> dict:
+                on_key: Callable[[int], None] | None = None, max_reconnects: int | None = None) -> dict:
     """Run until every source has ended (or, with `max_frames`, given that many), Ctrl-C or q/Esc; returns the
     summary (also said). `texts`: one text for all sources or one per source, in order, or a callable(source id)
-    giving a source's current text. `on_key(key)`: a key pressed in the window (not q or Esc)."""
+    giving a source's current text. `on_key(key)`: a key pressed in the window (not q or Esc). A live source that
+    fails is reopened with backoff, and dropped after `max_reconnects` reopenings in a row (None: for ever); each
+    such event is said as it happens."""
     from fusionrt.overlay import annotate
     from fusionrt.runtime.video import is_live
 
@@ -149,7 +151,8 @@ def run_cameras(pipeline, sources: list, texts, headless: bool, out=None, jsonl=
     say(f"{len(ids)} source{'s' * (len(ids) > 1)}, policy '{policy}': " + ", ".join(ids))
     records = None  # opened at the first result: a run that reads no frame leaves no file behind
     started, interrupted, counted, pending = time.perf_counter(), False, dict.fromkeys(ids, 0), 0
-    streams = pipeline.stream_many(dict(zip(ids, sources)), text_of, policy=policy)
+    streams = pipeline.stream_many(dict(zip(ids, sources)), text_of, policy=policy, max_reconnects=max_reconnects,
+                                   on_event=lambda sid, e: say(f"source {sid}: {e['event']}"))
     try:
         for r in streams:
             if max_frames and counted[r.source] >= max_frames:

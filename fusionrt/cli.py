@@ -13,6 +13,9 @@ from fusionrt.runtime.pipeline import TEXT_CACHE
 __all__ = ["main", "build_parser"]
 
 CRITERION = Criterion()  # the defaults the options show are the criterion's own
+MAX_RECONNECTS = 10
+MAX_PIXELS_HELP = ("refuse an encoded image of more pixels than this, from its header, before decoding it (default: "
+                   "FUSIONRT_MAX_PIXELS, else 64000000)")
 ALLOW_CHANGED = "load a module: image encoder whose file changed since the checkpoint was trained"
 
 
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default=None, help="fp32 | fp16 | int8 | image=int8,text=int8,head=fp32 (default: the manifest's)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--max-pixels", type=int, help=MAX_PIXELS_HELP)
 
     p = sub.add_parser("evaluate", help="metrics of a bundle (and its PyTorch checkpoint) on a labelled data set")
     p.add_argument("bundle")
@@ -194,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-bucket", type=int, default=16, help="pad token ids to a multiple of this, so texts batch")
     p.add_argument("--engines", help="tensorrt: the engine set (folder under the bundle's engines/) for the server's GPU")
     p.add_argument("--threads", type=int, default=0, help="python: ONNX Runtime threads per instance (0: its default)")
+    p.add_argument("--max-pixels", type=int, help=MAX_PIXELS_HELP + "; in the preprocess model")
     p.add_argument("--overwrite", action="store_true", help="replace a model repository this command wrote before")
 
     p = sub.add_parser("camera", help="classify a camera, video file or stream live: overlay, annotated video, JSONL")
@@ -212,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=["latest", "all"],
                    help="latest: drop stale frames (default for cameras/streams); all: every frame (default for files)")
     p.add_argument("--max-frames", type=int, help="stop after this many classified frames (per source)")
+    p.add_argument("--max-reconnects", type=int, default=MAX_RECONNECTS,
+                   help="a live source that keeps failing is dropped after this many reopenings in a row (each wait "
+                        "doubles from 0.5 s to 8 s); -1: reopen it for ever, as a site that must see every camera "
+                        f"come back would (default {MAX_RECONNECTS}: a dead URL is dropped after one to three minutes, "
+                        "as its opens fail at once or time out)")
+    p.add_argument("--max-pixels", type=int, help=MAX_PIXELS_HELP)
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default=None)
     p.add_argument("--text-cache", type=int, default=TEXT_CACHE, help="texts whose features are kept (0: off)")

@@ -109,7 +109,7 @@ def cmd_export(args) -> int:
 def cmd_classify(args) -> int:
     from fusionrt.runtime.pipeline import Pipeline
 
-    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision) as pipe:
+    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, max_pixels=args.max_pixels) as pipe:
         pred = pipe.classify(args.image, _argument_text(args.text, "--text"))
         if args.json:
             _dump({**pred.to_dict(pipe.labels), "backend": pipe.backend_name, "backend_reason": pipe.backend_reason,
@@ -285,9 +285,13 @@ def cmd_camera(args) -> int:
     if args.text_per_source and len(texts) != len(args.source):
         raise InputError(f"expected one --text-per-source for each of the {len(args.source)} --source options, "
                          f"found {len(texts)}.")
-    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache) as pipe:
+    if args.max_reconnects < -1:
+        raise InputError(f"--max-reconnects: expected a count >= 0, or -1 for ever, found {args.max_reconnects}.")
+    with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache,
+                       max_pixels=args.max_pixels) as pipe:
         run_cameras(pipe, args.source, texts, args.headless, args.out, args.jsonl, args.policy, args.max_frames,
-                    args.mosaic, say=_say, overwrite=args.overwrite)
+                    args.mosaic, say=_say, overwrite=args.overwrite,
+                    max_reconnects=None if args.max_reconnects == -1 else args.max_reconnects)
     return 0
 
 
@@ -341,7 +345,8 @@ def cmd_triton(args) -> int:
 
     options = RepositoryOptions(platform=args.platform, max_batch=args.max_batch, instances=args.instances,
                                 precision=args.precision, device=args.device, queue_delay_us=args.queue_delay_us,
-                                seq_bucket=args.seq_bucket, engines=args.engines, threads=args.threads)
+                                seq_bucket=args.seq_bucket, engines=args.engines, threads=args.threads,
+                                max_pixels=args.max_pixels)
     summary = write_repository(args.bundle, args.out, options, overwrite=args.overwrite)
     print(f"model repository at {args.out}: {', '.join(summary['models'])}")
     print(f"platform {summary['platform']}, {summary['instances']} x {summary['kind']} per part, max batch "

@@ -55,11 +55,12 @@ class Pipeline:
         self.text_cache: TextFeatureCache | None = TextFeatureCache(text_cache) if text_cache else None
         self.timings = Timings()  # the last call's (of whichever thread): `infer` returns each call's own
         self.concurrent = concurrent
+        self.max_pixels: int | None = None  # the pixel cap of encoded images; None: max_pixels()
         self._executor = executor
 
     @classmethod
     def load(cls, bundle, backend: str = "auto", precision=None, concurrent: bool = True, text_cache: int = TEXT_CACHE,
-             tune: bool = True, **options) -> "Pipeline":
+             tune: bool = True, max_pixels: int | None = None, **options) -> "Pipeline":
         """Open a bundle directory.
 
         backend: 'auto' (TensorRT or TensorRT-RTX where they run here with the bundle's engines; else the faster of
@@ -72,6 +73,8 @@ class Pipeline:
         concurrent: both branches at once (on TensorRT: on two CUDA streams, fused with the head).
         text_cache: how many texts' features `classify*` and `stream` keep (LRU); 0 turns the cache off.
             `logits` never uses it (benchmarks time the text branch).
+        max_pixels: an encoded image (path or bytes) larger than this is refused from its header, undecoded
+            (default: FUSIONRT_MAX_PIXELS, else `fusionrt.runtime.preprocess.MAX_PIXELS`).
         options: the backend's own, typed and checked (an unknown one is an InputError listing the valid ones):
             onnxruntime: device, providers, threads, spinning, allow_fallback, optimize, verify; openvino: device, threads,
             precision_hint, performance_hint, verify; tensorrt and tensorrt_rtx: stream (your CUDA stream handle:
@@ -88,8 +91,10 @@ class Pipeline:
             for comp in COMPONENTS:
                 opened[comp] = backend_cls.open(bundle, comp, chosen.precision[comp], opts)
             executor = _executor(backend_cls, opened, m.wiring, opts, concurrent)
-            return cls(bundle, opened, name, chosen.precision, tokenizer, executor, opts, text_cache, concurrent,
-                       chosen.backend_reason, chosen.precision_reason, chosen.tuning)
+            pipeline = cls(bundle, opened, name, chosen.precision, tokenizer, executor, opts, text_cache, concurrent,
+                           chosen.backend_reason, chosen.precision_reason, chosen.tuning)
+            pipeline.max_pixels = max_pixels
+            return pipeline
         except BaseException:
             _close_all([executor, *opened.values()])
             raise
@@ -98,6 +103,7 @@ class Pipeline:
         """A second pipeline over the same loaded models, for another thread to run at full speed: ONNX Runtime
         sessions and TensorRT engines are shared, each clone has its own TensorRT contexts, buffers and streams; the
         text cache is shared. Close each clone (closing one leaves the others open)."""
+        self._running()
         backends, executor = {}, None
         try:
             for comp, backend in self.backends.items():
@@ -109,7 +115,7 @@ class Pipeline:
         except BaseException:
             _close_all([executor, *backends.values()])
             raise
-        twin.text_cache = self.text_cache
+        twin.text_cache, twin.max_pixels = self.text_cache, self.max_pixels
         return twin
 
     # -- the stages ------------------------------------------------------------------------------
@@ -122,7 +128,7 @@ class Pipeline:
                 raise InputError(f"expected a list of {what}, found {type(items).__name__}. Wrap one in a list.")
         if len(images) != len(texts):
             raise InputError(f"expected as many texts as images, found {len(images)} images and {len(texts)} texts.")
-        return preprocess_batch(images, self.manifest.preprocess), self.tokenizer(texts)
+        return preprocess_batch(images, self.manifest.preprocess, self.max_pixels), self.tokenizer(texts)
 
     def infer(self, pixels, tokens: Mapping[str, np.ndarray], text_cache: bool = True,
               device_output: bool = False, sync: bool = True) -> Inference:
@@ -135,7 +141,7 @@ class Pipeline:
         cache = self.text_cache if text_cache else None
         keys = cache.keys(tokens) if cache is not None else None
         known = cache.lookup(keys) if cache is not None else None
-        result = self._executor.run(pixels, tokens, known, device_output, sync)
+        result = self._running().run(pixels, tokens, known, device_output, sync)
         if cache is not None and known is None:
             cache.store(keys, result.text_features)
         self.timings = result.timings
@@ -193,18 +199,32 @@ class Pipeline:
 
     def stream_many(self, sources, text, policy: str = "latest", max_batch: int | None = None,
                     max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
-                    max_reconnects: int | None = None) -> MultiStream:
+                    max_reconnects: int | None = None, on_event=None) -> MultiStream:
         """Many sources batched into one call per round: iterate the result for SourceFrame (source id, frame index,
         prediction, latency, drops); `.summary()` per source. `sources`: a list or a mapping id -> source (camera
         index, video file, stream URL, an iterable of frames, or a callable that opens one: reopened when it ends).
         `text`: one str for all, a mapping source id -> str, or a callable(source_id) -> str. See
-        `fusionrt.runtime.multistream`."""
-        return MultiStream(self, sources, text, policy, max_batch, max_wait_ms, queue_size, backoff_s, max_reconnects)
+        `fusionrt.runtime.stream`. A live source that fails is reopened after backoff_s[0] seconds, doubling up to
+        backoff_s[1]; after `max_reconnects` reopenings in a row that did not stay up backoff_s[1] it is removed
+        (None: for ever). `on_event(source_id, {"t", "event"})` hears each source event as it happens."""
+        self._running()
+        return MultiStream(self, sources, text, policy, max_batch, max_wait_ms, queue_size, backoff_s, max_reconnects,
+                           on_event=on_event)
 
     def start_stream_many(self, sources, text, on_result, **options) -> MultiStreamHandle:
         """The callback form of `stream_many`: runs on a thread, calls `on_result(SourceFrame)`; returns a handle
         (stop(), join() -> the summary, a context manager)."""
         return MultiStreamHandle(self.stream_many(sources, text, **options), on_result)
+
+    @property
+    def closed(self) -> bool:
+        return self._executor is None
+
+    def _running(self):
+        if self._executor is None:
+            raise InputError("this Pipeline is closed: its models and buffers are released. Load the bundle again "
+                             "(Pipeline.load), or call it inside its `with` block.")
+        return self._executor
 
     def close(self) -> None:
         """Close the executor and every backend; all are closed even when one raises (the first error is raised)."""

@@ -73,7 +73,8 @@ class _Feed:
     """One source: its reader thread, mailbox and running account."""
 
     def __init__(self, sid: str, source, spec, policy: str, queue_size: int, stop: threading.Event, on_put,
-                 backoff_s: tuple, max_reconnects: int | None, raise_errors: bool = False):
+                 backoff_s: tuple, max_reconnects: int | None, raise_errors: bool = False, pixel_cap=None,
+                 on_event: Callable | None = None):
         from fusionrt.runtime.video import is_live
 
         self.id, self.source, self.spec, self.stop = sid, source, spec, stop
@@ -81,6 +82,7 @@ class _Feed:
         self.source_kind = "live" if self.live else ("file" if isinstance(source, (str, Path)) else "frames")
         self.box = Mailbox(policy, queue_size, stop, on_put)
         self.backoff_s, self.max_reconnects, self.raise_errors = backoff_s, max_reconnects, raise_errors
+        self.pixel_cap, self.on_event = pixel_cap, on_event
         self.events: list = []
         self.reconnects = self.processed = 0
         self.latencies: deque = deque(maxlen=_LATENCY_WINDOW)
@@ -90,7 +92,10 @@ class _Feed:
         self.thread = threading.Thread(target=self._run, name=f"fusionrt-source-{sid}", daemon=True)
 
     def _event(self, what: str) -> None:
-        self.events.append({"t": round(time.time(), 3), "event": what})
+        event = {"t": round(time.time(), 3), "event": what}
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(self.id, event)
 
     def _open(self):
         if callable(self.source):
@@ -111,17 +116,18 @@ class _Feed:
             self.box.close()
 
     def _read(self) -> None:
-        delay = self.backoff_s[0]
+        delay, outage = self.backoff_s[0], 0  # outage: reconnects in a row that did not stay up
         while not self.stop.is_set():
-            frames = closer = None
-            read, opened_at = 0, time.monotonic()
+            frames = closer = opened_at = None
+            read = 0
             try:
                 frames, closer = self._open()
+                opened_at = time.monotonic()  # after the open: one that times out is an outage, not an uptime
                 for frame in frames:
                     if self.stop.is_set():
                         break
                     taken = time.perf_counter()
-                    image = load_image(frame) if isinstance(frame, (str, Path)) else frame
+                    image = load_image(frame, self.pixel_cap) if isinstance(frame, (str, Path)) else frame
                     self.box.put((self.next_index, image, preprocess_batch([image], self.spec), taken))
                     self.next_index += 1
                     read += 1
@@ -135,15 +141,16 @@ class _Feed:
                     closer.close()
             if self.stop.is_set():
                 break
-            if not self.live or (self.max_reconnects is not None and self.reconnects >= self.max_reconnects):
-                self._event(f"{outcome}; removed" + (f" after {self.reconnects} reconnects" if self.live else ""))
+            if read and time.monotonic() - opened_at >= self.backoff_s[1]:
+                delay, outage = self.backoff_s[0], 0  # it stayed up a while: a new outage starts from the shortest wait
+            if not self.live or (self.max_reconnects is not None and outage >= self.max_reconnects):
+                self._event(f"{outcome}; removed" + (f" after {outage} reconnects in a row" if self.live else ""))
                 break
-            if time.monotonic() - opened_at >= self.backoff_s[1]:
-                delay = self.backoff_s[0]  # it stayed up a while: a new outage starts from the shortest wait
             self._event(f"{outcome}; reconnecting in {delay:g} s")
             if self.stop.wait(delay):
                 break
             self.reconnects += 1
+            outage += 1
             delay = min(delay * 2, self.backoff_s[1])
 
     def summary(self) -> dict:
@@ -161,7 +168,7 @@ class MultiStream:
 
     def __init__(self, pipeline, sources, text, policy: str = "latest", max_batch: int | None = None,
                  max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
-                 max_reconnects: int | None = None, raise_errors: bool = False):
+                 max_reconnects: int | None = None, raise_errors: bool = False, on_event: Callable | None = None):
         if policy not in POLICIES:
             raise InputError(f"stream policy '{policy}' unknown: expected one of {POLICIES}.")
         limit = pipeline.manifest.profile.batch[2]
@@ -175,8 +182,14 @@ class MultiStream:
         self._text = _text_for(text, self._ids)
         self._stop = threading.Event()
         self._arrived = threading.Condition()
+        if max_reconnects is not None and (type(max_reconnects) is not int or max_reconnects < 0):
+            raise InputError(f"max_reconnects: expected None (for ever) or a count >= 0, found {max_reconnects!r}.")
+        if len(backoff_s) != 2 or not 0 < backoff_s[0] <= backoff_s[1]:
+            raise InputError(f"backoff_s: expected (shortest, longest) waits with 0 < shortest <= longest, found "
+                             f"{backoff_s!r}.")
         self._feeds = [_Feed(sid, src, pipeline.manifest.preprocess, policy, queue_size, self._stop, self._notify,
-                             backoff_s, max_reconnects, raise_errors) for sid, src in self._ids.items()]
+                             backoff_s, max_reconnects, raise_errors, getattr(pipeline, "max_pixels", None), on_event)
+                       for sid, src in self._ids.items()]
         self._turn = 0
         self.batch_sizes: list = []  # frames in each call
         self._started = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import threading
 from collections import OrderedDict
 from typing import Sequence
@@ -10,11 +12,13 @@ import numpy as np
 
 from fusionrt.runtime.errors import BundleError, InputError
 
-__all__ = ["TextTokenizer", "TOKEN_NAMES", "check_text"]
+__all__ = ["TextTokenizer", "TOKEN_NAMES", "check_text", "clip_text"]
 
 # What the tokenizer gives, under the names Hugging Face models (and so the exported text encoders) take.
 TOKEN_NAMES = ("input_ids", "attention_mask")
 TOKEN_MEMO = 256  # texts whose token ids are kept (LRU)
+WORD_CHARS = 101  # WordPiece makes any word past 100 characters one [UNK]: no token spans more, with its separator
+_WORD = re.compile(r"\S+")
 
 
 class TextTokenizer:
@@ -71,7 +75,7 @@ class TextTokenizer:
         for i, t in enumerate(texts):
             where = f"text {i} of the batch of {len(texts)}: " if len(texts) > 1 else ""
             check_text(t, where)
-        encodings = self._ids(list(texts))
+        encodings = self._ids([clip_text(t, self.max_seq_len) for t in texts])
         length = max(len(ids) for ids in encodings)
         if pad_multiple:
             length = min(-(-length // pad_multiple) * pad_multiple, max(self.max_seq_len, length))
@@ -85,6 +89,22 @@ class TextTokenizer:
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+
+def clip_text(text: str, max_tokens: int) -> str:
+    """What truncation to `max_tokens` tokens keeps of `text`, without tokenizing (or memoizing) a 10 MB caption
+    whole: every token lies inside one whitespace-separated word, so the first max_tokens words hold them, each cut
+    to max_tokens * WORD_CHARS characters, and the whitespace between them cut to WORD_CHARS (a run of it separates
+    words the same). Exact for WordPiece (the BERT family) short of words that long, where the last token may differ.
+    """
+    limit = max_tokens * WORD_CHARS
+    if len(text) <= limit:
+        return text
+    pieces, start = [], 0
+    for word in itertools.islice(_WORD.finditer(text), max_tokens):
+        pieces += [text[start:min(word.start(), start + WORD_CHARS)], text[word.start():min(word.end(), word.start() + limit)]]
+        start = word.end()
+    return "".join(pieces)
 
 
 def check_text(text, where: str) -> None:

@@ -68,6 +68,7 @@ class PreprocessModel(_Model):
         self.spec = PreprocessSpec.from_dict(settings["preprocess"])
         self.tokenizer = TextTokenizer(folder / "tokenizer.json", settings["max_seq_len"])
         self.bucket = settings["seq_bucket"]
+        self.max_pixels = settings.get("max_pixels")  # None: the runtime's default cap
         self.image_input, self.text_input = settings["image_input"], settings["text_input"]
         self.pixels = TensorSpec.from_dict(settings["pixels"], "preprocess.json")
         self.tokens = [TensorSpec.from_dict(t, "preprocess.json") for t in settings["tokens"]]
@@ -87,7 +88,7 @@ class PreprocessModel(_Model):
                     frames.append(bytes(data))
                 except TypeError:
                     raise InputError(f"image {i}: expected encoded image bytes, found {type(data).__name__}.") from None
-            pixels = preprocess_batch(frames, self.spec)
+            pixels = preprocess_batch(frames, self.spec, self.max_pixels)
             decoded = [_text(t, i) for i, t in enumerate(texts)]
             tokens = self.tokenizer(decoded, pad_multiple=self.bucket)
             outputs = {self.pixels.name: pixels.astype(self.pixels.dtype, copy=False)}
@@ -95,6 +96,9 @@ class PreprocessModel(_Model):
             return outputs
         except FusionRTError as exc:
             return exc
+        except MemoryError:  # this request's tensors did not fit: its own error, the batch goes on
+            return InputError("the request's images and texts did not fit in the server's memory; send fewer or "
+                              "smaller images.")
 
 
 def _text(value, index: int) -> str:

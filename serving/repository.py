@@ -50,6 +50,8 @@ class RepositoryOptions:
     seq_bucket: int = 16  # token ids are padded to a multiple of this, so similar texts batch together
     engines: str | None = None  # tensorrt: which engine set (folder under the bundle's engines/)
     threads: int = 0  # python platform: ONNX Runtime intra-op threads per instance (0: its default)
+    max_pixels: int | None = None  # preprocess refuses an encoded image past this many pixels, undecoded (None: the
+    # runtime's default, FUSIONRT_MAX_PIXELS in the server's environment or MAX_PIXELS)
 
     def checked(self) -> "RepositoryOptions":
         if self.platform not in PLATFORMS:
@@ -59,7 +61,8 @@ class RepositoryOptions:
         if self.platform == "tensorrt" and self.device == "cpu":
             raise InputError("platform 'tensorrt' runs on GPU instances: drop --device cpu, or choose --platform "
                              "onnxruntime, openvino or python for CPU instances.")
-        for name in ("instances", "seq_bucket") + (("max_batch",) if self.max_batch is not None else ()):
+        optional = tuple(n for n in ("max_batch", "max_pixels") if getattr(self, n) is not None)
+        for name in ("instances", "seq_bucket") + optional:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise InputError(f"{name}: expected a whole number >= 1, found {value!r}.")
@@ -213,7 +216,8 @@ def _write_preprocess(bundle, wiring, max_batch: int, options: RepositoryOptions
     image_spec = m.components[IMAGE_ENCODER].inputs[0]
     text_specs = {t.name: t for t in m.components[TEXT_ENCODER].inputs}
     settings = {"preprocess": m.preprocess.to_dict(), "max_seq_len": m.tokenizer.max_seq_len,
-                "seq_bucket": options.seq_bucket, "image_input": IMAGE, "text_input": TEXT,
+                "seq_bucket": options.seq_bucket, "max_pixels": options.max_pixels, "image_input": IMAGE,
+                "text_input": TEXT,
                 "pixels": image_spec.to_dict(), "tokens": [text_specs[n].to_dict() for n in wiring.text_inputs]}
     (version / "preprocess.json").write_text(json.dumps(settings, indent=2) + "\n")
     _write_shim(version, "PreprocessModel")

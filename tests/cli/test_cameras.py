@@ -62,3 +62,25 @@ def test_texts_must_match_the_sources(tiny_bundle, tmp_path, capsys):
                  "--text-per-source", "only one", "--headless", "--jsonl", str(tmp_path / "p.jsonl")]) == 2
     assert "one --text-per-source for each of the 2" in capsys.readouterr().err
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_dead_stream_urls_end_the_run_with_what_happened_instead_of_waiting_for_ever(tiny_bundle, tmp_path, capsys):
+    """Two RTSP URLs nothing listens on: each is retried --max-reconnects times in a row (the events said as they
+    happen), then dropped; with no source left the command ends, saying no source gave a frame and why."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    urls = [f"rtsp://127.0.0.1:{p}/cam" for p in ports]
+    jsonl = tmp_path / "p.jsonl"
+    assert main(["camera", str(tiny_bundle), "--source", urls[0], "--source", urls[1], "--text", "x", "--headless",
+                 "--jsonl", str(jsonl), "--max-reconnects", "1"]) == 2
+    said = capsys.readouterr().err
+    for url in urls:
+        tries = said.count(f"source {url}: failed after 0 frames: video source '{url}' did not open")
+        assert tries == 2 and said.count(f"source {url}: ") == 2  # the first try and one reconnect
+    assert said.count("removed after 1 reconnects in a row") >= 2  # as it happened, then in the summary
+    assert "error: no source gave a frame" in said and not jsonl.exists()

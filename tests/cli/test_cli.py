@@ -10,10 +10,16 @@ from fusionrt.cli import main
 def test_classify_json(tiny_bundle, shape_data, capsys):
     from fusionrt.data.dataset import LabeledDataset
 
+    from fusionrt.runtime.pipeline import Pipeline
+
     sample = LabeledDataset.read(shape_data[1])[0]
-    assert main(["classify", str(tiny_bundle), "--image", str(sample.image), "--text", sample.text, "--json"]) == 0
+    assert main(["classify", str(tiny_bundle), "--image", str(sample.image), "--text", sample.text, "--json",
+                 "--backend", "onnxruntime", "--precision", "fp32"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["label"] in ("red", "green", "blue") and set(out["probs"]) == {"red", "green", "blue"}
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", precision="fp32") as pipe:
+        want = pipe.classify(sample.image, sample.text)
+    assert out["label"] == want.label  # the CLI answers what the Python API does, for the same pair
+    assert out["probs"] == pytest.approx(dict(zip(pipe.labels, want.probs.tolist())), abs=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -29,6 +35,29 @@ def test_errors_are_one_clear_line(tiny_bundle, shape_data, capsys, args, messag
     assert main(["classify", str(tiny_bundle), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_decompression_bomb_and_a_huge_caption_through_classify(tiny_bundle, shape_data, tmp_path, capsys):
+    """A 100 MP PNG of ~100 KB is refused from its header in one line (it took 10 s and 2.7 GB before); --max-pixels
+    lets it through. A 10 MB caption answers as its first words do, without tokenizing it whole."""
+    from fusionrt.data.dataset import LabeledDataset
+    from tests.bad_inputs import huge_text, png_bomb
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(10_000, 10_000))
+    assert main(["classify", str(tiny_bundle), "--image", str(bomb), "--text", "x", "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "10000x10000 = 100,000,000 pixels, more than the cap of 64,000,000" in err and len(err.splitlines()) == 1
+    assert main(["classify", str(tiny_bundle), "--image", str(bomb), "--text", "x", "--backend", "onnxruntime",
+                 "--max-pixels", "100000000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in ("red", "green", "blue")
+    sample, text = LabeledDataset.read(shape_data[1])[0], huge_text(10)
+    answers = []
+    for caption in (text, " ".join(text.split(None, 300)[:300])):  # the whole, and more words than 128 tokens use
+        assert main(["classify", str(tiny_bundle), "--image", str(sample.image), "--text", caption, "--json",
+                     "--backend", "onnxruntime"]) == 0
+        answers.append(json.loads(capsys.readouterr().out)["probs"])
+    assert answers[0] == answers[1]
 
 
 def test_missing_bundle_and_info(tiny_bundle, tmp_path, capsys):

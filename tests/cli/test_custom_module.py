@@ -76,8 +76,14 @@ def test_a_user_module_goes_train_export_calibrate_classify_through_the_cli(user
     image = next((folder / "data" / "img").glob("red_*.png"))
     assert main(["classify", str(bundle), "--image", str(image), "--text", "a red circle", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["label"] in ("red", "green", "blue") and set(out["precision"].values()) <= {"int8", "fp16", "fp32"}
-    assert main(["evaluate", str(bundle), "--data", str(test), "--checkpoint", str(ckpt), "--backend", "onnxruntime"]) == 0
+    assert out["label"] == "red" and set(out["precision"].values()) <= {"int8", "fp16", "fp32"}
+    report = folder / "evaluate.json"
+    assert main(["evaluate", str(bundle), "--data", str(test), "--checkpoint", str(ckpt), "--backend", "onnxruntime",
+                 "--report", str(report)]) == 0
+    results = json.loads(report.read_text())["results"]
+    torch_row, bundle_row = results["PyTorch (fp32)"], results["bundle (onnxruntime, fp32)"]
+    assert torch_row["accuracy"] >= 0.7  # it learned the colours (chance: 1/3)
+    assert bundle_row["agreement"] == 1.0 and bundle_row["accuracy"] == torch_row["accuracy"]
     table = capsys.readouterr().out
     assert "| PyTorch (fp32) |" in table and "| bundle (onnxruntime, fp32) |" in table and "100.00 %" in table
 

@@ -129,7 +129,7 @@ def test_a_live_source_reconnects_with_backoff(pipe, frames_by_colour):
     summary = s.summary()["cam"]
     assert summary["reconnects"] == 3 and len(opened) == 4 and summary["processed"] == 8
     assert [e["event"].split("; ")[1] for e in summary["events"]] == \
-        ["reconnecting in 0.05 s", "reconnecting in 0.1 s", "reconnecting in 0.1 s", "removed after 3 reconnects"]
+        ["reconnecting in 0.05 s", "reconnecting in 0.1 s", "reconnecting in 0.1 s", "removed after 3 reconnects in a row"]
     assert opened[1] - opened[0] >= 0.05 and opened[2] - opened[1] >= 0.1
     assert [r.index for r in results if r.source == "cam"] == list(range(8))  # indices count on across reconnects
 
@@ -189,3 +189,62 @@ def test_stopping_over_many_stalled_sources_waits_once_not_once_per_source(pipe,
     finally:
         for s in stalled:
             s.release.set()
+
+
+def test_the_backoff_grows_for_a_source_whose_open_takes_longer_than_the_longest_wait(pipe, frames_by_colour):
+    """An RTSP open times out after 10 s, longer than the 8 s cap: that is an outage, not an uptime, so the wait
+    grows (it was reset to the shortest on every try) and max_reconnects counts the tries in a row."""
+    opens, heard = [], []
+
+    def dead_camera():  # its open fails after longer than backoff_s[1]
+        opens.append(time.perf_counter())
+        time.sleep(0.12)
+        raise OSError("open timed out")
+
+    with pipe.stream_many({"dead": dead_camera, "file": frames_by_colour["red"][:2]}, "a shape", policy="all",
+                          backoff_s=(0.02, 0.1), max_reconnects=3, on_event=lambda sid, e: heard.append((sid, e))) as s:
+        list(s)
+    events = [e["event"].split("; ")[1] for e in s.summary()["dead"]["events"]]
+    assert events == ["reconnecting in 0.02 s", "reconnecting in 0.04 s", "reconnecting in 0.08 s",
+                      "removed after 3 reconnects in a row"]
+    assert len(opens) == 4
+    assert [e for sid, e in heard if sid == "dead"] == s.summary()["dead"]["events"]  # heard as they happened
+
+
+def test_a_source_that_stays_up_starts_a_new_outage(pipe, frames_by_colour):
+    """max_reconnects bounds an outage, not a day: a camera that came back for a while may fail again later."""
+    red = frames_by_colour["red"]
+    runs = []
+
+    def flaky():  # up for longer than backoff_s[1], then down
+        runs.append(len(runs))
+        for frame in red[:3]:
+            time.sleep(0.05)
+            yield frame
+        raise OSError("stream reset")
+
+    with pipe.stream_many({"cam": flaky}, "a shape", policy="all", backoff_s=(0.01, 0.1), max_reconnects=1) as s:
+        for r in s:
+            if r.processed >= 12:
+                break
+    summary = s.summary()["cam"]
+    assert summary["reconnects"] >= 3  # more than max_reconnects in all, each after an uptime
+    assert all(e["event"].endswith("reconnecting in 0.01 s") for e in summary["events"])
+
+
+def test_the_first_call_rotates_over_sources_when_they_outnumber_max_batch(pipe, frames_by_colour):
+    """Three sources, calls of two: the one left for the second call (the later result) is each source in turn."""
+    red = frames_by_colour["red"][:1] * 6
+    sources = {"a": red, "b": red, "c": red}
+    results = list(pipe.stream_many(sources, "a shape", policy="all", max_batch=2, max_wait_ms=2000))
+    assert len(results) == 18
+    alone = [r.source for r in results if r.batch == 1]
+    assert len(alone) == 6 and all(alone.count(k) == 2 for k in sources), alone
+
+
+def test_bad_reconnect_settings_are_refused(pipe, frames_by_colour):
+    red = frames_by_colour["red"][:1]
+    with pytest.raises(InputError, match="max_reconnects: expected None"):
+        pipe.stream_many({"a": red}, "a shape", max_reconnects=-1)
+    with pytest.raises(InputError, match="backoff_s: expected"):
+        pipe.stream_many({"a": red}, "a shape", backoff_s=(2.0, 1.0))

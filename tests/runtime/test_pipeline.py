@@ -126,3 +126,44 @@ def test_components_that_do_not_connect_by_name_are_refused_at_load(tiny_bundle,
     with pytest.raises(BundleError, match=r"fusion head's inputs \['image_embeds', 'text_features'\] must be named "
                                           r"after the encoders' distinct outputs \('image_features', 'text_features'\)"):
         Pipeline.load(tmp_path / "b", backend="onnxruntime")
+
+
+def test_a_closed_pipeline_says_so(tiny_bundle, shape_data):
+    from fusionrt.data.dataset import LabeledDataset
+
+    sample = LabeledDataset.read(shape_data[1])[0]
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
+        pixels, tokens = pipe.prepare([sample.image], [sample.text])
+    assert pipe.closed
+    for call in (lambda: pipe.infer(pixels, tokens), lambda: pipe.classify(sample.image, sample.text),
+                 lambda: pipe.clone(), lambda: pipe.stream_many({"a": [pixels]}, "x")):
+        with pytest.raises(InputError, match="this Pipeline is closed"):
+            call()
+    pipe.close()  # twice is fine
+
+
+def test_bombs_huge_texts_and_dead_sources_through_the_python_api(tiny_bundle, shape_data, tmp_path):
+    """What the CLI and Triton refuse or survive, the Python API does too: a batch with a bomb names it, the pipeline
+    goes on; a 10 MB caption answers as its first words; a dead URL is dropped after max_reconnects."""
+    import socket
+
+    from fusionrt.data.dataset import LabeledDataset
+    from tests.bad_inputs import huge_text, png_bomb
+
+    sample = LabeledDataset.read(shape_data[1])[0]
+    bomb = png_bomb(10_000, 10_000)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", max_pixels=50_000_000) as pipe:
+        with pytest.raises(InputError, match=r"image 1 of the batch of 2: .*more than the cap of 50,000,000"):
+            pipe.classify_batch([sample.image, bomb], ["a", "b"])
+        with pipe.clone() as twin:
+            assert twin.max_pixels == 50_000_000
+        text = huge_text(10)
+        words = " ".join(text.split(None, 300)[:300])
+        np.testing.assert_array_equal(pipe.classify(sample.image, text).probs, pipe.classify(sample.image, words).probs)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"rtsp://127.0.0.1:{s.getsockname()[1]}/cam"
+        with pipe.stream_many([url], "x", backoff_s=(0.05, 0.1), max_reconnects=2) as streams:
+            assert list(streams) == []
+        events = [e["event"] for e in streams.summary()[url]["events"]]
+        assert len(events) == 3 and events[-1].endswith("removed after 2 reconnects in a row")

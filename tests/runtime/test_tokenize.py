@@ -42,3 +42,28 @@ def test_empty_text_refused():
     tok = TextTokenizer(minilm_dir() / "tokenizer.json", max_seq_len=128)
     with pytest.raises(InputError, match="non-empty text"):
         tok(["ok", "  "])
+
+
+LONG_TEXTS = {  # each past what 128 tokens can use, and each a way to be long
+    "2 MB of words": None,  # filled from tests.bad_inputs.huge_text
+    "one 1 MB word": "x" * 1_000_000,
+    "words, then a long one": "word " * 10 + "y" * 20_000,
+    "punctuation inside one word": "a," * 100_000,
+    "a long whitespace run first": "  " * 100_000 + "hi there",
+    "mixed whitespace runs": "\n\t " * 50_000 + "ok " * 200,
+    "accents and CJK": "naïve café 東京タワー déjà vu " * 5_000,
+}
+
+
+@pytest.mark.parametrize("name", LONG_TEXTS)
+def test_a_huge_text_gives_the_ids_of_the_whole_without_tokenizing_it_whole(name, monkeypatch):
+    from tests.bad_inputs import huge_text
+
+    text = LONG_TEXTS[name] or huge_text(2)
+    tok = TextTokenizer(minilm_dir() / "tokenizer.json", max_seq_len=128)
+    whole = tok._tok.encode(text).ids  # the reference: the library truncating the whole text
+    seen = []
+    encode_batch = tok._tok.encode_batch
+    monkeypatch.setattr(tok, "_tok", type("Spy", (), {"encode_batch": lambda self, t: seen.extend(t) or encode_batch(t)})())
+    assert tok([text])["input_ids"][0].tolist() == whole
+    assert max(len(t) for t in seen) <= 128 * 128 * 101 and sum(map(len, seen)) < len(text)

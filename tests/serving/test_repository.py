@@ -161,6 +161,20 @@ def test_preprocess_model_gives_the_embedded_runtimes_tensors_and_one_error_per_
     assert not out["attention_mask"][:, length:].any()
 
 
+def test_the_repositorys_pixel_cap_binds_its_preprocess_model(calibrated, tmp_path):
+    from fusionrt.serving.python_models import PreprocessModel
+
+    small, large = (cv2.imencode(".png", np.zeros((h, w, 3), np.uint8))[1].tobytes() for h, w in ((10, 10), (40, 30)))
+    write_repository(calibrated[0], tmp_path / "repo", RepositoryOptions(max_pixels=1000))
+    model = _model(PreprocessModel, tmp_path / "repo", PREPROCESS)
+    ask = [request(IMAGE=np.array([[b]], dtype=object), TEXT=np.array([[b"a red circle"]], dtype=object))
+           for b in (small, large)]
+    responses = model.execute(ask)
+    assert responses[0].error is None and "30x40 = 1,200 pixels, more than the cap of 1,000" in str(responses[1].error)
+    with pytest.raises(InputError, match="max_pixels: expected a whole number >= 1"):
+        write_repository(calibrated[0], tmp_path / "other", RepositoryOptions(max_pixels=0))
+
+
 def test_component_model_batches_requests_of_one_shape_and_answers_each(calibrated, tmp_path):
     from fusionrt.serving.python_models import ComponentModel
 

@@ -3,6 +3,7 @@ loopback, on the `--platform python` repository: predictions over HTTP and gRPC 
 same inputs, and a client gets clear errors. The server runs in its own Python environment (build/triton_env, which
 `make test` creates: Triton's Python backend stub needs numpy<2); the test starts the server and stops it."""
 
+import dataclasses
 import platform
 import subprocess
 import threading
@@ -75,35 +76,80 @@ def test_served_predictions_equal_the_embedded_runtimes(served, protocol):
     _same(batched, want)
 
 
-def test_concurrent_clients_get_their_own_answers(served):
-    """Requests from several threads at once: the dynamic batcher merges them (texts of different lengths among
-    them), and every client still gets the prediction for its own pair."""
-    from fusionrt.client import TritonClient
-
-    server, bundle, summary, samples = served
-    want = _embedded(bundle, summary, samples)
-    got, errors = [None] * len(samples), []
-
-    def ask(i):
-        try:
-            with TritonClient(server.grpc_url, protocol="grpc") as client:
-                for _ in range(3):
-                    got[i] = client.classify(samples[i].image, samples[i].text)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(samples))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
-    _same(got, want)
+def _preprocess_counts(server) -> tuple:
     import tritonclient.http
 
     stats = tritonclient.http.InferenceServerClient(server.http_url).get_inference_statistics("preprocess")
     counts = stats["model_stats"][0]
-    assert counts["execution_count"] < counts["inference_count"]  # some requests ran as one batch
+    return counts["execution_count"], counts["inference_count"]
+
+
+def _at_once(count: int, ask) -> list:
+    """ask(i) on `count` threads released together; each one's result or exception."""
+    barrier, results = threading.Barrier(count), [None] * count
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = ask(i)
+        except Exception as exc:  # noqa: BLE001 - returned for the test to check
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def test_concurrent_clients_get_their_own_answers(served):
+    """Requests from several threads released at once: the dynamic batcher merges some of them (texts of different
+    lengths among them), and every client still gets the prediction for its own pair."""
+    from fusionrt.client import TritonClient
+
+    server, bundle, summary, samples = served
+    want = _embedded(bundle, summary, samples)
+    executions, inferences = _preprocess_counts(server)
+
+    def ask(i):
+        with TritonClient(server.grpc_url, protocol="grpc") as client:
+            return [client.classify(samples[i].image, samples[i].text) for _ in range(3)]
+
+    got = _at_once(len(samples), ask)
+    assert not [g for g in got if isinstance(g, Exception)], got
+    for round_ in range(3):
+        _same([g[round_] for g in got], want)
+    executions_now, inferences_now = _preprocess_counts(server)
+    assert inferences_now - inferences == 3 * len(samples)  # these requests, one image each
+    assert executions_now - executions < inferences_now - inferences  # and some of them ran as one batch
+
+
+def test_a_bomb_and_a_huge_caption_among_good_requests_fail_or_answer_alone(served):
+    """At once: good requests, a 100 MP PNG of ~100 KB and a 10 MB caption. Only the bomb fails (refused from its
+    header: the server stays small and goes on); the caption answers as its first words do; the rest as embedded."""
+    from fusionrt.client import ServingError, TritonClient
+    from tests.bad_inputs import huge_text, png_bomb
+
+    server, bundle, summary, samples = served
+    good = samples[:4]
+    want = _embedded(bundle, summary, good)
+    text = huge_text(10)
+    words = " ".join(text.split(None, 300)[:300])  # more words than 128 tokens use
+    [first_words] = _embedded(bundle, summary, [dataclasses.replace(good[0], text=words)])
+    bomb = png_bomb(10_000, 10_000)
+    pairs = [(s.image, s.text) for s in good] + [(bomb, "a red circle"), (good[0].image, text)]
+
+    def ask(i):
+        with TritonClient(server.http_url, timeout_s=60) as client:
+            return client.classify(*pairs[i])
+
+    got = _at_once(len(pairs), ask)
+    _same(got[:4], want)
+    assert isinstance(got[4], ServingError) and "more than the cap of 64,000,000" in str(got[4])
+    _same([got[5]], [first_words])
+    with TritonClient(server.http_url) as client:  # and the server goes on
+        _same([client.classify(good[1].image, good[1].text)], want[1:2])
 
 
 def test_clear_errors_for_a_missing_model_a_wrong_model_and_a_bad_request(served, tiny_bundle, tmp_path):
