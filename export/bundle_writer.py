@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -157,12 +160,22 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
                           "replace it.")
 
 
+def _fresh(out_dir: Path) -> bool:
+    return not out_dir.is_dir() or not any(out_dir.iterdir())
+
+
 def _replace(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """The finished bundle in `staging` takes `out_dir`'s place in one atomic step (see `replace_directory`); an old
-    bundle there is replaced under its write lock, so no calibrate or build is writing into it meanwhile."""
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        replace_directory(staging, out_dir)
-        return
+    bundle there is replaced under its write lock, so no calibrate or build is writing into it meanwhile. Two exports
+    to one new folder: the first rename wins, the second then finds a bundle (replaced with overwrite, else refused)."""
+    if _fresh(out_dir):
+        try:
+            os.replace(staging, out_dir)  # a new or empty folder: one rename, which fails if it is no longer empty
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+        # another export got there first: judge what it left, as if it had been there at our start
     with WriteLock(out_dir, "export"):
         _check_target(out_dir, overwrite)  # again, under the lock
         replace_directory(staging, out_dir)

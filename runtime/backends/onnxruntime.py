@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Mapping
 
 import numpy as np
 
 from fusionrt.runtime.backends.base import Backend, BackendOptions
+from fusionrt.runtime.cache_lock import cache_lock
+from fusionrt.runtime.environment import cache_root
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.optional import require
 
-__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "gpu_providers"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "engine_cache_folder", "gpu_providers"]
 
 # Off in every session: it quantizes, per tensor, the float weights of the layers a Q/DQ graph keeps float.
 DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
@@ -101,34 +106,51 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def load(cls, model, component, execution, options: OnnxRuntimeOptions, bundle=None) -> "OnnxRuntimeBackend":
         providers = list(options.providers or [])
-        if not providers and execution.device != "cpu":
-            providers = gpu_providers(execution, bundle, component.name)
         source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else model
-        return cls(source, component.inputs, component.outputs, providers or None, options.threads,
-                   options.allow_fallback, options.optimize, bool(options.spinning))
+        if not providers and execution.device != "cpu":
+            providers = gpu_providers(execution, bundle, component.name, source)
+        folder = _engine_cache(providers)
+        with cache_lock(folder, f"{component.name}'s TensorRT EP engines") if folder else contextlib.nullcontext():
+            return cls(source, component.inputs, component.outputs, providers or None, options.threads,
+                       options.allow_fallback, options.optimize, bool(options.spinning))
 
 
 def _provider_names(providers) -> list:
     return [p[0] if isinstance(p, tuple) else p for p in providers]
 
 
-def gpu_providers(execution, bundle=None, component: str | None = None) -> list:
-    """Providers for an execution on device 'cuda' or 'tensorrt' (the TensorRT EP with the resolver's flags, engines
-    cached under the bundle's engines/onnxruntime-tensorrt-ep/, then CUDA for what TensorRT does not take), CPU last
-    for ops neither runs."""
+def gpu_providers(execution, bundle=None, component: str | None = None, model=None) -> list:
+    """Providers for an execution on device 'cuda' or 'tensorrt' (the TensorRT EP with the resolver's flags, then CUDA
+    for what TensorRT does not take), CPU last for ops neither runs. The EP's engines are cached under
+    cache_root()/onnxruntime-tensorrt-ep/, in a folder per model (its bytes' sha256) and ONNX Runtime version: never
+    in the bundle, which stays read-only and carries no engine that was not built here from the file it verified."""
     if execution.device == "cuda":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if execution.device == "tensorrt":
         trt_options = dict(execution.hints)
-        if bundle is not None:
-            cache = bundle.root / "engines" / "onnxruntime-tensorrt-ep"
-            cache.mkdir(parents=True, exist_ok=True)
-            trt_options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                                "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
-            if component is not None:
-                trt_options.update(_explicit_profile(bundle, component))
+        if model is not None:
+            cache = str(engine_cache_folder(model))
+            trt_options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                                "trt_timing_cache_enable": True, "trt_timing_cache_path": cache})
+        if bundle is not None and component is not None:
+            trt_options.update(_explicit_profile(bundle, component))
         return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def engine_cache_folder(model) -> Path:
+    """Where the TensorRT EP keeps the engines of `model` (its bytes, or a path to them)."""
+    onnxruntime = require("onnxruntime", "the onnxruntime backend")
+    data = model if isinstance(model, bytes) else Path(model).read_bytes()
+    key = f"{hashlib.sha256(data).hexdigest()[:24]}-ort{onnxruntime.__version__}"
+    return cache_root() / "onnxruntime-tensorrt-ep" / key
+
+
+def _engine_cache(providers) -> Path | None:
+    for p in providers:
+        if isinstance(p, tuple) and p[1].get("trt_engine_cache_enable"):
+            return Path(p[1]["trt_engine_cache_path"])
+    return None
 
 
 def _explicit_profile(bundle, component: str) -> dict:

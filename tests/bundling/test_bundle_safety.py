@@ -217,3 +217,29 @@ def test_a_second_writer_waits_then_fails_saying_who_holds_the_lock(tiny_bundle,
         update.commit(update.manifest.with_component(dataclasses.replace(comp, files=files)))
     assert not (bundle.root / "image_encoder.onnx").exists() and _state(bundle.root)
     assert isinstance(Bundle.open(bundle.root).manifest.components["image_encoder"].files["fp32"], ModelFile)
+
+
+def test_two_exports_to_one_new_folder_the_second_finds_the_first_and_says_so(tiny_bundle, tmp_path, monkeypatch):
+    """Both saw a new folder; the first rename lands. The second's rename then fails (the folder is no longer empty):
+    it judges what is there under the lock, as if it had been there at its start: refused without --overwrite
+    (the first bundle intact), replaced with it. Was a raw OSError."""
+    from fusionrt.export import bundle_writer
+
+    out = tmp_path / "new"
+
+    def staged(name):
+        folder = tmp_path / f"{TEMP_PREFIX}{name}"
+        shutil.copytree(tiny_bundle, folder)
+        return folder
+
+    bundle_writer._replace(staged("first"), out, overwrite=False)
+    first = (out / "manifest.json").read_bytes()
+    monkeypatch.setattr(bundle_writer, "_fresh", lambda folder: True)  # what the second saw before the first landed
+    second = staged("second")
+    (second / "labels-note.txt").write_text("the second export")
+    with pytest.raises(BundleError, match="already holds a bundle: expected an empty or new folder. Pass --overwrite"):
+        bundle_writer._replace(second, out, overwrite=False)
+    assert (out / "manifest.json").read_bytes() == first and not (out / "labels-note.txt").exists()
+    bundle_writer._replace(second, out, overwrite=True)
+    assert (out / "labels-note.txt").read_text() == "the second export"
+    Bundle.open(out)

@@ -3,6 +3,7 @@
 import dataclasses
 import shutil
 from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from packaging.version import Version
 from fusionrt.runtime.backends.tensorrt import check_engine
 from fusionrt.runtime.backends.trt_compat import TrtApi
 from fusionrt.runtime.bundle import Bundle
+from fusionrt.runtime.environment import cache_root
 from fusionrt.runtime.errors import BackendUnavailable, EngineMismatch
 from fusionrt.runtime.manifest import EngineRecord
 from fusionrt.runtime.optional import is_available
@@ -106,11 +108,16 @@ def test_onnxruntime_tensorrt_ep_gets_the_manifest_profile_and_int8_for_qdq(tiny
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     opened = Bundle.open(bundle)
-    (name, options), *rest = gpu_providers(resolve("onnxruntime", "int8", "tensorrt"), opened, "text_encoder")
+    model = (bundle / opened.manifest.components["text_encoder"].files["fp32"].path).read_bytes()
+    (name, options), *rest = gpu_providers(resolve("onnxruntime", "int8", "tensorrt"), opened, "text_encoder", model)
     assert name == "TensorrtExecutionProvider" and rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     # the INT8 flag for the Q/DQ graph, and the FP16 flag for what it keeps float: what int8-trt is judged on
     assert options["trt_int8_enable"] and options["trt_fp16_enable"]
-    assert options["trt_engine_cache_path"] == str(bundle / "engines" / "onnxruntime-tensorrt-ep")
+    # engines cached outside the bundle, per model content: a bundle never ships an engine ONNX Runtime would load
+    cache = Path(options["trt_engine_cache_path"])
+    assert cache.is_relative_to(cache_root() / "onnxruntime-tensorrt-ep") and not cache.is_relative_to(bundle)
+    changed = gpu_providers(resolve("onnxruntime", "int8", "tensorrt"), opened, "text_encoder", model + b" ")
+    assert changed[0][1]["trt_engine_cache_path"] != str(cache)
     # the tiny bundle's profile: batch 1:8:32, text 1:32:32 tokens (its max_seq_len)
     assert options["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
     assert options["trt_profile_opt_shapes"] == "input_ids:8x32,attention_mask:8x32"
