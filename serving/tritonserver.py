@@ -40,10 +40,38 @@ def find_tritonserver(python_env) -> Path:
     return found[-1].parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list:
+    """`count` distinct loopback ports free a moment ago (held together while picked, so never the same one twice).
+    Another process may still take one before the server binds it: `start` then tries new ones."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+PORT_TRIES = 3  # starts on freshly picked ports before a clash is reported
+_PORT_CLASH = ("address already in use", "failed to start http service", "failed to start grpc service",
+               "failed to listen")
+
+
+def _die_with_parent(parent: int):
+    """In the server's process, before it runs: the kernel sends it SIGTERM when this process dies (a killed test
+    or app leaves no server behind); Triton then stops its Python stubs. Linux only; elsewhere nothing. The kernel
+    ties it to the thread that started the server: start it from one that outlives it (the main thread does)."""
+    def arm() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the call: nobody will send the signal
+            os._exit(1)
+    return arm
 
 
 class TritonServer:
@@ -54,8 +82,9 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         self.python_env = Path(python_env).resolve()
         self.home = find_tritonserver(self.python_env)
-        self.http_port = http_port or _free_port()
-        self.grpc_port = grpc_port or _free_port()
+        self._pick_ports = http_port is None and grpc_port is None  # ours to pick again after a clash
+        picked = _free_ports(2)
+        self.http_port, self.grpc_port = http_port or picked[0], grpc_port or picked[1]
         self.ready_timeout_s = ready_timeout_s
         self.log_path = Path(log_path) if log_path else None
         self.process: subprocess.Popen | None = None
@@ -87,23 +116,44 @@ class TritonServer:
         return folder.parent
 
     def start(self) -> "TritonServer":
+        """Start the server and wait until it is ready; ports picked here are picked again (PORT_TRIES times) when
+        another process took one first. On any failure nothing is left: no process, log or scratch folder."""
+        for attempt in range(PORT_TRIES):
+            try:
+                self._launch()
+                self._wait_ready()
+                return self
+            except ServerError as exc:
+                clash = any(sign in str(exc).lower() for sign in _PORT_CLASH)
+                if clash and not self._pick_ports:
+                    raise ServerError(f"tritonserver could not bind its ports (http {self.http_port}, grpc "
+                                      f"{self.grpc_port}): one is in use by another process. Pass free ports, or none "
+                                      f"(then they are picked). {exc}") from None
+                if not clash or attempt + 1 == PORT_TRIES:
+                    raise
+                self.http_port, self.grpc_port = _free_ports(2)
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _launch(self) -> None:
         self._scratch = Path(tempfile.mkdtemp(prefix="fusionrt-triton-"))
-        log = open(self.log_path or self._scratch / "tritonserver.log", "wb")
+        backends = self._backends()
         env = {**os.environ, "PATH": f"{self.python_env / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
                "LD_LIBRARY_PATH": os.pathsep.join(
                    [str(self.home.parents[1] / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH", "")])}
         env.pop("PYTHONPATH", None)
         command = [str(self.home / "bin" / "tritonserver"), f"--model-repository={self.repository}",
-                   f"--backend-directory={self._backends()}",
+                   f"--backend-directory={backends}",
                    f"--backend-config=python,shm-region-prefix-name=fusionrt{os.getpid()}_{self.http_port}_",
                    "--http-address=127.0.0.1", f"--http-port={self.http_port}",
                    "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
                    "--allow-metrics=false", "--exit-on-error=true", "--log-verbose=0"]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        log.close()
-        self._wait_ready()
-        return self
+        with open(self.log_path or self._scratch / "tritonserver.log", "wb") as log:
+            # its own session, so that stop() reaches its Python stubs too; and it dies with us
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s

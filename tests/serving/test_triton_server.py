@@ -184,3 +184,86 @@ def test_unreachable_server_is_a_clear_error():
     for protocol in ("http", "grpc"):
         with pytest.raises(ServingError, match="could not reach Triton|refused"):
             TritonClient(f"127.0.0.1:{port}", protocol=protocol, timeout_s=2)
+
+
+@pytest.fixture(scope="module")
+def plain_repository(tiny_bundle, tmp_path_factory):
+    from fusionrt.serving.repository import RepositoryOptions, write_repository
+
+    _server_can_run()
+    repo = tmp_path_factory.mktemp("plain") / "repo"
+    write_repository(tiny_bundle, repo, RepositoryOptions(platform="python", threads=1))
+    return repo
+
+
+def test_ports_taken_between_picking_and_binding_are_picked_again(plain_repository, monkeypatch):
+    """The first pair it picks is taken by someone else before the server binds it: the server starts on the next."""
+    import socket
+
+    from fusionrt.serving import tritonserver
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks = []
+    real = tritonserver._free_ports
+
+    def first_pick_is_taken(count):
+        picks.append(real(count) if picks else [taken, real(1)[0]])
+        return picks[-1]
+
+    monkeypatch.setattr(tritonserver, "_free_ports", first_pick_is_taken)
+    try:
+        with tritonserver.TritonServer(plain_repository, SERVER_ENV) as server:
+            assert len(picks) == 2 and server.http_port != taken
+            import urllib.request
+
+            assert urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5).status == 200
+        with pytest.raises(tritonserver.ServerError, match=f"http {taken}.*in use by another process"):
+            tritonserver.TritonServer(plain_repository, SERVER_ENV, http_port=taken).start()  # a port you chose: said
+    finally:
+        squatter.close()
+
+
+def test_a_failed_start_leaves_no_log_or_scratch_folder(plain_repository, tmp_path, monkeypatch):
+    import tempfile
+
+    from fusionrt.serving import tritonserver
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    server = tritonserver.TritonServer(plain_repository, SERVER_ENV)
+    monkeypatch.setattr(server, "_backends", lambda: (_ for _ in ()).throw(OSError("no space left on device")))
+    with pytest.raises(OSError, match="no space left"):
+        server.start()
+    assert not list(tmp_path.glob("fusionrt-triton-*")) and server.process is None
+
+
+def test_a_killed_owner_takes_its_server_with_it(plain_repository):
+    """SIGKILL the process that started Triton (as a test runner or app killed mid-run): the server goes too."""
+    import os
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent(f"""
+        import time
+        from fusionrt.serving.tritonserver import TritonServer
+        server = TritonServer({str(plain_repository)!r}, {str(SERVER_ENV)!r}).start()
+        print(server.process.pid, flush=True)
+        time.sleep(600)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = int(owner.stdout.readline())
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        pytest.fail(f"tritonserver {pid} outlived its owner by 30 s")
