@@ -2,6 +2,8 @@
 own pipeline over the same loaded models."""
 
 import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,14 +32,31 @@ def _jobs(samples, count, seed=0):
 
 
 def _run_all(pipe_for, jobs):
-    """Every job's probabilities, from THREADS threads at once; `pipe_for(worker)` is the pipeline a thread uses."""
+    """Every job's probabilities, from THREADS threads released together; `pipe_for(worker)` is the pipeline a thread
+    uses. Asserts that calls of different threads did run at the same time (else this tests nothing)."""
+    start = threading.Barrier(THREADS)
+    spans = []  # (began, ended, worker) of every call
+
     def work(worker):
         pipe = pipe_for(worker)
-        return [(i, [p.probs for p in pipe.classify_batch(*jobs[i])]) for i in range(worker, len(jobs), THREADS)]
+        start.wait()
+        out = []
+        for i in range(worker, len(jobs), THREADS):
+            began = time.perf_counter()
+            out.append((i, [p.probs for p in pipe.classify_batch(*jobs[i])]))
+            spans.append((began, time.perf_counter(), worker))
+        return out
 
     with ThreadPoolExecutor(THREADS) as pool:
         done = [r for part in pool.map(work, range(THREADS)) for r in part]
+    assert _overlapping(spans) > 0, "no two threads' calls overlapped"
     return [probs for _, probs in sorted(done, key=lambda r: r[0])]
+
+
+def _overlapping(spans) -> int:
+    """How many calls began while a call of another thread was still running."""
+    spans = sorted(spans)
+    return sum(any(b0 < a1 and wb != wa for a0, a1, wa in spans[:i]) for i, (b0, _, wb) in enumerate(spans))
 
 
 def _same(a, b):
@@ -55,7 +74,9 @@ def test_one_pipeline_from_eight_threads_gives_the_sequential_results(tiny_bundl
         assert pipe.text_cache.hits > 0 and pipe.text_cache.misses > 0
         pipe.text_cache.clear()
         threaded = _run_all(lambda worker: pipe, jobs)
-        assert len(pipe.text_cache) == 3 and pipe.text_cache.misses > 3  # filled and evicted while threads read it
+        distinct = len({t for _, texts in jobs for t in texts})
+        # filled and evicted while threads read it: a 3-entry cache misses every distinct text at least once
+        assert len(pipe.text_cache) == 3 and pipe.text_cache.misses >= distinct > 3
     _same(threaded, sequential)
 
 

@@ -201,23 +201,31 @@ def emulated_cuda(gpu: Gpu):
 
     class Event:
         def __init__(self, timing=True):
-            self.at = None
+            self.at, self.time = None, None
             gpu.open.add(self)
 
         def record(self, stream, external=False):
             gpu.check_thread()
             assert not external or gpu.capture is not None, "an external event record outside a stream capture"
+            gpu.submit(self._stamp, stream.handle)  # when the stream reaches it: the time the work before it ended
             if gpu.capture is None:
                 queue = gpu.queue(stream.handle)
                 self.at = (queue, queue.mark())
             return self
+
+        def _stamp(self):
+            import time
+
+            self.time = time.perf_counter()
 
         def synchronize(self):
             if self.at is not None:
                 self.at[0].run_to(self.at[1])
 
         def elapsed_ms(self, start):
-            return 1.0
+            assert self.time is not None and start.time is not None, \
+                "elapsed time of an event the stream has not reached (CUDA: cudaErrorNotReady)"
+            return (self.time - start.time) * 1e3
 
         def close(self):
             gpu.open.discard(self)
