@@ -66,6 +66,7 @@ def _row(mode: str, n: int, wall: float, per_source: dict, latencies: list, batc
            "latency_ms_p99": round(float(np.percentile(latencies, 99)), 1)}
     if batches:
         row["mean_batch"] = round(sum(batches) / len(batches), 2)
+        row["calls"] = len(batches)
     return row
 
 
