@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 
@@ -142,8 +143,15 @@ def _runner(bundle, backend: str, precision: str, mode: str, torch_model, device
         from fusionrt.benchmarks.torch_runner import TorchRunner
 
         return TorchRunner(torch_model, precision, device), fields
-    runner = Pipeline.load(bundle, backend=backend, precision=None if precision == "auto" else precision,
-                           **{**(options or {}), **MODES[mode]})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        runner = Pipeline.load(bundle, backend=backend, precision=None if precision == "auto" else precision,
+                               **{**(options or {}), **MODES[mode]})
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    off = [str(w.message) for w in said if str(w.message).startswith("cuda_graphs=True:")]
+    if MODES[mode].get("cuda_graphs") and off:  # the row ran without graphs: say so, not "+ CUDA graphs"
+        fields.update(branches=f"{mode} (not in effect)", note=off[0])
     fields["backend"] = runner.backend_name
     if precision == "auto":  # the calibrated candidates, tuned here: say what it resolved to, and why
         fields.update(precision=f"auto ({format_precision(runner.precision)})", speed_only=speed_only,
