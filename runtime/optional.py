@@ -28,6 +28,10 @@ _INSTALL_HINTS = {
     "tritonclient.http": "pip install 'fusionrt[triton]'  (tritonclient, for fusionrt.client)",
     "tritonclient.grpc": "pip install 'fusionrt[triton]'  (tritonclient, for fusionrt.client)",
     "tritonclient.utils": "pip install 'fusionrt[triton]'  (tritonclient, for fusionrt.client)",
+    "prometheus_client": "pip install 'fusionrt[site]'  (metrics, health and the live view of `camera --serve`)",
+    "prometheus_client.core": "pip install 'fusionrt[site]'",
+    "aiohttp.web": "pip install 'fusionrt[site]'  (the HTTP server of `camera --serve`)",
+    "paho.mqtt.client": "pip install 'fusionrt[site]'  (MQTT events of `camera --mqtt`)",
 }
 
 

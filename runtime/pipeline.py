@@ -156,20 +156,24 @@ class Pipeline:
         return self.infer(pixels, tokens).logits
 
     def infer_texts(self, pixels: np.ndarray, texts: Sequence[str]) -> tuple:
-        """(logits, which rows' text features came from the cache) for prepared pixels and raw texts: a text the
-        cache lacks runs the text branch once, in a call of its first row; the other rows run on cached features.
-        What streams call: a camera's text rarely changes, so its branch rarely runs."""
+        """(logits, which rows' text features came from the cache, each call's Timings) for prepared pixels and raw
+        texts: a text the cache lacks runs the text branch once, in a call of its first row; the other rows run on
+        cached features. What streams call: a camera's text rarely changes, so its branch rarely runs."""
         cache = self.text_cache
         if cache is None:
-            return self.infer(pixels, self.tokenizer(list(texts)), text_cache=False).logits, [False] * len(texts)
+            result = self.infer(pixels, self.tokenizer(list(texts)), text_cache=False)
+            return result.logits, [False] * len(texts), [result.timings]
         missing = [t for t in dict.fromkeys(texts) if cache.keys(self.tokenizer([t]))[0] not in cache]
         first_rows = sorted(texts.index(t) for t in missing)
         rest = [i for i in range(len(texts)) if i not in first_rows]
         logits = np.empty((len(texts), len(self.labels)), np.float32)
+        timings = []
         for rows in (first_rows, rest):
             if rows:
-                logits[rows] = self.infer(pixels[rows], self.tokenizer([texts[i] for i in rows])).logits
-        return logits, [i not in first_rows for i in range(len(texts))]
+                result = self.infer(pixels[rows], self.tokenizer([texts[i] for i in rows]))
+                logits[rows] = result.logits
+                timings.append(result.timings)
+        return logits, [i not in first_rows for i in range(len(texts))], timings
 
     # -- the public calls ------------------------------------------------------------------------
     def classify_batch(self, images: Sequence, texts: Sequence[str]) -> list:
@@ -199,17 +203,19 @@ class Pipeline:
 
     def stream_many(self, sources, text, policy: str = "latest", max_batch: int | None = None,
                     max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
-                    max_reconnects: int | None = None, on_event=None) -> MultiStream:
+                    max_reconnects: int | None = None, on_event=None, monitor=None) -> MultiStream:
         """Many sources batched into one call per round: iterate the result for SourceFrame (source id, frame index,
         prediction, latency, drops); `.summary()` per source. `sources`: a list or a mapping id -> source (camera
         index, video file, stream URL, an iterable of frames, or a callable that opens one: reopened when it ends).
         `text`: one str for all, a mapping source id -> str, or a callable(source_id) -> str. See
         `fusionrt.runtime.stream`. A live source that fails is reopened after backoff_s[0] seconds, doubling up to
         backoff_s[1]; after `max_reconnects` reopenings in a row that did not stay up backoff_s[1] it is removed
-        (None: for ever). `on_event(source_id, {"t", "event"})` hears each source event as it happens."""
+        (None: for ever). `on_event(source_id, {"t", "event"})` hears each source event as it happens. `monitor`: a
+        `fusionrt.runtime.stream.StreamMonitor` (e.g. `fusionrt.monitor.Site`: metrics, health, events, clips, a live
+        view) that hears each call's results and reads the sources' status."""
         self._running()
         return MultiStream(self, sources, text, policy, max_batch, max_wait_ms, queue_size, backoff_s, max_reconnects,
-                           on_event=on_event)
+                           on_event=on_event, monitor=monitor)
 
     def start_stream_many(self, sources, text, on_result, **options) -> MultiStreamHandle:
         """The callback form of `stream_many`: runs on a thread, calls `on_result(SourceFrame)`; returns a handle

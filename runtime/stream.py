@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -28,8 +28,8 @@ from fusionrt.runtime.mailbox import POLICIES, READER_JOIN_S, Mailbox, rate
 from fusionrt.runtime.prediction import Prediction
 from fusionrt.runtime.preprocess import load_image, preprocess_batch
 
-__all__ = ["SourceFrame", "FramePrediction", "MultiStream", "StreamHandle", "MultiStreamHandle", "source_ids",
-           "stream"]
+__all__ = ["SourceFrame", "FramePrediction", "SourceStatus", "StreamMonitor", "MultiStream", "StreamHandle",
+           "MultiStreamHandle", "source_ids", "stream"]
 
 _LATENCY_WINDOW = 2000  # latencies each source keeps for its summary percentiles
 _FPS_WINDOW = 30  # predictions a source's fps figure averages over
@@ -50,6 +50,36 @@ class SourceFrame:
 
 
 FramePrediction = SourceFrame  # what `Pipeline.stream` yields: the same record, for its one source
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """A source's running account, read while the stream runs (a site's metrics and health)."""
+
+    source: str
+    kind: str  # "live", "file" or "frames"
+    received: int  # frames its reader delivered (stale ones included)
+    processed: int  # frames classified
+    dropped: int  # stale frames replaced before they were classified
+    reconnects: int
+    fps: float  # predictions per second over its last few
+    last_frame_age_s: float  # seconds since its reader delivered a frame (since the stream started, before one)
+    ended: bool  # its reader is done and will deliver nothing more
+
+
+class StreamMonitor(Protocol):
+    """What `Pipeline.stream_many(monitor=...)` reports to (fusionrt.monitor.Site is one): `attach` once when the
+    stream starts, `observe` once per inference call with its results and the call's timings (one per pipeline call;
+    two when a new text ran its branch in a call of its own), `detach` when the stream ends. Called on the stream's
+    thread, so each must return at once."""
+
+    def attach(self, stream: "MultiStream") -> None: ...
+
+    def observe(self, results: list, timings: list) -> None: ...
+
+    def source_event(self, source_id: str, event: dict) -> None: ...  # a reconnect or removal, as `on_event` hears it
+
+    def detach(self, stream: "MultiStream") -> None: ...
 
 
 def source_ids(sources) -> dict:
@@ -89,6 +119,7 @@ class _Feed:
         self.recent: deque = deque(maxlen=_FPS_WINDOW)  # when its last few predictions were ready
         self.first_at = self.last_at = None
         self.next_index = 0
+        self.received_at: float | None = None  # monotonic time of its reader's last frame
         self.thread = threading.Thread(target=self._run, name=f"fusionrt-source-{sid}", daemon=True)
 
     def _event(self, what: str) -> None:
@@ -130,6 +161,7 @@ class _Feed:
                     image = load_image(frame, self.pixel_cap) if isinstance(frame, (str, Path)) else frame
                     self.box.put((self.next_index, image, preprocess_batch([image], self.spec), taken))
                     self.next_index += 1
+                    self.received_at = time.monotonic()
                     read += 1
                 outcome = f"ended after {read} frames"
             except Exception as exc:  # noqa: BLE001 - a failing source is an event of its own; the others go on
@@ -153,6 +185,11 @@ class _Feed:
             outage += 1
             delay = min(delay * 2, self.backoff_s[1])
 
+    def status(self, started_at: float) -> SourceStatus:
+        age = time.monotonic() - (self.received_at if self.received_at is not None else started_at)
+        return SourceStatus(self.id, self.source_kind, self.next_index, self.processed, self.box.dropped,
+                            self.reconnects, rate(list(self.recent)), age, self.box.finished)
+
     def summary(self) -> dict:
         seconds = (self.last_at - self.first_at) if self.first_at is not None else 0.0
         lat = np.asarray(self.latencies) if self.latencies else None
@@ -168,7 +205,8 @@ class MultiStream:
 
     def __init__(self, pipeline, sources, text, policy: str = "latest", max_batch: int | None = None,
                  max_wait_ms: float = 10.0, queue_size: int = 2, backoff_s: tuple = (0.5, 8.0),
-                 max_reconnects: int | None = None, raise_errors: bool = False, on_event: Callable | None = None):
+                 max_reconnects: int | None = None, raise_errors: bool = False, on_event: Callable | None = None,
+                 monitor: StreamMonitor | None = None):
         if policy not in POLICIES:
             raise InputError(f"stream policy '{policy}' unknown: expected one of {POLICIES}.")
         limit = pipeline.manifest.profile.batch[2]
@@ -187,12 +225,15 @@ class MultiStream:
         if len(backoff_s) != 2 or not 0 < backoff_s[0] <= backoff_s[1]:
             raise InputError(f"backoff_s: expected (shortest, longest) waits with 0 < shortest <= longest, found "
                              f"{backoff_s!r}.")
+        hear = _both(on_event, monitor.source_event if monitor is not None else None)
         self._feeds = [_Feed(sid, src, pipeline.manifest.preprocess, policy, queue_size, self._stop, self._notify,
-                             backoff_s, max_reconnects, raise_errors, getattr(pipeline, "max_pixels", None), on_event)
+                             backoff_s, max_reconnects, raise_errors, getattr(pipeline, "max_pixels", None), hear)
                        for sid, src in self._ids.items()]
         self._turn = 0
         self.batch_sizes: list = []  # frames in each call
         self._started = False
+        self.started_at = time.monotonic()
+        self.monitor = monitor
 
     def _notify(self) -> None:
         with self._arrived:
@@ -202,6 +243,9 @@ class MultiStream:
         if self._started:
             raise InputError("a MultiStream runs once: call Pipeline.stream_many again for another run.")
         self._started = True
+        self.started_at = time.monotonic()
+        if self.monitor is not None:
+            self.monitor.attach(self)
         for feed in self._feeds:
             feed.thread.start()
         try:
@@ -210,6 +254,8 @@ class MultiStream:
                     yield from self._classify(batch[start:start + self.max_batch])
         finally:
             self.stop()
+            if self.monitor is not None:
+                self.monitor.detach(self)
 
     def _next_batch(self) -> list | None:
         """(feed, item) for every source with a frame: after the first one is ready, up to max_wait for the rest."""
@@ -246,9 +292,10 @@ class MultiStream:
                 raise InputError(f"source '{feed.id}': its text must be a non-empty str, found {words!r}.")
             texts.append(words)
         pixels = np.concatenate([item[2] for _, item in batch])
-        logits, cached = self.pipeline.infer_texts(pixels, texts)
+        logits, cached, timings = self.pipeline.infer_texts(pixels, texts)
         self.batch_sizes.append(len(batch))
         now = time.perf_counter()
+        results = []
         for (feed, (index, image, _, taken)), prediction, hit in zip(batch, self.pipeline.predictions(logits), cached):
             feed.processed += 1
             feed.first_at = feed.first_at if feed.first_at is not None else now
@@ -256,8 +303,23 @@ class MultiStream:
             latency = (now - taken) * 1e3
             feed.latencies.append(latency)
             feed.recent.append(now)
-            yield SourceFrame(feed.id, index, image, prediction, latency, rate(feed.recent), len(batch), feed.processed,
-                              feed.box.dropped, hit)
+            results.append(SourceFrame(feed.id, index, image, prediction, latency, rate(feed.recent), len(batch),
+                                       feed.processed, feed.box.dropped, hit))
+        if self.monitor is not None:
+            self.monitor.observe(results, timings)
+        yield from results
+
+    def status(self) -> list:
+        """Each source's SourceStatus now: safe to call from another thread while the stream runs."""
+        return [feed.status(self.started_at) for feed in self._feeds]
+
+    @property
+    def source_ids(self) -> list:
+        return [feed.id for feed in self._feeds]
+
+    def source_of(self, sid: str):
+        """What source `sid` reads (a path, URL, camera index, iterable or callable)."""
+        return self._ids[sid]
 
     def summary(self) -> dict:
         """Per source: kind, processed, dropped, fps, latency p50/p99, reconnects, ended, events."""
@@ -279,6 +341,16 @@ class MultiStream:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _both(first: Callable | None, second: Callable | None) -> Callable | None:
+    if first is None or second is None:
+        return first or second
+
+    def both(*args):
+        first(*args)
+        second(*args)
+    return both
 
 
 def _text_for(text, ids: dict) -> Callable[[str], str]:

@@ -83,7 +83,7 @@ def tiny_image_encoder():
     )
 
 
-def tiny_model(labels=tuple(sorted(COLORS)), seed: int = 0):
+def tiny_model(labels=tuple(sorted(COLORS)), seed: int = 0, image_encoder=None):
     import torch
     import transformers
 
@@ -98,7 +98,7 @@ def tiny_model(labels=tuple(sorted(COLORS)), seed: int = 0):
     # the head is wide enough (1M weights) that its weights, not TensorRT's kernels, set its engine size
     config = FusionConfig(labels=labels, image_backbone="custom", image_size=(32, 32), max_seq_len=32,
                           head_hidden=(1024, 1024))
-    return FusionClassifier(config, bert, tiny_image_encoder(), tokenizer).eval()
+    return FusionClassifier(config, bert, image_encoder or tiny_image_encoder(), tokenizer).eval()
 
 
 RTX_CC = "8.9"  # a TensorRT-RTX target; its builder compiles for it without that GPU

@@ -1,6 +1,6 @@
 """The layer rules of ../shared/DESIGN.md, checked on the source (AST) of every module of the package:
 
-- imports run one way: runtime <- data, bundling (siblings) <- export, calibration, serving, engines (siblings: none
+- imports run one way: runtime <- data, bundling, monitor (siblings) <- export, calibration, serving, engines (siblings: none
   imports another) <- benchmarks <- the top package (CLI, commands); a lazy import inside a function counts too;
 - no cycle between modules (lazy imports included: a cycle broken only by a lazy import is still a cycle);
 - nothing heavy reachable from `fusionrt.runtime` at import time: its module-level imports, followed through every
@@ -19,7 +19,7 @@ from pathlib import Path
 __all__ = ["ROOT", "package_sources", "violations"]
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"fusionrt.runtime": 0, "fusionrt.data": 1, "fusionrt.bundling": 1, "fusionrt.export": 2,
+LAYERS = {"fusionrt.runtime": 0, "fusionrt.data": 1, "fusionrt.bundling": 1, "fusionrt.monitor": 1, "fusionrt.export": 2,
           "fusionrt.calibration": 2, "fusionrt.serving": 2, "fusionrt.engines": 2, "fusionrt.benchmarks": 3, "fusionrt": 4}
 IMPORT_TIME_ALLOWED = {"numpy", "cv2", "tokenizers", "packaging"} | set(sys.stdlib_module_names)
 ENGINE_HOMES = {"onnxruntime": {"fusionrt.runtime.backends.onnxruntime"},

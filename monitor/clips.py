@@ -1,0 +1,125 @@
+"""Clips around events, cut without re-encoding (ffmpeg stream copy): from the video file itself, which already holds
+the frames before and after the event. A clip starts on the keyframe at or before `pre` seconds ahead of the event
+(a stream copy can start nowhere else) and ends `post` seconds after it; one clip per event, named by source and
+time; the folder's clips stay under `max_mb`, the oldest deleted first. Cut on a worker thread: frames never wait."""
+
+from __future__ import annotations
+
+import bisect
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from fusionrt.monitor.worker import Worker
+from fusionrt.runtime.errors import InputError
+
+__all__ = ["ClipRecorder", "keyframe_times", "clip_name"]
+
+FFMPEG_TIMEOUT_S = 60
+_OURS = re.compile(r".+-\d{8}-\d{6}\.\d{3}-[a-z_]+\.mp4")  # clip_name's pattern: only our clips are ever deleted
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise InputError(f"--clips needs {name}, which is not on PATH: install it (Debian: apt-get install ffmpeg).")
+    return path
+
+
+def keyframe_times(path) -> tuple:
+    """(seconds of every keyframe of the first video stream, the stream's frame rate), read by ffprobe."""
+    probe = subprocess.run([_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey",
+                            "-show_entries", "frame=pts_time:stream=avg_frame_rate", "-of", "csv=p=0", str(path)],
+                           capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_S, check=True)
+    times, fps = [], None
+    for line in probe.stdout.split():
+        value = line.strip(",")
+        if "/" in value:
+            num, den = value.split("/")
+            fps = float(num) / float(den) if float(den) else None
+        elif value:
+            times.append(float(value))
+    return sorted(times), fps
+
+
+def clip_name(source: str, at: float, kind: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source)[-60:]
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+    return f"{safe}-{stamp}-{kind}.mp4"
+
+
+class ClipRecorder:
+    def __init__(self, folder, pre_s: float = 3.0, post_s: float = 5.0, max_mb: float = 500.0, on_error=None):
+        if pre_s < 0 or post_s < 0 or pre_s + post_s <= 0:
+            raise InputError(f"--pre/--post: expected seconds >= 0, not both 0, found {pre_s} and {post_s}.")
+        if max_mb <= 0:
+            raise InputError(f"--clips-max-mb: expected a size > 0, found {max_mb}.")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pre_s, self.post_s, self.max_bytes = pre_s, post_s, max_mb * 2**20
+        self.ffmpeg = _tool("ffmpeg")
+        _tool("ffprobe")
+        self.written: list = []  # paths of the clips written, in order
+        self.deleted: list = []  # paths removed to keep the folder under max_mb
+        self._probes: dict = {}  # file -> (keyframe times, fps)
+        self._worker = Worker("fusionrt-clips", self._cut, on_error=on_error)
+
+    def frame_time(self, path, frame: int) -> float | None:
+        """Seconds into the file of frame `frame` (None when its rate is unknown)."""
+        fps = self._probe(path)[1]
+        return frame / fps if fps else None
+
+    def request(self, path, source: str, at_video_s: float, kind: str) -> Path:
+        """Queue the clip of `path` around `at_video_s`; returns the path it will have."""
+        out = self.folder / clip_name(source, time.time(), kind)
+        self._worker.submit((Path(path), at_video_s, out))
+        return out
+
+    def _probe(self, path) -> tuple:
+        key = str(path)
+        if key not in self._probes:
+            self._probes[key] = keyframe_times(path)
+        return self._probes[key]
+
+    def window(self, path, at_video_s: float) -> tuple:
+        """(start, duration): from the keyframe at or before `at - pre` to `at + post`."""
+        keys = self._probe(path)[0] or [0.0]
+        want = max(0.0, at_video_s - self.pre_s)
+        start = keys[max(0, bisect.bisect_right(keys, want + 1e-6) - 1)]
+        return start, at_video_s + self.post_s - start
+
+    def _cut(self, job) -> None:
+        path, at, out = job
+        start, duration = self.window(path, at)
+        partial = out.with_name(out.stem + ".part.mp4")
+        # -ss before -i on a keyframe's time: the copy starts on that keyframe (a hair past it, so rounding cannot
+        # land on the keyframe before)
+        subprocess.run([self.ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{start + 1e-3:.3f}", "-i", str(path),
+                        "-t", f"{duration:.3f}", "-map", "0:v:0", "-c", "copy", "-avoid_negative_ts", "make_zero",
+                        "-movflags", "+faststart", str(partial)], check=True, capture_output=True,
+                       timeout=FFMPEG_TIMEOUT_S)
+        partial.replace(out)  # a clip is whole or absent
+        self.written.append(out)
+        self._bound()
+
+    def _bound(self) -> None:
+        clips = sorted((p for p in self.folder.glob("*.mp4") if _OURS.fullmatch(p.name)),
+                       key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in clips)
+        while clips and total > self.max_bytes and len(clips) > 1:  # the newest clip stays, whatever its size
+            oldest = clips.pop(0)
+            total -= oldest.stat().st_size
+            oldest.unlink()
+            self.deleted.append(oldest)
+
+    def drain(self, timeout_s: float = 60.0) -> bool:
+        return self._worker.drain(timeout_s)
+
+    @property
+    def failed(self) -> int:
+        return self._worker.failed
+
+    def close(self) -> None:
+        self._worker.close(FFMPEG_TIMEOUT_S)
