@@ -66,10 +66,9 @@ class ClipRecorder:
         self._probes: dict = {}  # file -> (keyframe times, fps)
         self._worker = Worker("fusionrt-clips", self._cut, on_error=on_error)
 
-    def frame_time(self, path, frame: int) -> float | None:
-        """Seconds into the file of frame `frame` (None when its rate is unknown)."""
-        fps = self._probe(path)[1]
-        return frame / fps if fps else None
+    def keyframes(self, path) -> list:
+        """The file's keyframe times (read once, then kept)."""
+        return self._probe(path)[0]
 
     def request(self, path, source: str, at_video_s: float, kind: str) -> Path:
         """Queue the clip of `path` around `at_video_s`; returns the path it will have."""

@@ -47,6 +47,7 @@ class Site:
         self.model = {"bundle": Path(pipeline.bundle.root).name, "backend": pipeline.backend_name,
                       "precision": format_precision(pipeline.precision), "reason": pipeline.precision_reason[:200]}
         self.stream = self._ended = None
+        self._fps: dict = {}
         self._lock = threading.Lock()
         self.live = LiveView()
         self.metrics = SiteMetrics(self.model, self._status, lambda: pipeline.text_cache)
@@ -92,10 +93,15 @@ class Site:
             if self.stream is not None:
                 raise InputError("a Site watches one stream at a time: this one already watches another.")
             self.stream = stream
-        if self.clips is not None:  # read each file's keyframes now, before its first frame, not at its first event
-            for sid in stream.source_ids:
-                if (path := self._file_of(sid)) is not None:
-                    self.clips.frame_time(path, 0)
+        from fusionrt.runtime.video import VideoSource
+
+        self._fps = {}  # file source -> its frame rate, read now, before its first frame, not at its first event
+        for sid in stream.source_ids:
+            if (path := self._file_of(sid)) is not None:
+                with VideoSource(str(path)) as video:
+                    self._fps[sid] = video.fps
+                if self.clips is not None:
+                    self.clips.keyframes(path)
 
     def detach(self, stream) -> None:
         """The ended stream's sources stay on view (and unready); another stream may be attached."""
@@ -117,14 +123,12 @@ class Site:
 
     # -- events ----------------------------------------------------------------------------------
     def _emit(self, record: dict, result) -> None:
-        path = self._file_of(record["source"])
-        record.setdefault("video_time", None)
-        record.setdefault("clip", None)
-        if path is not None and self.clips is not None and result is not None:
-            at = self.clips.frame_time(path, result.index)
-            if at is not None:
-                record["video_time"] = round(at, 3)
-                record["clip"] = str(self.clips.request(path, record["source"], at, record["type"]))
+        fps = self._fps.get(record["source"]) if result is not None else None
+        record["video_time"] = round(result.index / fps, 3) if fps else None
+        record["clip"] = None
+        if fps and self.clips is not None:
+            path = self._file_of(record["source"])
+            record["clip"] = str(self.clips.request(path, record["source"], result.index / fps, record["type"]))
         self._events.labels(record["type"]).inc()
         for sink in self.sinks:
             sink.event(record)

@@ -86,3 +86,58 @@ class Server:
 
     def __exit__(self, *exc):
         self.kill()
+
+
+class Broker(Server):
+    """mosquitto on a loopback port, with persistence (a subscriber's session and its queued QoS 1 messages survive a
+    restart, as on a real site's broker)."""
+
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        conf = folder / "mosquitto.conf"
+        (folder / "data").mkdir(exist_ok=True)
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                        f"persistence_location {folder / 'data'}/\n")
+        super().__init__([tool("mosquitto"), "-c", str(conf)], folder / "mosquitto.log")
+        self.wait_listening()
+
+    def wait_listening(self) -> None:
+        def listening():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+        wait_until(listening, 10, f"mosquitto listening on {self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM: mosquitto saves its state and exits, as a restarted service does."""
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._out.close()
+
+    def restart(self) -> None:
+        self.start()
+        self.wait_listening()
+
+
+class Subscriber:
+    """A paho-mqtt subscriber to PREFIX/# (QoS 1, a persistent session): `messages` is (topic, payload, retained)."""
+
+    def __init__(self, port: int, prefix: str, client_id: str = "fusionrt-test-subscriber", clean: bool = False):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list = []
+        self.subscribed = __import__("threading").Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+        self.client.reconnect_delay_set(0.2, 1.0)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/#", qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(), bool(m.retain)))
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+        wait_until(self.subscribed.is_set, 10, "the subscriber's subscription")
+
+    def events(self) -> list:
+        return [json.loads(p) for t, p, _ in list(self.messages) if t.endswith("/events")]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
