@@ -187,8 +187,12 @@ class _Feed:
 
     def status(self, started_at: float) -> SourceStatus:
         age = time.monotonic() - (self.received_at if self.received_at is not None else started_at)
+        recent, now = list(self.recent), time.perf_counter()
+        fps = rate(recent)
+        if fps and now - recent[-1] > 2 / fps:  # silent for two of its intervals: the rate falls, up to now
+            fps = (len(recent) - 1) / (now - recent[0])
         return SourceStatus(self.id, self.source_kind, self.next_index, self.processed, self.box.dropped,
-                            self.reconnects, rate(list(self.recent)), age, self.box.finished)
+                            self.reconnects, fps, age, self.box.finished)
 
     def summary(self) -> dict:
         seconds = (self.last_at - self.first_at) if self.first_at is not None else 0.0

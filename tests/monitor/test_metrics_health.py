@@ -74,6 +74,8 @@ def test_prometheus_scrapes_fps_and_p99_and_a_stalled_source_turns_unready(pipe,
             assert later > first
             red_age = _value(prom, "fusionrt_source_last_frame_age_seconds", source="cam-red")
             assert red_age is not None and red_age < 1.0  # the other source is unaffected
+            stalled_fps = _value(prom, "fusionrt_source_fps", source="cam-blue")
+            assert stalled_fps is not None and stalled_fps < fps / 2  # a silent source's fps falls
             blue.stall.clear()
             wait_until(lambda: http_get(f"{site.url}/readyz")[0] == 200, 10, "/readyz 200 again once cam-blue is back")
 

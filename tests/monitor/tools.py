@@ -50,13 +50,14 @@ def wait_until(check, timeout_s: float, what: str, every_s: float = 0.1):
     pytest.fail(f"waited {timeout_s} s for {what}; last: {last!r}")
 
 
-def http_get(url: str, timeout_s: float = 5.0) -> tuple:
-    """(status, body as text), also for 4xx/5xx answers."""
+def http_get(url: str, timeout_s: float = 5.0, raw: bool = False) -> tuple:
+    """(status, body as text, or bytes with `raw`), also for 4xx/5xx answers."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return r.status, r.read().decode()
+            status, body = r.status, r.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        status, body = exc.code, exc.read()
+    return status, body if raw else body.decode()
 
 
 def http_json(url: str):
