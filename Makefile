@@ -8,7 +8,7 @@ EMOJI  := emoji-datasource-google@16.0.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all install demo test bench soak triton-load gpu-check clean
+.PHONY: all install demo test site-tools bench soak triton-load gpu-check clean
 
 all: test
 
@@ -85,7 +85,22 @@ soak: $(STAMP)
 	@test -f $(DEMO)/bundle/manifest.json || { echo "run 'make demo' first: the soak runs on the demo bundle"; exit 2; }
 	$(BIN)/python benchmarks/soak.py $(DEMO)/bundle --n 20000 --data $(DEMO)/data/test.csv --out build/soak
 
-test: $(STAMP) $(TRITON_ENV)/.installed
+# The servers and tools the site's tests run for real (tests/monitor): installed here when missing, as root or with
+# sudo; where neither works, those tests skip and say why.
+SITE_PACKAGES := mosquitto prometheus chromium ffmpeg
+SITE_TOOLS    := mosquitto prometheus promtool chromium ffmpeg ffprobe
+site-tools:
+	@missing=""; for t in $(SITE_TOOLS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing the site's test tools (missing:$$missing): apt-get install $(SITE_PACKAGES)"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=sudo; \
+		else echo "no root and no sudo: the tests that need$$missing will skip"; exit 0; fi; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SITE_PACKAGES) \
+			>/dev/null || echo "apt-get install failed: the tests that need$$missing will skip"; \
+	fi
+
+test: $(STAMP) $(TRITON_ENV)/.installed site-tools
 	$(BIN)/python -m pytest -q tests
 
 # On a lent GPU machine (its own python3 with PyTorch, cuda-python and CuPy; no TensorRT, no network), not here:

@@ -114,7 +114,7 @@ def _checked(sources: list, texts, headless: bool, out, jsonl, mosaic_out: bool,
                          f"{len(sources)} sources, found {len(texts)} texts.")
     if headless and not (out or jsonl):
         raise InputError("--headless shows nothing: pass --out annotated.mp4 (several sources: one per source, or "
-                         "--mosaic) and/or --jsonl predictions.jsonl.")
+                         "--mosaic), --jsonl predictions.jsonl, or a site's --serve, --mqtt or --events.")
     ids = list(source_ids(list(sources)))
     single = len(sources) == 1 and not mosaic_out
     videos = ([Path(out)] if mosaic_out or single else output_paths(out, len(sources))) if out else []
@@ -132,16 +132,18 @@ def _record(r) -> str:
 
 def run_cameras(pipeline, sources: list, texts, headless: bool, out=None, jsonl=None, policy=None,
                 max_frames=None, mosaic_out: bool = False, say=print, overwrite: bool = False,
-                on_key: Callable[[int], None] | None = None, max_reconnects: int | None = None) -> dict:
+                on_key: Callable[[int], None] | None = None, max_reconnects: int | None = None,
+                monitor=None) -> dict:
     """Run until every source has ended (or, with `max_frames`, given that many), Ctrl-C or q/Esc; returns the
     summary (also said). `texts`: one text for all sources or one per source, in order, or a callable(source id)
     giving a source's current text. `on_key(key)`: a key pressed in the window (not q or Esc). A live source that
     fails is reopened with backoff, and dropped after `max_reconnects` reopenings in a row (None: for ever); each
-    such event is said as it happens."""
+    such event is said as it happens. `monitor`: a `fusionrt.monitor.Site` (metrics, health, events, clips, live
+    view) or any StreamMonitor."""
     from fusionrt.overlay import annotate
     from fusionrt.runtime.video import is_live
 
-    ids, text_of, videos = _checked(sources, texts, headless, out, jsonl, mosaic_out, overwrite)
+    ids, text_of, videos = _checked(sources, texts, headless and monitor is None, out, jsonl, mosaic_out, overwrite)
     policy = policy or ("latest" if any(is_live(str(s)) for s in sources) else "all")
     single = len(ids) == 1 and not mosaic_out
     writers = [_Writer(v, _fps_of(s)) for v, s in zip(videos, sources)] if out and not mosaic_out else \
@@ -152,7 +154,7 @@ def run_cameras(pipeline, sources: list, texts, headless: bool, out=None, jsonl=
     records = None  # opened at the first result: a run that reads no frame leaves no file behind
     started, interrupted, counted, pending = time.perf_counter(), False, dict.fromkeys(ids, 0), 0
     streams = pipeline.stream_many(dict(zip(ids, sources)), text_of, policy=policy, max_reconnects=max_reconnects,
-                                   on_event=lambda sid, e: say(f"source {sid}: {e['event']}"))
+                                   on_event=lambda sid, e: say(f"source {sid}: {e['event']}"), monitor=monitor)
     try:
         for r in streams:
             if max_frames and counted[r.source] >= max_frames:

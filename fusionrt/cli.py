@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from fusionrt.calibration.criterion import Criterion
+from fusionrt.monitor.site import SiteOptions
 from fusionrt.runtime.errors import FusionRTError
 from fusionrt.runtime.manifest import BATCH_PROFILE
 from fusionrt.runtime.pipeline import TEXT_CACHE
@@ -13,6 +14,7 @@ from fusionrt.runtime.pipeline import TEXT_CACHE
 __all__ = ["main", "build_parser"]
 
 CRITERION = Criterion()  # the defaults the options show are the criterion's own
+SITE = SiteOptions()  # and the site's
 MAX_RECONNECTS = 10
 MAX_PIXELS_HELP = ("refuse an encoded image of more pixels than this, from its header, before decoding it (default: "
                    "FUSIONRT_MAX_PIXELS, else 64000000)")
@@ -226,8 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default=None)
     p.add_argument("--text-cache", type=int, default=TEXT_CACHE, help="texts whose features are kept (0: off)")
+    _site_arguments(p.add_argument_group("running a site (pip install 'fusionrt[site]'; docs/commands/camera.md)"))
 
     return parser
+
+
+def _site_arguments(g) -> None:
+    g.add_argument("--serve", metavar="HOST:PORT", help="HTTP server: /metrics (Prometheus), /livez, /readyz, "
+                   "/api/state and the live view at /")
+    g.add_argument("--mqtt", metavar="HOST:PORT", help="publish events and each source's retained state to this broker")
+    g.add_argument("--topic", default=SITE.topic, help=f"MQTT topic prefix (default {SITE.topic}): PREFIX/<source>/"
+                   "events, PREFIX/<source>/state, PREFIX/status")
+    g.add_argument("--events", metavar="FILE.jsonl", help="append each event to this file")
+    g.add_argument("--clips", metavar="DIR", help="a clip around each event of a file source, cut without re-encoding")
+    g.add_argument("--pre", type=float, default=SITE.pre_s, help=f"seconds of clip before the event ({SITE.pre_s:g})")
+    g.add_argument("--post", type=float, default=SITE.post_s, help=f"seconds of clip after it ({SITE.post_s:g})")
+    g.add_argument("--clips-max-mb", type=float, default=SITE.clips_max_mb,
+                   help=f"the clips' folder stays under this, oldest deleted first ({SITE.clips_max_mb:g})")
+    g.add_argument("--debounce", type=int, default=SITE.debounce,
+                   help=f"frames a new label must hold before it is an event ({SITE.debounce})")
+    g.add_argument("--score-threshold", type=float, help="also an event when a source's score crosses this")
+    g.add_argument("--stale-after", type=float, default=SITE.stale_after_s,
+                   help=f"a source without a frame this long is stale: /readyz 503 ({SITE.stale_after_s:g} s)")
 
 
 def main(argv=None) -> int:

@@ -288,11 +288,27 @@ def cmd_camera(args) -> int:
     if args.max_reconnects < -1:
         raise InputError(f"--max-reconnects: expected a count >= 0, or -1 for ever, found {args.max_reconnects}.")
     with Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, text_cache=args.text_cache,
-                       max_pixels=args.max_pixels) as pipe:
+                       max_pixels=args.max_pixels) as pipe, _site(pipe, args) as site:
+        if site is not None and site.url:
+            _say(f"site: {site.url}/ (live view), {site.url}/metrics, /livez, /readyz")
         run_cameras(pipe, args.source, texts, args.headless, args.out, args.jsonl, args.policy, args.max_frames,
                     args.mosaic, say=_say, overwrite=args.overwrite,
-                    max_reconnects=None if args.max_reconnects == -1 else args.max_reconnects)
+                    max_reconnects=None if args.max_reconnects == -1 else args.max_reconnects, monitor=site)
     return 0
+
+
+def _site(pipe, args):
+    """The site around the camera run (fusionrt.monitor.Site) when any of its options is given; else a null one."""
+    import contextlib
+
+    if not (args.serve or args.mqtt or args.events or args.clips):
+        return contextlib.nullcontext()
+    from fusionrt.monitor import Site, SiteOptions
+
+    return Site(pipe, SiteOptions(serve=args.serve, mqtt=args.mqtt, topic=args.topic, events=args.events,
+                                  clips=args.clips, pre_s=args.pre, post_s=args.post, clips_max_mb=args.clips_max_mb,
+                                  debounce=args.debounce, score_threshold=args.score_threshold,
+                                  stale_after_s=args.stale_after))
 
 
 def cmd_build(args) -> int:

@@ -30,7 +30,7 @@ class SiteOptions:
     debounce: int = 3  # frames a new label (or side of the threshold) must hold before it is an event
     score_threshold: float | None = None  # also an event when a source's top score crosses this
     stale_after_s: float = STALE_AFTER_S
-    view_fps: float = 10.0  # the most frames per second the live view sends a viewer, per tile
+    view_fps: float = 5.0  # the most frames per second the live view sends a viewer, per tile (each costs a JPEG)
 
 
 class Site:
