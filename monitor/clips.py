@@ -1,5 +1,5 @@
-"""Clips around events, cut without re-encoding (ffmpeg stream copy): from the video file itself, which already holds
-the frames before and after the event. A clip starts on the keyframe at or before `pre` seconds ahead of the event
+"""Clips around events, cut without re-encoding (ffmpeg stream copy): from a video file itself, which already holds
+the frames before and after the event, or from a live stream's ring of segments (monitor/ring.py). A clip starts on the keyframe at or before `pre` seconds ahead of the event
 (a stream copy can start nowhere else) and ends `post` seconds after it; one clip per event, named by source and
 time; the folder's clips stay under `max_mb`, the oldest deleted first. Cut on a worker thread: frames never wait."""
 
@@ -64,6 +64,7 @@ class ClipRecorder:
         self.written: list = []  # paths of the clips written, in order
         self.deleted: list = []  # paths removed to keep the folder under max_mb
         self._probes: dict = {}  # file -> (keyframe times, fps)
+        self._rings: list = []
         self._worker = Worker("fusionrt-clips", self._cut, on_error=on_error)
 
     def keyframes(self, path) -> list:
@@ -73,7 +74,23 @@ class ClipRecorder:
     def request(self, path, source: str, at_video_s: float, kind: str) -> Path:
         """Queue the clip of `path` around `at_video_s`; returns the path it will have."""
         out = self.folder / clip_name(source, time.time(), kind)
-        self._worker.submit((Path(path), at_video_s, out))
+        self._worker.submit(("file", Path(path), at_video_s, out))
+        return out
+
+    def ring(self, url: str, source: str):
+        """A StreamRing keeping the last `pre + post` seconds of a live stream, for `request_live`."""
+        from fusionrt.monitor.ring import StreamRing
+
+        safe = clip_name(source, 0, "ring").rsplit("-", 3)[0]
+        ring = StreamRing(self.ffmpeg, url, self.folder / ".ring" / safe, self.pre_s + self.post_s,
+                          lambda segments, out: self._worker.submit(("segments", segments, out)))
+        self._rings.append(ring)
+        return ring
+
+    def request_live(self, ring, source: str, at_wall: float, kind: str) -> Path:
+        """The clip of a live stream around wall time `at_wall`, cut once its post-roll is recorded."""
+        out = self.folder / clip_name(source, at_wall, kind)
+        ring.request(at_wall - self.pre_s, at_wall + self.post_s, out)
         return out
 
     def _probe(self, path) -> tuple:
@@ -90,15 +107,25 @@ class ClipRecorder:
         return start, at_video_s + self.post_s - start
 
     def _cut(self, job) -> None:
-        path, at, out = job
-        start, duration = self.window(path, at)
+        out = job[-1]
         partial = out.with_name(out.stem + ".part.mp4")
-        # -ss before -i on a keyframe's time: the copy starts on that keyframe (a hair past it, so rounding cannot
-        # land on the keyframe before)
-        subprocess.run([self.ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{start + 1e-3:.3f}", "-i", str(path),
-                        "-t", f"{duration:.3f}", "-map", "0:v:0", "-c", "copy", "-avoid_negative_ts", "make_zero",
-                        "-movflags", "+faststart", str(partial)], check=True, capture_output=True,
-                       timeout=FFMPEG_TIMEOUT_S)
+        if job[0] == "file":
+            _, path, at, _ = job
+            start, duration = self.window(path, at)
+            # -ss before -i on a keyframe's time: the copy starts on that keyframe (a hair past it, so rounding
+            # cannot land on the keyframe before)
+            source = ["-ss", f"{start + 1e-3:.3f}", "-i", str(path), "-t", f"{duration:.3f}"]
+        else:
+            listing = out.with_name(out.stem + ".txt")
+            listing.write_text("".join(f"file '{p.resolve()}'\n" for p in job[1]))
+            source = ["-f", "concat", "-safe", "0", "-i", str(listing)]
+        try:
+            subprocess.run([self.ffmpeg, "-nostdin", "-v", "error", "-y", *source, "-map", "0:v:0", "-c", "copy",
+                            "-avoid_negative_ts", "make_zero", "-movflags", "+faststart", str(partial)], check=True,
+                           capture_output=True, timeout=FFMPEG_TIMEOUT_S)
+        finally:
+            if job[0] == "segments":
+                listing.unlink(missing_ok=True)
         partial.replace(out)  # a clip is whole or absent
         self.written.append(out)
         self._bound()
@@ -121,4 +148,11 @@ class ClipRecorder:
         return self._worker.failed
 
     def close(self) -> None:
+        """Stop the rings (their waiting clips are cut from what was recorded), then finish every queued cut."""
+        for ring in self._rings:
+            ring.close()
         self._worker.close(FFMPEG_TIMEOUT_S)
+        for ring in self._rings:  # the segments were scratch: the clips are cut
+            shutil.rmtree(ring.folder, ignore_errors=True)
+        if self._rings and not any((self.folder / ".ring").iterdir()):
+            (self.folder / ".ring").rmdir()

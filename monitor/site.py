@@ -5,6 +5,7 @@ own (the HTTP server, paho's network loop, the clip cutter); what the frame loop
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Site:
                       "precision": format_precision(pipeline.precision), "reason": pipeline.precision_reason[:200]}
         self.stream = self._ended = None
         self._fps: dict = {}
+        self._rings: dict = {}  # live stream source -> its StreamRing (with clips)
         self._lock = threading.Lock()
         self.live = LiveView()
         self.metrics = SiteMetrics(self.model, self._status, lambda: pipeline.text_cache)
@@ -102,6 +104,8 @@ class Site:
                     self._fps[sid] = video.fps
                 if self.clips is not None:
                     self.clips.keyframes(path)
+            elif self.clips is not None and sid not in self._rings and (url := _stream_url(stream.source_of(sid))):
+                self._rings[sid] = self.clips.ring(url, sid)  # a second reader keeps the stream's recent past
 
     def detach(self, stream) -> None:
         """The ended stream's sources stay on view (and unready); another stream may be attached."""
@@ -126,9 +130,13 @@ class Site:
         fps = self._fps.get(record["source"]) if result is not None else None
         record["video_time"] = round(result.index / fps, 3) if fps else None
         record["clip"] = None
+        ring = self._rings.get(record["source"])
         if fps and self.clips is not None:
             path = self._file_of(record["source"])
             record["clip"] = str(self.clips.request(path, record["source"], result.index / fps, record["type"]))
+        elif ring is not None and result is not None:
+            taken = time.time() - result.latency_ms / 1e3  # when the event's frame arrived, as the ring saw it too
+            record["clip"] = str(self.clips.request_live(ring, record["source"], taken, record["type"]))
         self._events.labels(record["type"]).inc()
         for sink in self.sinks:
             sink.event(record)
@@ -207,3 +215,11 @@ class Site:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stream_url(source) -> str | None:
+    """A network stream another reader can open too (not a local camera, which one process holds)."""
+    from fusionrt.runtime.video import is_live
+
+    text = str(source) if isinstance(source, (str, Path)) else ""
+    return text if text and is_live(text) and not text.isdigit() else None

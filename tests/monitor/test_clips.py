@@ -79,3 +79,44 @@ def test_bad_clip_options_are_clear_errors(tmp_path):
         ClipRecorder(tmp_path, pre_s=-1)
     with pytest.raises(InputError, match="--clips-max-mb"):
         ClipRecorder(tmp_path, max_mb=0)
+
+
+def _centre_label(frame) -> str:
+    from tests.conftest import COLORS
+
+    import numpy as np
+
+    centre = frame[frame.shape[0] // 2, frame.shape[1] // 2].astype(int)
+    return min(COLORS, key=lambda c: int(np.abs(centre - np.asarray(COLORS[c])).sum()))
+
+
+def test_a_live_streams_event_gets_a_clip_with_pre_roll_from_its_ring(pipe, tmp_path):
+    import cv2
+
+    from tests.monitor.tools import VideoStreamServer
+
+    video = write_video(tmp_path / "street.mp4", script=(("red", 50), ("blue", 50)))  # the change 5 s in
+    pre, post = 2.0, 2.0
+    with VideoStreamServer(video) as server:
+        with Site(pipe, SiteOptions(clips=tmp_path / "clips", pre_s=pre, post_s=post,
+                                    events=tmp_path / "ev.jsonl")) as site:
+            results = list(pipe.stream_many({"street": server.url}, TEXT, monitor=site, max_reconnects=0))
+        # closing the site cut the clip that was waiting for its post-roll, if the stream ended first
+    assert len(results) > 20
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    changes = [e for e in events if e["type"] == "label_change"]
+    assert [(e["previous"], e["label"]) for e in changes] == [("red", "blue")]
+    clip = tmp_path / "clips" / changes[0]["clip"].rpartition("/")[2]
+    assert clip.is_file(), sorted(p.name for p in (tmp_path / "clips").iterdir())
+    assert _codec(clip) == "h264"
+    frames = _frames(clip)
+    assert frames[0][1] and frames[0][2] == "I"  # segments start on keyframes, so does the clip
+    assert len(frames) / FPS >= pre + post - 1.0, len(frames)  # the window, give or take the stream's buffering
+    capture = cv2.VideoCapture(str(clip))
+    decoded = []
+    while (read := capture.read())[0]:
+        decoded.append(read[1])
+    capture.release()
+    assert _centre_label(decoded[0]) == "red" and _centre_label(decoded[-1]) == "blue"  # before and after it
+    assert not list((tmp_path / "clips").glob("*.part.mp4"))
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == [clip.name]  # the ring's segments are gone

@@ -142,3 +142,49 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class VideoStreamServer:
+    """A live H.264 stream over HTTP on loopback, as a camera or an NVR serves one: each client gets the video played
+    in real time (ffmpeg -re, stream copy, MPEG-TS), so several readers (the frame reader, a clip ring) see one
+    stream at the same pace."""
+
+    def __init__(self, video: Path):
+        import http.server
+        import threading
+
+        ffmpeg = tool("ffmpeg")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                play = subprocess.Popen([ffmpeg, "-v", "error", "-re", "-i", str(video), "-c", "copy", "-f", "mpegts",
+                                         "-"], stdout=subprocess.PIPE)
+                try:
+                    while chunk := play.stdout.read(4096):
+                        self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    play.kill()
+                    play.wait()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
