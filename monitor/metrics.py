@@ -14,6 +14,16 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0
                    2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 _BRANCHES = (("image", "image_ms"), ("text", "text_ms"), ("head", "head_ms"))
+_SOURCE_METRICS = (  # (SourceStatus field, kind, name, help), one series per source
+    ("received", "counter", "fusionrt_source_frames_received", "Frames a source's reader delivered (stale ones too)"),
+    ("processed", "counter", "fusionrt_source_frames_classified", "Frames of a source classified"),
+    ("dropped", "counter", "fusionrt_source_frames_dropped", "Stale frames of a source replaced before classified"),
+    ("reconnects", "counter", "fusionrt_source_reconnects", "Times a live source was reopened"),
+    ("fps", "gauge", "fusionrt_source_fps", "A source's predictions per second over its last few"),
+    ("last_frame_age_s", "gauge", "fusionrt_source_last_frame_age_seconds", "Seconds since a source last delivered "
+     "a frame"),
+    ("ended", "gauge", "fusionrt_source_ended", "1 when a source ended and delivers no more"),
+)
 
 
 class SiteMetrics:
@@ -70,22 +80,8 @@ class _StreamCollector:
 
     def collect(self):
         core, sources = self.core, self.status()
-        families = {
-            "received": core.CounterMetricFamily("fusionrt_source_frames_received", "Frames a source's reader "
-                                                 "delivered (stale ones included)", labels=["source"]),
-            "processed": core.CounterMetricFamily("fusionrt_source_frames_classified", "Frames of a source "
-                                                  "classified", labels=["source"]),
-            "dropped": core.CounterMetricFamily("fusionrt_source_frames_dropped", "Stale frames of a source replaced "
-                                                "before they were classified", labels=["source"]),
-            "reconnects": core.CounterMetricFamily("fusionrt_source_reconnects", "Times a live source was reopened",
-                                                   labels=["source"]),
-            "fps": core.GaugeMetricFamily("fusionrt_source_fps", "A source's predictions per second over its last "
-                                          "few", labels=["source"]),
-            "last_frame_age_s": core.GaugeMetricFamily("fusionrt_source_last_frame_age_seconds", "Seconds since a "
-                                                       "source last delivered a frame", labels=["source"]),
-            "ended": core.GaugeMetricFamily("fusionrt_source_ended", "1 when a source ended and delivers no more",
-                                            labels=["source"]),
-        }
+        families = {key: getattr(core, f"{kind.title()}MetricFamily")(name, text, labels=["source"])
+                    for key, kind, name, text in _SOURCE_METRICS}
         for s in sources:
             for key, family in families.items():
                 family.add_metric([s.source], float(getattr(s, key)))

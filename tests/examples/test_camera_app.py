@@ -51,3 +51,32 @@ def test_camera_app_says_when_the_source_does_not_open(tiny_bundle, tmp_path):
     result = subprocess.run([sys.executable, str(APP), str(tiny_bundle), "--source", str(tmp_path / "none.mp4")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "no such file" in result.stderr
+
+
+def test_camera_app_with_serve_answers_while_it_runs(tiny_bundle, tmp_path):
+    """--serve: the shim scrapes /metrics and /readyz from inside the run (at the 5th frame shown)."""
+    import pytest
+
+    pytest.importorskip("aiohttp", reason="the site needs aiohttp: pip install 'fusionrt[site]'")
+    scrape = SHIM.replace('cv2.imshow = lambda window, frame: shown.append(frame.copy())', '''import urllib.request
+url = open(sys.argv[3]).read()
+def show(window, frame):
+    shown.append(frame.copy())
+    if len(shown) == 5:
+        print("METRICS", "fusionrt_source_frames_classified_total" in urllib.request.urlopen(url + "/metrics").read().decode())
+        print("READY", urllib.request.urlopen(url + "/readyz").status)
+cv2.imshow = show''').replace("sys.argv = [app, *sys.argv[3:]]", "sys.argv = [app, *sys.argv[4:]]")
+    video = write_video(tmp_path / "in.mp4", count=24)
+    port_file = tmp_path / "url"
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    port_file.write_text(f"http://127.0.0.1:{port}")
+    result = subprocess.run([sys.executable, "-c", scrape, str(APP), str(tmp_path / "shown.npy"), str(port_file),
+                             str(tiny_bundle), "--source", str(video), "--serve", f"127.0.0.1:{port}"],
+                            input="a blue circle\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"live view: http://127.0.0.1:{port}/" in result.stdout
+    assert "METRICS True" in result.stdout and "READY 200" in result.stdout
