@@ -240,7 +240,8 @@ def _site_arguments(g) -> None:
     g.add_argument("--topic", default=SITE.topic, help=f"MQTT topic prefix (default {SITE.topic}): PREFIX/<source>/"
                    "events, PREFIX/<source>/state, PREFIX/status")
     g.add_argument("--events", metavar="FILE.jsonl", help="append each event to this file")
-    g.add_argument("--clips", metavar="DIR", help="a clip around each event of a file source, cut without re-encoding")
+    g.add_argument("--clips", metavar="DIR", help="a clip around each event of a file or network-stream source, cut without "
+                   "re-encoding")
     g.add_argument("--pre", type=float, default=SITE.pre_s, help=f"seconds of clip before the event ({SITE.pre_s:g})")
     g.add_argument("--post", type=float, default=SITE.post_s, help=f"seconds of clip after it ({SITE.post_s:g})")
     g.add_argument("--clips-max-mb", type=float, default=SITE.clips_max_mb,

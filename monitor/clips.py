@@ -1,6 +1,7 @@
 """Clips around events, cut without re-encoding (ffmpeg stream copy): from a video file itself, which already holds
-the frames before and after the event, or from a live stream's ring of segments (monitor/ring.py). A clip starts on the keyframe at or before `pre` seconds ahead of the event
-(a stream copy can start nowhere else) and ends `post` seconds after it; one clip per event, named by source and
+the frames before and after the event, or from a live stream's ring of segments (monitor/ring.py). A clip starts on
+the keyframe at or before `pre` seconds ahead of the event (a stream copy can start nowhere else) and ends `post`
+seconds after it; one clip per event, named by source and
 time; the folder's clips stay under `max_mb`, the oldest deleted first. Cut on a worker thread: frames never wait."""
 
 from __future__ import annotations
@@ -28,24 +29,21 @@ def _tool(name: str) -> str:
     return path
 
 
-def keyframe_times(path) -> tuple:
-    """(seconds of every keyframe of the first video stream, the stream's frame rate), read by ffprobe."""
+def keyframe_times(path) -> list:
+    """Seconds of every keyframe of the first video stream, read by ffprobe."""
     probe = subprocess.run([_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey",
-                            "-show_entries", "frame=pts_time:stream=avg_frame_rate", "-of", "csv=p=0", str(path)],
+                            "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],
                            capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_S, check=True)
-    times, fps = [], None
-    for line in probe.stdout.split():
-        value = line.strip(",")
-        if "/" in value:
-            num, den = value.split("/")
-            fps = float(num) / float(den) if float(den) else None
-        elif value:
-            times.append(float(value))
-    return sorted(times), fps
+    return sorted(float(v) for line in probe.stdout.split() if (v := line.strip(",")))
+
+
+def _safe(source: str) -> str:
+    """A source id as a file name part (a URL's ':' and '/' replaced)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in source)[-60:]
 
 
 def clip_name(source: str, at: float, kind: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source)[-60:]
+    safe = _safe(source)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
     return f"{safe}-{stamp}-{kind}.mp4"
 
@@ -63,13 +61,16 @@ class ClipRecorder:
         _tool("ffprobe")
         self.written: list = []  # paths of the clips written, in order
         self.deleted: list = []  # paths removed to keep the folder under max_mb
-        self._probes: dict = {}  # file -> (keyframe times, fps)
+        self._keyframes: dict = {}  # file -> its keyframe times
         self._rings: list = []
         self._worker = Worker("fusionrt-clips", self._cut, on_error=on_error)
 
     def keyframes(self, path) -> list:
         """The file's keyframe times (read once, then kept)."""
-        return self._probe(path)[0]
+        key = str(path)
+        if key not in self._keyframes:
+            self._keyframes[key] = keyframe_times(path)
+        return self._keyframes[key]
 
     def request(self, path, source: str, at_video_s: float, kind: str) -> Path:
         """Queue the clip of `path` around `at_video_s`; returns the path it will have."""
@@ -81,8 +82,7 @@ class ClipRecorder:
         """A StreamRing keeping the last `pre + post` seconds of a live stream, for `request_live`."""
         from fusionrt.monitor.ring import StreamRing
 
-        safe = clip_name(source, 0, "ring").rsplit("-", 3)[0]
-        ring = StreamRing(self.ffmpeg, url, self.folder / ".ring" / safe, self.pre_s + self.post_s,
+        ring = StreamRing(self.ffmpeg, url, self.folder / ".ring" / _safe(source), self.pre_s + self.post_s,
                           lambda segments, out: self._worker.submit(("segments", segments, out)))
         self._rings.append(ring)
         return ring
@@ -93,15 +93,9 @@ class ClipRecorder:
         ring.request(at_wall - self.pre_s, at_wall + self.post_s, out)
         return out
 
-    def _probe(self, path) -> tuple:
-        key = str(path)
-        if key not in self._probes:
-            self._probes[key] = keyframe_times(path)
-        return self._probes[key]
-
     def window(self, path, at_video_s: float) -> tuple:
         """(start, duration): from the keyframe at or before `at - pre` to `at + post`."""
-        keys = self._probe(path)[0] or [0.0]
+        keys = self.keyframes(path) or [0.0]
         want = max(0.0, at_video_s - self.pre_s)
         start = keys[max(0, bisect.bisect_right(keys, want + 1e-6) - 1)]
         return start, at_video_s + self.post_s - start

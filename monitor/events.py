@@ -1,6 +1,6 @@
 """Events from a source's predictions: a label change or a score crossing a threshold, each counted only once it held
 for `debounce` frames in a row (one odd frame is not an event), and a per-source state; JSONL sink for sites without
-a broker. The schema (docs/commands/camera.md):
+a broker. The schema (as the README documents it):
 
     {"id": hex, "type": "label_change" | "score_above" | "score_below" | "source",
      "source": id, "time": unix seconds, "frame": index, "label": str, "score": float,
@@ -28,10 +28,10 @@ def event_record(kind: str, source: str, **fields) -> dict:
     return record
 
 
-def state_record(result, stale: bool = False) -> dict:
-    """A source's retained state: what it shows now."""
+def state_record(result) -> dict:
+    """A source's retained state: what it shows now (published as it classifies a frame: never stale then)."""
     return {"source": result.source, "label": result.prediction.label, "score": round(result.prediction.score, 4),
-            "fps": round(result.fps, 2), "frame": result.index, "time": round(time.time(), 3), "stale": stale}
+            "fps": round(result.fps, 2), "frame": result.index, "time": round(time.time(), 3), "stale": False}
 
 
 @dataclass
@@ -68,11 +68,6 @@ class EventDetector:
         self._labels: dict = {}
         self._above: dict = {}
         self._lock = threading.Lock()
-
-    def label(self, source: str):
-        """The label `source` holds now (None before one held for `debounce` frames)."""
-        track = self._labels.get(source)
-        return track.value if track is not None else None
 
     def update(self, result) -> list:
         p, sid = result.prediction, result.source

@@ -9,23 +9,14 @@ import json
 import threading
 import uuid
 
+from fusionrt.monitor.address import parse_address
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.optional import require
 
-__all__ = ["MqttSink", "parse_address"]
+__all__ = ["MqttSink"]
 
 QUEUED_MAX = 10_000  # QoS 1 messages kept while the broker is away; past it new ones are dropped and counted
 BACKOFF_S = (0.5, 8.0)  # reconnect waits: shortest, longest (doubling between)
-
-
-def parse_address(value: str, option: str, default_port: int) -> tuple:
-    host, sep, port = str(value).rpartition(":")
-    if not sep:
-        host, port = str(value), str(default_port)
-    host = host.strip("[]")  # an IPv6 literal: [::1]:8080
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise InputError(f"{option} {value!r}: expected HOST:PORT (e.g. 127.0.0.1:{default_port}).")
-    return host, int(port)
 
 
 class MqttSink:

@@ -24,7 +24,7 @@ class SiteOptions:
     mqtt: str | None = None  # HOST:PORT of an MQTT broker
     topic: str = "fusionrt"  # the MQTT topic prefix
     events: str | Path | None = None  # a JSONL file the events are appended to
-    clips: str | Path | None = None  # a folder for clips around events (file sources)
+    clips: str | Path | None = None  # a folder for clips around events (file and network-stream sources)
     pre_s: float = 3.0
     post_s: float = 5.0
     clips_max_mb: float = 500.0
@@ -48,7 +48,7 @@ class Site:
         self.model = {"bundle": Path(pipeline.bundle.root).name, "backend": pipeline.backend_name,
                       "precision": format_precision(pipeline.precision), "reason": pipeline.precision_reason[:200]}
         self.stream = self._ended = None
-        self._fps: dict = {}
+        self._files: dict = {}  # file source -> (its path, its frame rate), read at attach
         self._rings: dict = {}  # live stream source -> its StreamRing (with clips)
         self._lock = threading.Lock()
         self.live = LiveView()
@@ -77,7 +77,7 @@ class Site:
             self.clips = ClipRecorder(options.clips, options.pre_s, options.post_s, options.clips_max_mb,
                                       on_error=self._failed)
         if options.serve:
-            from fusionrt.monitor.mqtt import parse_address
+            from fusionrt.monitor.address import parse_address
             from fusionrt.monitor.server import SiteServer
 
             self.server = SiteServer(self, *parse_address(options.serve, "--serve", 8080))
@@ -97,11 +97,11 @@ class Site:
             self.stream = stream
         from fusionrt.runtime.video import VideoSource
 
-        self._fps = {}  # file source -> its frame rate, read now, before its first frame, not at its first event
+        self._files = {}  # read now, before the first frame, not at the first event
         for sid in stream.source_ids:
-            if (path := self._file_of(sid)) is not None:
+            if (path := _file(stream.source_of(sid))) is not None:
                 with VideoSource(str(path)) as video:
-                    self._fps[sid] = video.fps
+                    self._files[sid] = (path, video.fps)
                 if self.clips is not None:
                     self.clips.keyframes(path)
             elif self.clips is not None and sid not in self._rings and (url := _stream_url(stream.source_of(sid))):
@@ -127,12 +127,11 @@ class Site:
 
     # -- events ----------------------------------------------------------------------------------
     def _emit(self, record: dict, result) -> None:
-        fps = self._fps.get(record["source"]) if result is not None else None
+        path, fps = self._files.get(record["source"], (None, None)) if result is not None else (None, None)
         record["video_time"] = round(result.index / fps, 3) if fps else None
         record["clip"] = None
         ring = self._rings.get(record["source"])
         if fps and self.clips is not None:
-            path = self._file_of(record["source"])
             record["clip"] = str(self.clips.request(path, record["source"], result.index / fps, record["type"]))
         elif ring is not None and result is not None:
             taken = time.time() - result.latency_ms / 1e3  # when the event's frame arrived, as the ring saw it too
@@ -145,11 +144,6 @@ class Site:
         record = state_record(result)
         for sink in self.sinks:
             sink.state(record)
-
-    def _file_of(self, source_id: str):
-        stream = self._shown()
-        source = stream.source_of(source_id) if stream is not None else None
-        return source if isinstance(source, (str, Path)) and Path(source).is_file() else None
 
     # -- what the server reads --------------------------------------------------------------------
     def _shown(self):
@@ -215,6 +209,10 @@ class Site:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _file(source):
+    return source if isinstance(source, (str, Path)) and Path(source).is_file() else None
 
 
 def _stream_url(source) -> str | None:

@@ -42,14 +42,14 @@ def test_a_bad_topic_prefix_is_a_clear_error(prefix):
 @pytest.mark.parametrize("value, expected", [("127.0.0.1:1884", ("127.0.0.1", 1884)), ("broker", ("broker", 1883)),
                                              ("[::1]:8080", ("::1", 8080))])
 def test_addresses(value, expected):
-    from fusionrt.monitor.mqtt import parse_address
+    from fusionrt.monitor.address import parse_address
 
     assert parse_address(value, "--mqtt", 1883) == expected
 
 
 @pytest.mark.parametrize("value", ["host:port", ":80", "host:70000"])
 def test_bad_addresses(value):
-    from fusionrt.monitor.mqtt import parse_address
+    from fusionrt.monitor.address import parse_address
 
     with pytest.raises(InputError, match="HOST:PORT"):
         parse_address(value, "--mqtt", 1883)
