@@ -35,7 +35,7 @@ setup(
     extras_require={
         "cpu": ["onnxruntime>=1.18"],
         "gpu": ["onnxruntime-gpu>=1.18"],
-        "openvino": ["openvino>=2025.0"],
+        "openvino": ["openvino>=2025.0", "nncf>=2.14"],  # nncf: calibration of the int8-ov flavour
         "tensorrt": ["tensorrt>=10", "cuda-bindings>=12.6"],
         "rtx": ["tensorrt-rtx-cu13>=1.0", "cuda-bindings>=12.6"],
         "triton": ["tritonclient[grpc,http]>=2.50"],

@@ -97,11 +97,13 @@ def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=pr
     from fusionrt.runtime.bundle import Bundle
     from fusionrt.runtime.manifest import Profile
 
+    from fusionrt.calibration import openvino_int8
     from fusionrt.calibration.quantize import RECIPE
     from fusionrt.export.onnx_export import EXPORT_RECIPE
 
     folder = Path(cache or default_cache()) / (f"{name}-seed{seed}-torch{torch.__version__.split('+')[0]}"
-                                               f"-e{EXPORT_RECIPE}-q{RECIPE}")
+                                               f"-e{EXPORT_RECIPE}-q{RECIPE}"
+                                               f"-ov{openvino_int8.RECIPE if openvino_int8.available() else 0}")
     bundle_dir, checkpoint_dir, done = folder / "bundle", folder / "checkpoint", folder / "complete.json"
     if done.is_file():
         return bundle_dir, checkpoint_dir

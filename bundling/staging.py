@@ -109,20 +109,25 @@ class BundleUpdate:
         """The bundle as committed now (its manifest read under the lock)."""
         return type(self.bundle)(self.root, self.manifest)
 
-    def stage(self, name: str) -> StagedFile:
+    def stage(self, name: str, *companions: str) -> StagedFile | tuple:
         """Where to write the new file meant as `name` (relative). If the current manifest names `name`, the new file
-        gets a fresh name (`stem.2.ext`, ...), so the current bundle stays whole until the commit."""
+        gets a fresh name (`stem.2.ext`, ...), so the current bundle stays whole until the commit. `companions`: other
+        extensions of the same stem, staged under the same fresh stem (an OpenVINO IR's '.bin' beside its '.xml',
+        which OpenVINO finds by that stem): then returns one StagedFile per name, `name`'s first."""
         in_use = set(self.manifest.files()) | {s.name for s in self._staged}
-        final, n = name, 2
-        while final in in_use:
-            head, dot, ext = name.rpartition(".")
-            final = f"{head}.{n}.{ext}" if dot else f"{name}.{n}"
+        head, dot, ext = name.rpartition(".")
+        names = lambda stem: [f"{stem}.{ext}" if dot else stem] + [f"{stem}.{e.lstrip('.')}" for e in companions]
+        stem, n = (head if dot else name), 2
+        while any(f in in_use for f in names(stem)):
+            stem = f"{head if dot else name}.{n}"
             n += 1
-        target = self.bundle.path_of(final)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = StagedFile(final, target.with_name(f"{TEMP_PREFIX}{target.name}"))
-        self._staged.append(staged)
-        return staged
+        staged = []
+        for final in names(stem):
+            target = self.bundle.path_of(final)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged.append(StagedFile(final, target.with_name(f"{TEMP_PREFIX}{target.name}")))
+        self._staged += staged
+        return tuple(staged) if companions else staged[0]
 
     def commit(self, manifest: Manifest):
         """Move the staged files to their names, then write `manifest` (the commit point), then delete the files only

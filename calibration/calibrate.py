@@ -5,7 +5,8 @@
 3. quantize: ranges from real data, the INT8 file of each target per part (the convs' biases corrected for their
    weights' error), the layers kept float found by the per-layer search on the selection split;
 4. judge: every configuration of every target, run as the resolver says that target runs (the runtime's own
-   backends; TensorRT emulated as its Q/DQ arithmetic is written), on both splits, timed where it runs here, checked
+   backends; TensorRT emulated as its Q/DQ arithmetic is written; OpenVINO on NNCF's INT8 IR where nncf is installed),
+   on both splits, timed where it runs here, checked
    for batch invariance;
 5. policy: the configurations that pass on both splits are the target's candidates; calibration's choice is the
    fastest measured here (the loading machine's tuning picks again there);
@@ -33,6 +34,7 @@ from fusionrt.calibration.fallback import quantizable_nodes, rank_layers, search
 from fusionrt.calibration.fidelity import fidelity_markdown
 from fusionrt.calibration.half import write_fp16, write_int8_fp16
 from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target
+from fusionrt.calibration import openvino_int8
 from fusionrt.calibration.policy import choose_policy
 from fusionrt.calibration.quantize import RECIPE, collect_ranges, preprocess_for_quantization, quantize_component
 from fusionrt.calibration.reader import CalibrationSource, OrtReader, select_calibration, split_held_out
@@ -47,11 +49,17 @@ from fusionrt.runtime.progress import progress
 
 __all__ = ["calibrate_bundle", "TARGETS", "Splits", "NoiseFloor"]
 
-TARGETS = ("int8-cpu", "int8-trt")  # the INT8 files written, one per target
-OV_TARGET = "int8-ov"  # judged on OpenVINO's kernels where openvino is installed (it runs the int8-trt files)
+TARGETS = ("int8-cpu", "int8-trt")  # the INT8 Q/DQ ONNX files written, one per target
+OV_TARGET = "int8-ov"  # judged on OpenVINO's kernels where openvino is installed: NNCF's IR files where nncf is too,
+# else the int8-trt Q/DQ files (what OpenVINO then runs)
 FP16_BASE = "int8-trt-fp16"  # the int8-trt graph on an FP16 base: what TensorRT computes, and what it is judged on
 RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured on
 PROBE_ROWS = 8  # report rows the batch-invariance check runs alone and batched
+
+
+_OV_RUNS = {"nncf": "NNCF's INT8 (OpenVINO IR, static ranges, 7-bit weights) on OpenVINO's CPU kernels",
+            "int8-trt": "the int8-trt Q/DQ files on OpenVINO's CPU kernels (nncf is not installed: pip install "
+                        "'fusionrt[openvino]' and calibrate again for NNCF's faster INT8)"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class NoiseFloor:
 class Quantized:
     kept: dict  # target -> component -> [{"node", "why"}]: the layers each INT8 file keeps float
     searches: dict  # target -> Fallback: the search over the whole model's ranked layers
+    openvino: str  # what the int8-ov target runs: "nncf" (its own IR files), "int8-trt" or "" (no openvino here)
 
 
 def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile", samples: int = 128,
@@ -116,14 +125,16 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     calib_feeds = list(progress(CalibrationSource(bundle, splits.calibration, batch_size), "calibration inputs"))
     quantized = _quantize(update, written, m, fp32, _component_feeds(m, fp32, calib_feeds), evaluators["selection"],
                           noise["selection"], criterion, method, requested)
-    targets = TARGETS + ((OV_TARGET,) if is_available("openvino") else ())
+    targets = TARGETS + ((OV_TARGET,) if quantized.openvino else ())
+    available = {flavour for _, flavour in written} | {"fp32"}
     probe = _probe(evaluators["report"].feeds)
     judged, cosines = {}, {}
     for target in progress(targets, "judging every configuration", total=len(targets)):
         judged[target], cosines[target] = judge_target(target, files, evaluators, probe,
                                                        {k: v.flips for k, v in noise.items()}, criterion,
-                                                       m.tokenizer.max_seq_len)
-    kept = {**quantized.kept, OV_TARGET: quantized.kept["int8-trt"]}
+                                                       m.tokenizer.max_seq_len, available)
+    kept = {**quantized.kept}
+    kept.setdefault(OV_TARGET, quantized.kept["int8-trt"])
     policies, chosen = {}, {}
     for target in targets:
         policies[target], chosen[target] = _policy(target, judged[target], kept[target], requested,
@@ -207,7 +218,7 @@ class _Part:
 def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Evaluator, noise: NoiseFloor,
               criterion: Criterion, method: str, requested) -> Quantized:
     """Ranges, the sensitivity ranking and search per target, and each target's INT8 file of each part (staged)."""
-    kept, searches = {t: {} for t in TARGETS}, {}
+    kept, searches, rankings = {t: {} for t in TARGETS}, {}, {}
     with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as folder:
         tmp = Path(folder)
         parts = {}
@@ -235,7 +246,44 @@ def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Eval
                     for i, (c, n) in enumerate(chosen) if c == comp]
             if search is not None:
                 searches[target] = search
-    return Quantized(kept, searches)
+            rankings[target] = ranked
+        openvino = _quantize_openvino(update, written, kept, searches, fp32, feeds, rankings["int8-trt"], selection,
+                                      noise, criterion, requested, tmp)
+    return Quantized(kept, searches, openvino)
+
+
+def _quantize_openvino(update, written: dict, kept: dict, searches: dict, fp32: dict, feeds: dict, ranked: list,
+                       selection: Evaluator, noise: NoiseFloor, criterion: Criterion, requested, tmp: Path) -> str:
+    """The int8-ov files (NNCF's IR, staged) where openvino and nncf are installed, its layers kept float found by
+    the same per-layer search run on OpenVINO over the int8-trt ranking (symmetric INT8, like NNCF's); returns what
+    the int8-ov target runs (see Quantized.openvino)."""
+    if not is_available("openvino"):
+        return ""
+    if not openvino_int8.available():
+        return "int8-trt"
+    execution = execution_for(OV_TARGET, "int8")
+
+    def passes(files: dict) -> tuple:
+        return judge(selection.pipeline(files, execution), selection.outcome["accuracy"], noise.flips, criterion)
+
+    searching = requested is None
+    result = openvino_int8.quantize_parts(
+        fp32, {c: list(progress(feeds[c], f"NNCF INT8 ({c})")) for c in COMPONENTS}, tmp,
+        [(c, n) for c, n, _ in ranked] if searching else None, passes if searching else None)
+    errors = {(c, n): (i, e) for i, (c, n, e) in enumerate(ranked)}
+    kept[OV_TARGET] = {c: [{"node": n, "why": f"per-layer search on OpenVINO: sensitivity rank {errors[(c, n)][0] + 1} "
+                                             f"of the model's {len(ranked)} layers (alone in INT8, logit error "
+                                             f"{errors[(c, n)][1]:.3g})"} for n in result.kept[c]]
+                       for c in COMPONENTS}
+    if result.search is not None:
+        searches[OV_TARGET] = result.search
+    for comp, xml in result.files.items():
+        staged_xml, staged_bin = update.stage(f"{comp}.int8.ov.xml", "bin")
+        shutil.copyfile(xml, staged_xml.path)
+        shutil.copyfile(openvino_int8.weights_of(xml), staged_bin.path)
+        written[(comp, OV_TARGET)] = staged_xml
+        written[(comp, OV_TARGET + ".bin")] = staged_bin
+    return "nncf"
 
 
 def _ranked(target: str, parts: dict, m, fp32: dict, feeds: dict, tmp: Path) -> list:
@@ -338,7 +386,8 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
         "noise_floor": {name: n.to_dict() for name, n in noise.items()},
         "measured_on": {"cpu": cpu, "targets": {t: f"{JUDGED_ON[t][0]} ({JUDGED_ON[t][1]})" for t in judged},
                         "int8-trt": "Q/DQ run as written on an FP16 base (exact integer arithmetic, FP16 between, as "
-                                    "TensorRT computes it)"},
+                                    "TensorRT computes it)",
+                        **({OV_TARGET: _OV_RUNS[quantized.openvino]} if quantized.openvino else {})},
         "fp32": report_ev.outcome,
         "fp32_model_ms": {c: 1e3 * report_ev.seconds[c] for c in COMPONENTS},  # report split, this CPU
         "branches": cosines,
@@ -368,6 +417,10 @@ def _commit(update, m, written: dict, policies: dict, report: dict) -> None:
         for flavour in (*TARGETS, "fp16", FP16_BASE):
             staged = written[(comp, flavour)]
             files[flavour] = ModelFile(staged.name, sha256_of(staged.path))
+        files.pop(OV_TARGET, None)  # an earlier calibration's; this one's, where it wrote one
+        if (comp, OV_TARGET) in written:
+            xml, weights = written[(comp, OV_TARGET)], written[(comp, OV_TARGET + ".bin")]
+            files[OV_TARGET] = ModelFile(xml.name, sha256_of(xml.path), weights.name, sha256_of(weights.path))
         components[comp] = dataclasses.replace(m.components[comp], files=files)
     cpu = cpu_kind()
     update.commit(dataclasses.replace(

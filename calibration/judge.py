@@ -23,9 +23,10 @@ JUDGED_ON = {"int8-cpu": ("onnxruntime", "cpu"), "int8-trt": ("tensorrt", "gpu")
 TIMED = ("int8-cpu", "int8-ov")  # the targets that run on this machine, so whose speed is measured, not estimated
 
 
-def execution_for(target: str, precision: str) -> Execution:
+def execution_for(target: str, precision: str, available=None) -> Execution:
+    """How `target` runs a part at `precision`; available: the flavours written (None: every flavour)."""
     backend, device = JUDGED_ON[target]
-    return resolve(backend, precision, device)
+    return resolve(backend, precision, device, available=available)
 
 
 @dataclass
@@ -56,18 +57,18 @@ class _Parts:
 
 
 def judge_target(target: str, files, evaluators: dict, probe: dict, noise: dict, criterion: Criterion,
-                 max_seq_len: int) -> tuple:
+                 max_seq_len: int, available=None) -> tuple:
     """([Judged] for every configuration, {encoder: cosine stats of its INT8 vs FP32 on the report split}).
     files(component, flavour) -> path; evaluators: {"selection", "report"} -> Evaluator; probe: a batch of report
-    rows (feeds); noise: split -> noise-floor flips."""
-    parts = _encode(target, files, evaluators, probe, max_seq_len)
+    rows (feeds); noise: split -> noise-floor flips; available: the flavours written (the resolver's fallbacks)."""
+    parts = _encode(target, files, evaluators, probe, max_seq_len, available)
     report = evaluators["report"]
     cosines = {c: cosine_stats(report.fp32[c], parts.features["report"][(c, "int8")]) for c in ENCODERS}
     results = []
     head_spec = report.manifest.components[FUSION_HEAD]
-    same = _aliases(target)
+    same = _aliases(target, available)
     for head_precision in (p for p in PRECISIONS if p not in same):
-        execution = execution_for(target, head_precision)
+        execution = execution_for(target, head_precision, available)
         with open_part(head_spec, files(FUSION_HEAD, execution.flavour), execution) as head:
             head_seconds = _head_seconds(head, report, parts) if target in TIMED else None
             for config in combinations(ENCODERS, tuple(p for p in PRECISIONS if p not in same)):
@@ -78,21 +79,21 @@ def judge_target(target: str, files, evaluators: dict, probe: dict, noise: dict,
     return results, cosines
 
 
-def _aliases(target: str) -> dict:
+def _aliases(target: str, available) -> dict:
     """Precisions that compute exactly what an earlier one does on this target (fp16 on ONNX Runtime's CPU is its FP32
     file in FP32; on OpenVINO without BF16 too): judged once, under the earlier name, the one that says what runs."""
-    keys = {p: execution_for(target, p).key for p in PRECISIONS}
+    keys = {p: execution_for(target, p, available).key for p in PRECISIONS}
     return {p: q for i, p in enumerate(PRECISIONS) for q in PRECISIONS[:i] if keys[q] == keys[p] and p != q}
 
 
-def _encode(target: str, files, evaluators: dict, probe: dict, max_seq_len: int) -> _Parts:
+def _encode(target: str, files, evaluators: dict, probe: dict, max_seq_len: int, available) -> _Parts:
     parts, done = _Parts(features={split: {} for split in evaluators}), {}
     manifest = evaluators["report"].manifest
     for component in ENCODERS:
         spec = manifest.components[component]
         names = {s.name for s in spec.inputs}
         for precision in PRECISIONS:
-            execution = execution_for(target, precision)
+            execution = execution_for(target, precision, available)
             if (component, execution.key) in done:  # resolves like another precision: the same computation
                 other = done[(component, execution.key)]
                 for split in evaluators:

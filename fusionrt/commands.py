@@ -201,6 +201,9 @@ def cmd_info(args) -> int:
         "producer": dict(m.producer),
         "files_checked": len(checked),
     }
+    from fusionrt.runtime.backends.openvino import int8_source
+
+    summary["openvino_int8"] = dict(zip(("flavour", "why"), int8_source(m)))
     if args.json:
         _dump(summary)
         return 0
@@ -215,6 +218,7 @@ def cmd_info(args) -> int:
     print(f"profile    batch {list(m.profile.batch)}  seq {list(m.profile.seq)}")
     print(f"backend    auto here: {auto.backend} {_precision_text(auto.precision)}  ({auto.backend_reason})")
     print(f"cpu        {cpu_kind().label}")
+    print(f"openvino   int8 from {summary['openvino_int8']['flavour'] or 'none'}: {summary['openvino_int8']['why']}")
     for name, comp in summary["components"].items():
         ins = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in comp["inputs"])
         outs = ", ".join(f"{t['name']}{t['shape']}" for t in comp["outputs"])

@@ -47,7 +47,8 @@ ENCODERS = (IMAGE_ENCODER, TEXT_ENCODER)
 BATCH_PROFILE = (1, 8, 32)  # the default optimization profile's batch (min, opt, max)
 # Precision flavours a component file may exist in. int8 has one file per target: ONNX Runtime's CPU
 # kernels are fast on U8S8, TensorRT needs symmetric S8S8 with float biases.
-FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8-trt-fp16")  # int8-trt-fp16: the Q/DQ graph on FP16
+# int8-trt-fp16: the Q/DQ graph on FP16; int8-ov: NNCF's INT8 for OpenVINO, an IR (.xml + .bin)
+FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8-trt-fp16", "int8-ov")
 # policies per target: ONNX Runtime's CPU kernels, TensorRT's Q/DQ arithmetic, OpenVINO's kernels (measured there)
 INT8_TARGETS = ("int8-cpu", "int8-trt", "int8-ov")
 FP32_POLICY_REASON = "no calibrated policy for this target: FP32 (run `fusionrt calibrate` where it runs)"
@@ -120,15 +121,27 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelFile:
+    """A model file; an OpenVINO IR (int8-ov) also has its weights, the .bin beside the .xml, hashed like it."""
+
     path: str
     sha256: str
+    weights: str | None = None
+    weights_sha256: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str) -> "ModelFile":
-        return cls(_need(d, "path", where, str), _need(d, "sha256", where, str))
+        if "weights" not in d:
+            return cls(_need(d, "path", where, str), _need(d, "sha256", where, str))
+        return cls(_need(d, "path", where, str), _need(d, "sha256", where, str), _need(d, "weights", where, str),
+                   _need(d, "weights_sha256", where, str))
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256}
+        extra = {"weights": self.weights, "weights_sha256": self.weights_sha256} if self.weights else {}
+        return {"path": self.path, "sha256": self.sha256, **extra}
+
+    def hashed(self) -> dict:
+        """Its files, relative path -> sha256."""
+        return {self.path: self.sha256, **({self.weights: self.weights_sha256} if self.weights else {})}
 
 
 @dataclass(frozen=True)
@@ -479,7 +492,8 @@ class Manifest:
         """Every file the bundle's models need, relative path -> sha256."""
         out = {self.tokenizer.file: self.tokenizer.sha256}
         for comp in self.components.values():
-            out.update({f.path: f.sha256 for f in comp.files.values()})
+            for f in comp.files.values():
+                out.update(f.hashed())
             out.update({e.path: e.sha256 for e in comp.engines})
         return dict(sorted(out.items()))
 

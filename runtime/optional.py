@@ -13,6 +13,7 @@ _INSTALL_HINTS = {
     "onnxruntime.quantization": "pip install 'fusionrt[cpu]'",
     "onnxruntime.transformers.float16": "pip install 'fusionrt[cpu]'",
     "openvino": "pip install 'fusionrt[openvino]'  (OpenVINO: Intel/AMD CPUs, Intel GPUs and NPUs)",
+    "nncf": "pip install 'fusionrt[openvino]'  (NNCF: OpenVINO's INT8 calibration, the int8-ov flavour)",
     "tensorrt": "pip install 'fusionrt[tensorrt]'  (NVIDIA TensorRT 10/11; needs an NVIDIA GPU to run engines)",
     "tensorrt_rtx": "pip install 'fusionrt[rtx]'  (TensorRT for RTX)",
     "cuda.bindings": "pip install 'fusionrt[tensorrt]'  (cuda-bindings)",

@@ -164,12 +164,17 @@ def _component_files(bundle, comp, precision: str, options: RepositoryOptions, e
     execution = options.execution(precision, comp.files)
     flavour = _flavour(comp, precision, execution)
     record = comp.files[flavour]
-    shutil.copyfile(bundle.file(record.path, record.sha256), folder / "model.onnx")
+    if record.weights:  # an OpenVINO IR (int8-ov): Triton's OpenVINO backend reads model.xml with model.bin beside it
+        shutil.copyfile(bundle.file(record.path, record.sha256), folder / "model.xml")
+        shutil.copyfile(bundle.file(record.weights, record.weights_sha256), folder / "model.bin")
+    else:
+        shutil.copyfile(bundle.file(record.path, record.sha256), folder / "model.onnx")
     if platform == "onnxruntime":
         return {"platform": "onnxruntime_onnx"}
-    if platform == "openvino":  # the float the resolver names, as the embedded OpenVINO backend runs it
+    if platform == "openvino":  # the file and the float the resolver names, as the embedded OpenVINO backend runs them
         params = {"PERFORMANCE_HINT": "LATENCY", **execution.hints}
-        return {"backend": "openvino", "default_model_filename": "model.onnx", "parameters": _parameters(params)}
+        return {"backend": "openvino", "default_model_filename": "model.xml" if record.weights else "model.onnx",
+                "parameters": _parameters(params)}
     specs = {"inputs": [t.to_dict() for t in comp.inputs], "outputs": [t.to_dict() for t in comp.outputs],
              "threads": options.threads, "precision": precision, "flavour": flavour}
     (folder / "component.json").write_text(json.dumps(specs, indent=2) + "\n")

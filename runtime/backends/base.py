@@ -76,12 +76,14 @@ class Backend:
                 f"(has {sorted(comp.files)}). Run `fusionrt calibrate BUNDLE --data DATA` for int8, or load with "
                 "precision='fp32'.")
         record = comp.files[execution.flavour]
-        return cls.load(bundle.read(record.path, record.sha256, verify=options.verify), comp, execution, options,
-                        bundle)
+        model = bundle.read(record.path, record.sha256, verify=options.verify)
+        if record.weights:  # an OpenVINO IR: its graph and its weights
+            model = (model, bundle.read(record.weights, record.weights_sha256, verify=options.verify))
+        return cls.load(model, comp, execution, options, bundle)
 
     @classmethod
     def load(cls, model, component, execution: Execution, options: BackendOptions, bundle=None) -> "Backend":
-        """A model (its bytes or path) of `component` (a manifest Component) run as `execution` says: what `open`
+        """A model (its bytes or path; an OpenVINO IR's (graph, weights) bytes) of `component` (a manifest Component) run as `execution` says: what `open`
         does once the file is read, and what calibration runs the files it judges with."""
         raise NotImplementedError(f"backend '{cls.name}' loads engines, not model files")
 

@@ -2,8 +2,9 @@
 
 OpenVINO reads the ONNX bytes directly (no conversion step, no torch). What each precision runs is the resolver's
 (`fusionrt.runtime.resolve`): fp32 with FP32 forced (OpenVINO's CPU default is BF16 where the CPU has it, which flips
-samples); fp16 the device's 16-bit float on the FP32 file (BF16 on a CPU that has it, FP16 on a GPU); int8 the
-bundle's INT8 file for OpenVINO, its float parts in that 16-bit float. `calibrate` judges these on OpenVINO itself
+samples); fp16 the device's 16-bit float on the FP32 file (BF16 on a CPU that has it, FP16 on a GPU); int8 NNCF's
+INT8 IR (.xml + .bin, the `int8-ov` flavour) where the bundle has it, else the int8-trt Q/DQ ONNX, its float parts in
+that 16-bit float. `calibrate` judges these on OpenVINO itself
 (the `int8-ov` policy, where openvino is installed); a bundle calibrated without it runs FP32 here unless asked
 otherwise. Both branches run at once with OpenVINO's asynchronous infer requests (the image branch runs while the
 text branch runs on the caller's thread), then the head."""
@@ -24,7 +25,7 @@ from fusionrt.runtime.execution import Executor, Result, Timings, host_results_o
 from fusionrt.runtime.optional import require
 from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
-__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model"]
+__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model", "int8_source"]
 
 _HINT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
@@ -37,13 +38,32 @@ class OpenVINOOptions(BackendOptions):
     performance_hint: Literal["latency", "throughput"] = "latency"
 
 
+def int8_source(manifest) -> tuple:
+    """(flavour, why): which file OpenVINO runs for an INT8 part of this bundle, and why, in words (`fusionrt info`).
+    Needs no openvino: it reads the manifest and the resolver."""
+    from fusionrt.runtime.resolve import resolve
+
+    flavours = {c: resolve("openvino", "int8", "CPU", bf16=False, available=comp.files).flavour
+                for c, comp in manifest.components.items()}
+    judged = "int8-ov" in manifest.policies
+    if set(flavours.values()) == {"int8-ov"}:
+        return "int8-ov", "NNCF's INT8 (OpenVINO IR) of every part" + ("" if judged else
+                                                                     ", but no int8-ov policy: FP32 unless asked")
+    if "int8-trt" in manifest.components[FUSION_HEAD].files:
+        return "int8-trt", ("the bundle has no int8-ov flavour (NNCF's INT8, OpenVINO's fast path), so int8 parts run "
+                            "the int8-trt Q/DQ files, slower on a CPU without AMX; install 'fusionrt[openvino]' (nncf) "
+                            "and run `fusionrt calibrate` again to write it") + (
+            "" if judged else "; no int8-ov policy either: FP32 unless asked")
+    return "", "the bundle is not calibrated: OpenVINO runs FP32 (run `fusionrt calibrate` for INT8)"
+
+
 def _ov():
     return require("openvino", "the openvino backend")
 
 
 def compile_model(data, device: str = "CPU", hint: str = "f32", threads: int = 0,
                   performance_hint: str = "latency", core=None):
-    """An OpenVINO compiled model from ONNX bytes (or a path): the one place the backend sets OpenVINO's hints.
+    """An OpenVINO compiled model from ONNX bytes, an IR's (graph, weights) bytes, or a path: the one place the backend sets OpenVINO's hints.
     hint: INFERENCE_PRECISION_HINT (f32, bf16, f16), as the resolver names it."""
     core = core or _ov().Core()
     config = {"PERFORMANCE_HINT": performance_hint.upper()}
@@ -51,8 +71,12 @@ def compile_model(data, device: str = "CPU", hint: str = "f32", threads: int = 0
         config["INFERENCE_PRECISION_HINT"] = hint
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    model = core.read_model(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else \
-        core.read_model(str(data))
+    if isinstance(data, tuple):  # an IR's graph and weights, as bytes
+        model = core.read_model(bytes(data[0]), bytes(data[1]))
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        model = core.read_model(bytes(data))
+    else:  # a path: ONNX, or an IR's .xml with its .bin beside it
+        model = core.read_model(str(data))
     return core.compile_model(model, device, config)
 
 

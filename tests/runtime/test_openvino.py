@@ -56,6 +56,37 @@ def test_a_bundle_calibrated_without_openvino_runs_fp32_there_and_says_why(calib
         assert set(pipe.precision.values()) == {"fp32"} and "no calibrated policy" in pipe.precision_reason
 
 
+def test_a_bundle_without_nncfs_flavour_runs_the_qdq_files_and_info_says_why(calibrated, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A bundle calibrated where nncf was not installed has no int8-ov files: OpenVINO's int8 runs the int8-trt Q/DQ
+    ONNX (what such a calibration judged), and `fusionrt info` says so and how to get the faster flavour."""
+    import dataclasses
+    import json
+    import shutil
+
+    from fusionrt.cli import main
+    from fusionrt.runtime.backends.openvino import OpenVINOBackend
+    from fusionrt.runtime.bundle import Bundle
+
+    bundle = Bundle.open(shutil.copytree(calibrated[0], tmp_path / "bundle"))
+    m = bundle.manifest
+    components = {c: dataclasses.replace(comp, files={k: v for k, v in comp.files.items() if k != "int8-ov"})
+                  for c, comp in m.components.items()}
+    save_manifest(bundle, dataclasses.replace(m, components=components))
+    ran, load = [], OpenVINOBackend.load.__func__
+    monkeypatch.setattr(OpenVINOBackend, "load", classmethod(
+        lambda cls, model, comp, execution, *a, **k: ran.append(execution.flavour) or load(cls, model, comp, execution,
+                                                                                           *a, **k)))
+    with Pipeline.load(bundle.root, backend="openvino", precision="int8", tune=False) as pipe:
+        assert np.isfinite(pipe.classify(np.zeros((32, 32, 3), np.uint8), "a red circle").probs).all()
+    assert ran == ["int8-trt"] * 3
+    assert main(["info", str(bundle.root), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)["openvino_int8"]
+    assert info["flavour"] == "int8-trt" and "no int8-ov flavour" in info["why"] and "fusionrt[openvino]" in info["why"]
+    assert main(["info", str(calibrated[0]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["openvino_int8"]["flavour"] == "int8-ov"
+
+
 def test_a_device_this_machine_lacks_is_refused(tiny_bundle):
     with pytest.raises(BackendUnavailable, match=r"OpenVINO device 'NPU' not found: this machine has \['CPU'"):
         Pipeline.load(tiny_bundle, backend="openvino", device="NPU")

@@ -28,7 +28,9 @@ def test_openvino_uses_the_cpus_16_bit_float_and_never_another_targets_policy(bf
     fp32, fp16, int8 = (resolve("openvino", p, "CPU", bf16=bf16) for p in ("fp32", "fp16", "int8"))
     assert fp32.hints == {"INFERENCE_PRECISION_HINT": "f32"} and fp32.float_precision == "fp32"
     assert fp16.flavour == "fp32" and fp16.float_precision == half
-    assert int8.target == "int8-ov" and int8.flavour == "int8-trt" and int8.float_precision == half
+    assert int8.target == "int8-ov" and int8.flavour == "int8-ov" and int8.float_precision == half  # NNCF's IR
+    no_ir = resolve("openvino", "int8", "CPU", bf16=bf16, available=("fp32", "int8-trt"))
+    assert (no_ir.target, no_ir.flavour) == ("int8-ov", "int8-trt")  # a bundle calibrated without nncf: the Q/DQ
     assert fp16.hints == int8.hints == {"INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[half]}
     assert resolve("openvino", "fp16", "GPU").hints == {"INFERENCE_PRECISION_HINT": "f16"}
 

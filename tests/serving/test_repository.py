@@ -46,10 +46,15 @@ def test_every_config_parses_and_wires_the_bundle_by_name(calibrated, tmp_path, 
         assert [t.name for t in config.output] == [t.name for t in comp.outputs]
         assert config.instance_group[0].count == 2 and config.instance_group[0].kind == config.instance_group[0].KIND_CPU
         assert list(config.dynamic_batching.preferred_batch_size)[-1] == m.profile.batch[2]
-        onnx = tmp_path / "repo" / name / "1" / "model.onnx"
+        version = tmp_path / "repo" / name / "1"
         chosen = summary["precision"][name]
-        flavour = {"fp32": "fp32", "fp16": "fp32", "int8": "int8-trt" if platform == "openvino" else "int8-cpu"}[chosen]
-        assert sha(onnx) == comp.files[flavour].sha256
+        flavour = {"fp32": "fp32", "fp16": "fp32", "int8": "int8-ov" if platform == "openvino" else "int8-cpu"}[chosen]
+        if flavour == "int8-ov":  # NNCF's IR: the graph and its weights, under the names Triton's OpenVINO reads
+            assert sha(version / "model.xml") == comp.files[flavour].sha256
+            assert sha(version / "model.bin") == comp.files[flavour].weights_sha256
+            assert config.default_model_filename == "model.xml"
+        else:
+            assert sha(version / "model.onnx") == comp.files[flavour].sha256
     assert summary["precision"] == m.precision_for({"openvino": "int8-ov"}.get(platform, "int8-cpu"))
     # the ensemble: every step's inputs are ensemble inputs or an earlier step's outputs; the head comes last
     ensemble = configs[ENSEMBLE]
@@ -64,6 +69,8 @@ def test_every_config_parses_and_wires_the_bundle_by_name(calibrated, tmp_path, 
     assert steps[0] == PREPROCESS and steps[-1] == "fusion_head"
     assert [t.name for t in ensemble.output] == [m.components["fusion_head"].outputs[0].name]
     assert ensemble.parameters["labels"].string_value == '["' + '", "'.join(m.labels) + '"]'
+    if platform == "openvino":
+        assert "int8" in summary["precision"].values()  # the IR branch above ran
     backend = {"onnxruntime": ("", "onnxruntime_onnx"), "python": ("python", ""), "openvino": ("openvino", "")}
     assert (configs["image_encoder"].backend, configs["image_encoder"].platform) == backend[platform]
 
@@ -211,3 +218,26 @@ def test_cli_writes_the_repository_and_says_how_to_serve_it(calibrated, tmp_path
     assert parse(out / "text_encoder").instance_group[0].count == 2
     assert main(["triton", str(calibrated[0]), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_openvino_serves_nncfs_ir_that_computes_what_the_embedded_runtime_does(calibrated, tmp_path):
+    """Triton's OpenVINO backend reads model.xml + model.bin: those files, compiled with the config's hints, give the
+    embedded OpenVINO backend's outputs (nvidia-pytriton ships no OpenVINO backend to serve them here)."""
+    ov = pytest.importorskip("openvino")
+    import numpy as np
+
+    from fusionrt.runtime.backends.openvino import OpenVINOBackend, OpenVINOOptions
+
+    bundle = Bundle.open(calibrated[0])
+    write_repository(bundle, tmp_path / "repo", RepositoryOptions(platform="openvino", precision="int8"))
+    head = bundle.manifest.components["fusion_head"]
+    rng = np.random.default_rng(0)
+    feeds = {t.name: rng.standard_normal((3, t.shape[1])).astype(np.float32) for t in head.inputs}
+    config = parse(tmp_path / "repo" / "fusion_head")
+    hints = {k: v.string_value for k, v in config.parameters.items()}
+    served = ov.Core().compile_model(str(tmp_path / "repo" / "fusion_head" / "1" / config.default_model_filename),
+                                     "CPU", hints)
+    with OpenVINOBackend.open(bundle, "fusion_head", "int8", OpenVINOOptions()) as embedded:
+        want = embedded.infer(feeds)[head.outputs[0].name]
+    assert config.default_model_filename == "model.xml"
+    np.testing.assert_array_equal(served(feeds)[head.outputs[0].name], want)

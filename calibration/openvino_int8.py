@@ -1,0 +1,109 @@
+"""INT8 for OpenVINO's own kernels (the `int8-ov` flavour): NNCF's post-training quantization of the OpenVINO model
+read from a part's FP32 ONNX, saved as OpenVINO IR (.xml + .bin).
+
+OpenVINO runs the symmetric Q/DQ ONNX written for TensorRT, but on a CPU without AMX it runs BERT's Q/DQ MatMuls
+slower than its own FP32; NNCF's FakeQuantize graph is what its CPU plugin fuses into INT8 kernels on every x86 kind.
+The image encoder and the head take NNCF's default (performance) scheme; the text encoder `model_type=TRANSFORMER`
+(SmoothQuant, NNCF's float for the attention's Softmax and LayerNorm). The layers calibration's per-layer search
+keeps float are NNCF's `ignored_scope`. Ranges are static (from the calibration batches), so an answer does not
+depend on its batch companions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fusionrt.calibration.fallback import Fallback, search_fallback
+from fusionrt.runtime.manifest import TEXT_ENCODER
+from fusionrt.runtime.optional import is_available, require
+
+__all__ = ["RECIPE", "available", "ov_names", "quantize_openvino", "quantize_parts", "OpenVINOInt8", "weights_of"]
+
+RECIPE = 1  # bumped whenever what NNCF is asked to do changes
+_BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's ONNX reader splits a Conv/Gemm with a bias into '<name>/WithoutBiases' + Add '<name>'
+
+
+def available() -> bool:
+    """True when this machine can write the int8-ov flavour (openvino and nncf import)."""
+    return is_available("openvino") and is_available("nncf")
+
+
+def _nncf():
+    return require("nncf", "OpenVINO INT8 calibration (the int8-ov flavour)")
+
+
+def weights_of(xml: Path) -> Path:
+    """The .bin beside an IR's .xml."""
+    return Path(xml).with_suffix(".bin")
+
+
+def ov_names(model, onnx_nodes) -> list:
+    """The OpenVINO op names of ONNX nodes (NNCF's ignored scope names ops as OpenVINO does): a node's own name,
+    and the weighted op of a node OpenVINO split from its bias."""
+    names = {op.get_friendly_name() for op in model.get_ops()}
+    return sorted({n for node in onnx_nodes for n in (node, node + _BIAS_SPLIT) if n in names})
+
+
+def quantize_openvino(onnx_path: Path, component: str, feeds: list, out_xml: Path, kept_float=()) -> Path:
+    """NNCF INT8 of the part in `onnx_path` over the calibration `feeds` (one dict of input arrays per batch), the
+    ONNX nodes in `kept_float` left float; written as IR to `out_xml` (+ its .bin). Returns `out_xml`."""
+    ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
+    nncf = _nncf()
+    model = ov.Core().read_model(str(onnx_path))
+    ignored = ov_names(model, kept_float)
+    rows = _rows(feeds)
+    kwargs = {"subset_size": len(rows)}
+    if ignored:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
+    if component == TEXT_ENCODER:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    # 7-bit weights everywhere (NNCF's overflow fix): without VNNI (AVX2, AVX-512 without VNNI) the u8 x s8 kernels
+    # sum pairs of products in 16 bits, which saturates with 8-bit weights; 7-bit ones give the same answers on every
+    # x86 kind, so what was judged on one CPU is what another computes.
+    kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
+    quantized = nncf.quantize(model, nncf.Dataset(rows), **kwargs)
+    out_xml = Path(out_xml)
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)  # FP32 constants: the float parts stay exact
+    return out_xml
+
+
+def _rows(feeds: list) -> list:
+    """The calibration batches as one-row items: NNCF's statistics are per item."""
+    return [{k: np.ascontiguousarray(v[i:i + 1]) for k, v in f.items()} for f in feeds
+            for i in range(len(next(iter(f.values()))))]
+
+
+@dataclass(frozen=True)
+class OpenVINOInt8:
+    """The int8-ov files of every part and what they keep float."""
+
+    files: dict  # component -> IR .xml (its .bin beside it)
+    kept: dict  # component -> [ONNX node names the per-layer search kept float]
+    search: Fallback | None  # None: the precision was the user's, no search ran
+
+
+def quantize_parts(fp32: dict, feeds: dict, folder: Path, ranked: list | None = None,
+                   passes: Callable[[dict], tuple] | None = None, max_checks: int = 14) -> OpenVINOInt8:
+    """NNCF INT8 of every part (fp32: component -> ONNX; feeds: component -> calibration batches) into `folder`.
+    With `ranked` ([(component, node)], most sensitive first) and `passes(files) -> (ok, rule)` (the whole pipeline
+    run from these IR files on OpenVINO, judged by the criterion), the fewest of the ranked layers kept float (NNCF's
+    ignored scope) for the pipeline to pass, as the other targets' searches find theirs; a part whose kept layers did
+    not change is not quantized again."""
+    made: dict = {}
+
+    def part(comp: str, kept: tuple) -> Path:
+        if (comp, kept) not in made:
+            made[(comp, kept)] = quantize_openvino(fp32[comp], comp, feeds[comp],
+                                                   Path(folder) / f"{comp}.int8-ov.{len(made)}.xml", kept)
+        return made[(comp, kept)]
+
+    def files_for(extra: list) -> dict:
+        return {c: part(c, tuple(n for k, n in extra if k == c)) for c in fp32}
+
+    if ranked is None or passes is None:
+        return OpenVINOInt8(files_for([]), {c: [] for c in fp32}, None)
+    search = search_fallback(list(ranked), lambda extra: passes(files_for(extra)), max_checks)
+    return OpenVINOInt8(files_for(search.kept), {c: [n for k, n in search.kept if k == c] for c in fp32}, search)
