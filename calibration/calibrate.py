@@ -33,7 +33,7 @@ from fusionrt.calibration.evaluation import ENCODERS, REFERENCE, Evaluator, bf16
 from fusionrt.calibration.fallback import quantizable_nodes, rank_layers, search_fallback, structural_float
 from fusionrt.calibration.fidelity import fidelity_markdown
 from fusionrt.calibration.half import write_fp16, write_int8_fp16
-from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target
+from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target, probe_rows
 from fusionrt.calibration import openvino_int8
 from fusionrt.calibration.policy import choose_policy
 from fusionrt.calibration.quantize import RECIPE, collect_ranges, preprocess_for_quantization, quantize_component
@@ -54,7 +54,6 @@ OV_TARGET = "int8-ov"  # judged on OpenVINO's kernels where openvino is installe
 # else the int8-trt Q/DQ files (what OpenVINO then runs)
 FP16_BASE = "int8-trt-fp16"  # the int8-trt graph on an FP16 base: what TensorRT computes, and what it is judged on
 RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured on
-PROBE_ROWS = 8  # report rows the batch-invariance check runs alone and batched
 
 
 _OV_RUNS = {"nncf": "NNCF's INT8 (OpenVINO IR, static ranges, 7-bit weights) on OpenVINO's CPU kernels",
@@ -127,7 +126,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
                           noise["selection"], criterion, method, requested)
     targets = TARGETS + ((OV_TARGET,) if quantized.openvino else ())
     available = {flavour for _, flavour in written} | {"fp32"}
-    probe = _probe(evaluators["report"].feeds)
+    probe = probe_rows(evaluators["report"].feeds)
     judged, cosines = {}, {}
     for target in progress(targets, "judging every configuration", total=len(targets)):
         judged[target], cosines[target] = judge_target(target, files, evaluators, probe,
@@ -328,23 +327,6 @@ def _search(target: str, parts: dict, ranked: list, selection: Evaluator, noise:
     return search_fallback([(comp, node) for comp, node, _ in ranked], passes, max_checks=14)
 
 
-def _probe(feeds: list) -> dict:
-    """Up to PROBE_ROWS report rows as one batch, padded to its longest text: what batch invariance is checked on."""
-    rows, merged = 0, []
-    for feed in feeds:
-        merged.append(feed)
-        rows += len(next(iter(feed.values())))
-        if rows >= PROBE_ROWS:
-            break
-    width = max(f["attention_mask"].shape[1] for f in merged)
-    out = {}
-    for name in merged[0]:
-        arrays = [np.pad(f[name], ((0, 0), (0, width - f[name].shape[1]))) if f[name].ndim == 2 else f[name]
-                  for f in merged]
-        out[name] = np.concatenate(arrays)[:PROBE_ROWS]
-    return out
-
-
 def _policy(target: str, judged: list, kept: dict, requested, report: Evaluator) -> tuple:
     """(Policy, the Judged it chose or None)."""
     if requested is not None:
@@ -362,15 +344,6 @@ def _policy(target: str, judged: list, kept: dict, requested, report: Evaluator)
     policy = Policy(dict(zip(COMPONENTS, key)), reason, {c: tuple(kept[c]) for c in COMPONENTS if c in int8_parts},
                     candidates, portable=target != OV_TARGET, measured_on=cpu_kind().to_dict())
     return policy, chosen
-
-
-def _outcome_row(target: str, j) -> dict:
-    return {"config": format_precision(dict(zip(COMPONENTS, j.precision))), "target": target,
-            **{k: v for k, v in j.report.items() if k != "passed"}, "passed": j.passed,
-            "selection": {"top1_agreement": j.selection["top1_agreement"], "flips": j.selection["flips"],
-                          "rule": j.selection["rule"], "passed": j.passed_selection},
-            "batch_deviation": j.batch_deviation, "batch_invariant": j.batch_invariant,
-            **({"model_ms": 1e3 * j.seconds} if j.seconds is not None else {})}
 
 
 def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, noise: dict, evaluators: dict,
@@ -391,7 +364,7 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
         "fp32": report_ev.outcome,
         "fp32_model_ms": {c: 1e3 * report_ev.seconds[c] for c in COMPONENTS},  # report split, this CPU
         "branches": cosines,
-        "end_to_end": [_outcome_row(t, j) for t, rows in judged.items() for j in rows],
+        "end_to_end": [j.row(t) for t, rows in judged.items() for j in rows],
         "kept_float": kept,
         "fallback_search": {t: [{"kept": k, "passed": ok, "rule": rule} for k, ok, rule in s.trace]
                             for t, s in quantized.searches.items()},

@@ -14,12 +14,14 @@ from fusionrt.calibration.evaluation import ENCODERS, open_part
 from fusionrt.calibration.fidelity import combinations, cosine_stats
 from fusionrt.runtime.invariance import BATCH_TOLERANCE, EXTRA_PADDING, row_alone, with_padding
 from fusionrt.runtime.resolve import PRECISIONS, Execution, resolve
-from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
+from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
+from fusionrt.runtime.precision import format_precision
 
-__all__ = ["JUDGED_ON", "TIMED", "execution_for", "Judged", "judge_target"]
+__all__ = ["JUDGED_ON", "TIMED", "execution_for", "Judged", "judge_target", "probe_rows"]
 
 # How calibration runs each target: the backend and device whose arithmetic the target's policy is for.
 JUDGED_ON = {"int8-cpu": ("onnxruntime", "cpu"), "int8-trt": ("tensorrt", "gpu"), "int8-ov": ("openvino", "CPU")}
+PROBE_ROWS = 8  # report rows the batch-invariance check runs alone and batched
 TIMED = ("int8-cpu", "int8-ov")  # the targets that run on this machine, so whose speed is measured, not estimated
 
 
@@ -45,6 +47,32 @@ class Judged:
     @property
     def passed(self) -> bool:
         return self.passed_selection and self.passed_report
+
+    def row(self, target: str) -> dict:
+        """The report's row for this configuration."""
+        return {"config": format_precision(dict(zip(COMPONENTS, self.precision))), "target": target,
+                **{k: v for k, v in self.report.items() if k != "passed"}, "passed": self.passed,
+                "selection": {"top1_agreement": self.selection["top1_agreement"], "flips": self.selection["flips"],
+                              "rule": self.selection["rule"], "passed": self.passed_selection},
+                "batch_deviation": self.batch_deviation, "batch_invariant": self.batch_invariant,
+                **({"model_ms": 1e3 * self.seconds} if self.seconds is not None else {})}
+
+
+def probe_rows(feeds: list) -> dict:
+    """Up to PROBE_ROWS report rows as one batch, padded to its longest text: what batch invariance is checked on."""
+    rows, merged = 0, []
+    for feed in feeds:
+        merged.append(feed)
+        rows += len(next(iter(feed.values())))
+        if rows >= PROBE_ROWS:
+            break
+    width = max(f["attention_mask"].shape[1] for f in merged)
+    out = {}
+    for name in merged[0]:
+        arrays = [np.pad(f[name], ((0, 0), (0, width - f[name].shape[1]))) if f[name].ndim == 2 else f[name]
+                  for f in merged]
+        out[name] = np.concatenate(arrays)[:PROBE_ROWS]
+    return out
 
 
 @dataclass

@@ -243,3 +243,18 @@ def test_two_exports_to_one_new_folder_the_second_finds_the_first_and_says_so(ti
     bundle_writer._replace(second, out, overwrite=True)
     assert (out / "labels-note.txt").read_text() == "the second export"
     Bundle.open(out)
+
+
+def test_an_ir_and_its_weights_are_staged_under_one_fresh_stem(calibrated, tmp_path):
+    """OpenVINO finds an IR's .bin by the .xml's stem: when the current manifest names either, both get the same
+    fresh stem, and the old pair stays whole until the commit."""
+    bundle = Bundle.open(shutil.copytree(calibrated[0], tmp_path / "b"))
+    record = bundle.manifest.components["text_encoder"].files["int8-ov"]
+    stem = record.path[:-len(".xml")]
+    with update_bundle(bundle, "test") as update:
+        xml, weights = update.stage(record.path, "bin")
+        assert (xml.name, weights.name) == (f"{stem}.2.xml", f"{stem}.2.bin")
+        assert xml.path.name[:-len(".xml")] == weights.path.name[:-len(".bin")]
+        fresh, fresh_bin = update.stage("new.int8.ov.xml", "bin")
+        assert (fresh.name, fresh_bin.name) == ("new.int8.ov.xml", "new.int8.ov.bin")
+        assert update.stage("image_encoder.onnx").name == "image_encoder.2.onnx"  # one name: as before

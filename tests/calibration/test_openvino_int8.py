@@ -51,3 +51,51 @@ def test_a_changed_weights_file_is_refused(calibrated, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="does not match the sha256"):
         Pipeline.load(copy, backend="openvino", precision="int8", tune=False)
+
+
+def _runs_int8(model, node: str) -> bool:
+    """Whether the weighted op OpenVINO made of ONNX `node` runs in INT8: its input through a FakeQuantize."""
+    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    op = ops.get(node + "/WithoutBiases", ops.get(node))
+    return op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+
+
+def test_the_search_keeps_float_exactly_the_ranked_layers_it_needs(tiny_bundle, tmp_path):
+    """The per-layer search on OpenVINO: NNCF's ignored scope takes the ONNX names of the layers kept float (mapped to
+    OpenVINO's ops), and the search keeps the fewest ranked layers for `passes` to hold."""
+    import numpy as np
+    import openvino as ov
+
+    from fusionrt.calibration.fallback import quantizable_nodes
+    from fusionrt.calibration.openvino_int8 import quantize_parts
+    from fusionrt.calibration.quantize import preprocess_for_quantization
+
+    bundle = Bundle.open(tiny_bundle)
+    m = bundle.manifest
+    fp32 = {c: bundle.file(m.components[c].files["fp32"].path) for c in COMPONENTS}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for c in COMPONENTS:
+        spec = {t.name: t for t in m.components[c].inputs}
+        sizes = {"batch": 4, "sequence": 6, "seq": 6}
+        feeds[c] = [{n: (rng.integers(1, 50, [sizes.get(d, d) if isinstance(d, str) else d for d in t.shape]) if
+                         t.dtype == "int64" else rng.standard_normal(
+                             [sizes.get(d, d) if isinstance(d, str) else d for d in t.shape])).astype(t.dtype)
+                     for n, t in spec.items()} for _ in range(2)]
+    for t in m.components["text_encoder"].inputs:  # a real mask: every token attended
+        if "mask" in t.name:
+            for f in feeds["text_encoder"]:
+                f[t.name] = np.ones_like(f[t.name])
+    convs = quantizable_nodes(preprocess_for_quantization(fp32["image_encoder"], tmp_path / "prep.onnx"))
+    ranked = [("image_encoder", convs[1]), ("image_encoder", convs[0]), ("fusion_head", "never-checked")]
+    core = ov.Core()
+
+    def passes(files):
+        ok = not _runs_int8(core.read_model(str(files["image_encoder"])), convs[1])
+        return ok, "kept" if ok else "quantized"
+
+    result = quantize_parts(fp32, feeds, tmp_path, ranked, passes)
+    assert result.kept == {"image_encoder": [convs[1]], "text_encoder": [], "fusion_head": []}
+    assert [k for k, _, _ in result.search.trace] == [0, 1]
+    image = core.read_model(str(result.files["image_encoder"]))
+    assert not _runs_int8(image, convs[1]) and _runs_int8(image, convs[0])
