@@ -9,7 +9,8 @@ from fusionrt.runtime.optional import installed_versions, require
 
 __all__ = ["machine_info", "markdown_table", "plot_rows"]
 
-PACKAGES = ("fusionrt", "onnxruntime", "onnxruntime-gpu", "numpy", "torch", "tensorrt", "tensorrt_rtx", "cuda-bindings")
+PACKAGES = ("fusionrt", "onnxruntime", "onnxruntime-gpu", "numpy", "torch", "tensorrt", "tensorrt_rtx", "cuda-bindings",
+            "openvino", "nncf")
 
 
 def _gpus() -> list:
