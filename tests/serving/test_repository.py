@@ -69,8 +69,6 @@ def test_every_config_parses_and_wires_the_bundle_by_name(calibrated, tmp_path, 
     assert steps[0] == PREPROCESS and steps[-1] == "fusion_head"
     assert [t.name for t in ensemble.output] == [m.components["fusion_head"].outputs[0].name]
     assert ensemble.parameters["labels"].string_value == '["' + '", "'.join(m.labels) + '"]'
-    if platform == "openvino":
-        assert "int8" in summary["precision"].values()  # the IR branch above ran
     backend = {"onnxruntime": ("", "onnxruntime_onnx"), "python": ("python", ""), "openvino": ("openvino", "")}
     assert (configs["image_encoder"].backend, configs["image_encoder"].platform) == backend[platform]
 
@@ -240,4 +238,7 @@ def test_openvino_serves_nncfs_ir_that_computes_what_the_embedded_runtime_does(c
     with OpenVINOBackend.open(bundle, "fusion_head", "int8", OpenVINOOptions()) as embedded:
         want = embedded.infer(feeds)[head.outputs[0].name]
     assert config.default_model_filename == "model.xml"
+    for name in COMPONENTS:  # every part's IR, both files, as hashed in the manifest
+        record, version = bundle.manifest.components[name].files["int8-ov"], tmp_path / "repo" / name / "1"
+        assert (sha(version / "model.xml"), sha(version / "model.bin")) == (record.sha256, record.weights_sha256)
     np.testing.assert_array_equal(served(feeds)[head.outputs[0].name], want)
