@@ -132,8 +132,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
         judged[target], cosines[target] = judge_target(target, files, evaluators, probe,
                                                        {k: v.flips for k, v in noise.items()}, criterion,
                                                        m.tokenizer.max_seq_len, available)
-    kept = {**quantized.kept}
-    kept.setdefault(OV_TARGET, quantized.kept["int8-trt"])
+    kept = {OV_TARGET: quantized.kept["int8-trt"], **quantized.kept}  # without nncf, OpenVINO runs int8-trt's files
     policies, chosen = {}, {}
     for target in targets:
         policies[target], chosen[target] = _policy(target, judged[target], kept[target], requested,
@@ -267,7 +266,7 @@ def _quantize_openvino(update, written: dict, kept: dict, searches: dict, fp32: 
 
     searching = requested is None
     result = openvino_int8.quantize_parts(
-        fp32, {c: list(progress(feeds[c], f"NNCF INT8 ({c})")) for c in COMPONENTS}, tmp,
+        fp32, feeds, tmp,
         [(c, n) for c, n, _ in ranked] if searching else None, passes if searching else None)
     errors = {(c, n): (i, e) for i, (c, n, e) in enumerate(ranked)}
     kept[OV_TARGET] = {c: [{"node": n, "why": f"per-layer search on OpenVINO: sensitivity rank {errors[(c, n)][0] + 1} "
@@ -280,8 +279,7 @@ def _quantize_openvino(update, written: dict, kept: dict, searches: dict, fp32: 
         staged_xml, staged_bin = update.stage(f"{comp}.int8.ov.xml", "bin")
         shutil.copyfile(xml, staged_xml.path)
         shutil.copyfile(openvino_int8.weights_of(xml), staged_bin.path)
-        written[(comp, OV_TARGET)] = staged_xml
-        written[(comp, OV_TARGET + ".bin")] = staged_bin
+        written[(comp, OV_TARGET)] = staged_xml  # its .bin: the same stem (see BundleUpdate.stage)
     return "nncf"
 
 
@@ -392,8 +390,10 @@ def _commit(update, m, written: dict, policies: dict, report: dict) -> None:
             files[flavour] = ModelFile(staged.name, sha256_of(staged.path))
         files.pop(OV_TARGET, None)  # an earlier calibration's; this one's, where it wrote one
         if (comp, OV_TARGET) in written:
-            xml, weights = written[(comp, OV_TARGET)], written[(comp, OV_TARGET + ".bin")]
-            files[OV_TARGET] = ModelFile(xml.name, sha256_of(xml.path), weights.name, sha256_of(weights.path))
+            xml = written[(comp, OV_TARGET)]
+            weights = openvino_int8.weights_of(xml.path)
+            files[OV_TARGET] = ModelFile(xml.name, sha256_of(xml.path), openvino_int8.weights_of(xml.name).as_posix(),
+                                         sha256_of(weights))
         components[comp] = dataclasses.replace(m.components[comp], files=files)
     cpu = cpu_kind()
     update.commit(dataclasses.replace(

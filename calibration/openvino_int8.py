@@ -23,7 +23,8 @@ from fusionrt.runtime.optional import is_available, require
 __all__ = ["RECIPE", "available", "ov_names", "quantize_openvino", "quantize_parts", "OpenVINOInt8", "weights_of"]
 
 RECIPE = 1  # bumped whenever what NNCF is asked to do changes
-_BIAS_SPLIT = "/WithoutBiases"  # OpenVINO's ONNX reader splits a Conv/Gemm with a bias into '<name>/WithoutBiases' + Add '<name>'
+# OpenVINO's ONNX reader splits a Conv/Gemm with a bias into '<name>/WithoutBiases' + an Add named '<name>'
+_BIAS_SPLIT = "/WithoutBiases"
 
 
 def available() -> bool:

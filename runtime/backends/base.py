@@ -83,8 +83,9 @@ class Backend:
 
     @classmethod
     def load(cls, model, component, execution: Execution, options: BackendOptions, bundle=None) -> "Backend":
-        """A model (its bytes or path; an OpenVINO IR's (graph, weights) bytes) of `component` (a manifest Component) run as `execution` says: what `open`
-        does once the file is read, and what calibration runs the files it judges with."""
+        """A model (its bytes or path; an OpenVINO IR's (graph, weights) bytes) of `component` (a manifest Component)
+        run as `execution` says: what `open` does once the file is read, and what calibration runs the files it judges
+        with."""
         raise NotImplementedError(f"backend '{cls.name}' loads engines, not model files")
 
     @classmethod

@@ -63,8 +63,8 @@ def _ov():
 
 def compile_model(data, device: str = "CPU", hint: str = "f32", threads: int = 0,
                   performance_hint: str = "latency", core=None):
-    """An OpenVINO compiled model from ONNX bytes, an IR's (graph, weights) bytes, or a path: the one place the backend sets OpenVINO's hints.
-    hint: INFERENCE_PRECISION_HINT (f32, bf16, f16), as the resolver names it."""
+    """An OpenVINO compiled model from ONNX bytes, an IR's (graph, weights) bytes, or a path: the one place the
+    backend sets OpenVINO's hints. hint: INFERENCE_PRECISION_HINT (f32, bf16, f16), as the resolver names it."""
     core = core or _ov().Core()
     config = {"PERFORMANCE_HINT": performance_hint.upper()}
     if device in ("CPU", "GPU"):
