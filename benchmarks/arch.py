@@ -87,6 +87,15 @@ def _synthetic_dataset(folder: Path, classes: int, seed: int) -> Path:
     return folder / "data.csv"
 
 
+def _ov_recipe() -> str:
+    """The int8-ov recipe in the cache key: NNCF's, and the linear layers' form this CPU kind gets (0: no nncf)."""
+    from fusionrt.calibration import openvino_int8
+    from fusionrt.runtime.backends.openvino import int8_linear_form
+    from fusionrt.runtime.cpu import cpu_kind
+
+    return f"{openvino_int8.RECIPE}{int8_linear_form(cpu_kind())}" if openvino_int8.available() else "0"
+
+
 def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=print) -> tuple:
     """(bundle dir, checkpoint dir) for `name`, built once per (arch, seed, torch version, export and quantization recipes)
     and cached."""
@@ -97,13 +106,12 @@ def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=pr
     from fusionrt.runtime.bundle import Bundle
     from fusionrt.runtime.manifest import Profile
 
-    from fusionrt.calibration import openvino_int8
     from fusionrt.calibration.quantize import RECIPE
     from fusionrt.export.onnx_export import EXPORT_RECIPE
 
     folder = Path(cache or default_cache()) / (f"{name}-seed{seed}-torch{torch.__version__.split('+')[0]}"
                                                f"-e{EXPORT_RECIPE}-q{RECIPE}"
-                                               f"-ov{openvino_int8.RECIPE if openvino_int8.available() else 0}")
+                                               f"-ov{_ov_recipe()}")
     bundle_dir, checkpoint_dir, done = folder / "bundle", folder / "checkpoint", folder / "complete.json"
     if done.is_file():
         return bundle_dir, checkpoint_dir

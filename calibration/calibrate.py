@@ -35,12 +35,14 @@ from fusionrt.calibration.fidelity import fidelity_markdown
 from fusionrt.calibration.half import write_fp16, write_int8_fp16
 from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target, probe_rows
 from fusionrt.calibration import openvino_int8
+from fusionrt.calibration.openvino_linear import LINEAR_FORMS, int8_linear_form
 from fusionrt.calibration.policy import choose_policy
 from fusionrt.calibration.quantize import RECIPE, collect_ranges, preprocess_for_quantization, quantize_component
 from fusionrt.calibration.reader import CalibrationSource, OrtReader, select_calibration, split_held_out
 from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.cpu import cpu_kind
+from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import (COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER, Candidate, ModelFile, Policy,
                                        sha256_of)
 from fusionrt.runtime.optional import is_available
@@ -57,8 +59,14 @@ RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured
 
 
 _OV_RUNS = {"nncf": "NNCF's INT8 (OpenVINO IR, static ranges, 7-bit weights) on OpenVINO's CPU kernels",
+            "conv": ", the text encoder's linear layers as 1x1 convolutions (OpenVINO's fast INT8 kernel without VNNI)",
             "int8-trt": "the int8-trt Q/DQ files on OpenVINO's CPU kernels (nncf is not installed: pip install "
                         "'fusionrt[openvino]' and calibrate again for NNCF's faster INT8)"}
+
+
+def _ov_runs(quantized) -> str:
+    """What the int8-ov target was judged on, in words (the report's measured_on)."""
+    return _OV_RUNS[quantized.openvino] + (_OV_RUNS["conv"] if quantized.openvino_linear == "conv" else "")
 
 
 @dataclass(frozen=True)
@@ -88,21 +96,31 @@ class Quantized:
     kept: dict  # target -> component -> [{"node", "why"}]: the layers each INT8 file keeps float
     searches: dict  # target -> Fallback: the search over the whole model's ranked layers
     openvino: str  # what the int8-ov target runs: "nncf" (its own IR files), "int8-trt" or "" (no openvino here)
+    openvino_linear: str = ""  # NNCF's IR: its linear layers as "matmul" or 1x1 "conv" (see openvino_linear.py)
 
 
 def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile", samples: int = 128,
-                     precision: str = "auto", criterion: Criterion = Criterion(), batch_size: int = 8) -> dict:
+                     precision: str = "auto", criterion: Criterion = Criterion(), batch_size: int = 8,
+                     openvino_linear: str = "auto") -> dict:
     """Calibrate, quantize, judge, choose each target's policy; update the bundle; return the report.
 
     precision 'auto' searches, per target, the fewest of the whole model's most sensitive layers to keep float for
     the pipeline in INT8 to pass `criterion` on the selection split; an explicit precision ('int8', 'image=int8,...') keeps only the structural layers float (the most
-    INT8, the user's call) and still reports its fidelity."""
+    INT8, the user's call) and still reports its fidelity.
+
+    openvino_linear: the int8-ov IR's linear layers as NNCF writes them ('matmul') or as 1x1 convolutions ('conv',
+    OpenVINO's fast INT8 kernel on a CPU without VNNI); 'auto' picks by this machine's CPU kind
+    (see calibration/openvino_linear.py)."""
+    if openvino_linear not in ("auto", *LINEAR_FORMS):
+        raise InputError(f"calibrate: openvino_linear expected one of auto, {', '.join(LINEAR_FORMS)}; "
+                         f"found {openvino_linear!r}.")
     with update_bundle(Bundle.open(bundle_dir), "calibrate") as update:
-        return _calibrate(update, data, eval_data, method, samples, precision, criterion, batch_size)
+        return _calibrate(update, data, eval_data, method, samples, precision, criterion, batch_size,
+                          openvino_linear)
 
 
 def _calibrate(update, data, eval_data, method: str, samples: int, precision: str, criterion: Criterion,
-               batch_size: int) -> dict:
+               batch_size: int, openvino_linear: str) -> dict:
     bundle = update.current  # the manifest as committed now, read under the write lock
     m = bundle.manifest
     splits = _splits(data, eval_data, samples)
@@ -123,7 +141,8 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
              for name, ev in evaluators.items()}
     calib_feeds = list(progress(CalibrationSource(bundle, splits.calibration, batch_size), "calibration inputs"))
     quantized = _quantize(update, written, m, fp32, _component_feeds(m, fp32, calib_feeds), evaluators["selection"],
-                          noise["selection"], criterion, method, requested)
+                          noise["selection"], criterion, method, requested,
+                          int8_linear_form(cpu_kind()) if openvino_linear == "auto" else openvino_linear)
     targets = TARGETS + ((OV_TARGET,) if quantized.openvino else ())
     available = {flavour for _, flavour in written} | {"fp32"}
     probe = probe_rows(evaluators["report"].feeds)
@@ -214,7 +233,7 @@ class _Part:
 
 
 def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Evaluator, noise: NoiseFloor,
-              criterion: Criterion, method: str, requested) -> Quantized:
+              criterion: Criterion, method: str, requested, linear: str) -> Quantized:
     """Ranges, the sensitivity ranking and search per target, and each target's INT8 file of each part (staged)."""
     kept, searches, rankings = {t: {} for t in TARGETS}, {}, {}
     with tempfile.TemporaryDirectory(prefix="fusionrt-quant-") as folder:
@@ -246,12 +265,13 @@ def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Eval
                 searches[target] = search
             rankings[target] = ranked
         openvino = _quantize_openvino(update, written, kept, searches, fp32, feeds, rankings["int8-trt"], selection,
-                                      noise, criterion, requested, tmp)
-    return Quantized(kept, searches, openvino)
+                                      noise, criterion, requested, tmp, linear)
+    return Quantized(kept, searches, openvino, linear if openvino == "nncf" else "")
 
 
 def _quantize_openvino(update, written: dict, kept: dict, searches: dict, fp32: dict, feeds: dict, ranked: list,
-                       selection: Evaluator, noise: NoiseFloor, criterion: Criterion, requested, tmp: Path) -> str:
+                       selection: Evaluator, noise: NoiseFloor, criterion: Criterion, requested, tmp: Path,
+                       linear: str) -> str:
     """The int8-ov files (NNCF's IR, staged) where openvino and nncf are installed, its layers kept float found by
     the same per-layer search run on OpenVINO over the int8-trt ranking (symmetric INT8, like NNCF's); returns what
     the int8-ov target runs (see Quantized.openvino)."""
@@ -267,7 +287,7 @@ def _quantize_openvino(update, written: dict, kept: dict, searches: dict, fp32: 
     searching = requested is None
     result = openvino_int8.quantize_parts(
         fp32, feeds, tmp,
-        [(c, n) for c, n, _ in ranked] if searching else None, passes if searching else None)
+        [(c, n) for c, n, _ in ranked] if searching else None, passes if searching else None, linear=linear)
     errors = {(c, n): (i, e) for i, (c, n, e) in enumerate(ranked)}
     kept[OV_TARGET] = {c: [{"node": n, "why": f"per-layer search on OpenVINO: sensitivity rank {errors[(c, n)][0] + 1} "
                                              f"of the model's {len(ranked)} layers (alone in INT8, logit error "
@@ -349,7 +369,8 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
     report_ev = evaluators["report"]
     cpu = cpu_kind().to_dict()
     report = {
-        "calibration": {"method": method, "samples": len(splits.calibration), "data": str(data), "recipe": RECIPE},
+        "calibration": {"method": method, "samples": len(splits.calibration), "data": str(data), "recipe": RECIPE,
+                        **({"openvino_linear": quantized.openvino_linear} if quantized.openvino_linear else {})},
         "held_out": {"count": len(splits.selection) + len(splits.report), "selection": len(splits.selection),
                      "report": len(splits.report),
                      "data": str(eval_data or f"{data} (samples not used for calibration)")},
@@ -358,7 +379,7 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
         "measured_on": {"cpu": cpu, "targets": {t: f"{JUDGED_ON[t][0]} ({JUDGED_ON[t][1]})" for t in judged},
                         "int8-trt": "Q/DQ run as written on an FP16 base (exact integer arithmetic, FP16 between, as "
                                     "TensorRT computes it)",
-                        **({OV_TARGET: _OV_RUNS[quantized.openvino]} if quantized.openvino else {})},
+                        **({OV_TARGET: _ov_runs(quantized)} if quantized.openvino else {})},
         "fp32": report_ev.outcome,
         "fp32_model_ms": {c: 1e3 * report_ev.seconds[c] for c in COMPONENTS},  # report split, this CPU
         "branches": cosines,

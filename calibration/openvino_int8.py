@@ -17,12 +17,13 @@ from typing import Callable
 import numpy as np
 
 from fusionrt.calibration.fallback import Fallback, search_fallback
+from fusionrt.calibration.openvino_linear import linear_as_conv
 from fusionrt.runtime.manifest import TEXT_ENCODER
 from fusionrt.runtime.optional import is_available, require
 
 __all__ = ["RECIPE", "available", "ov_names", "quantize_openvino", "quantize_parts", "OpenVINOInt8", "weights_of"]
 
-RECIPE = 1  # bumped whenever what NNCF is asked to do changes
+RECIPE = 2  # bumped whenever what NNCF is asked to do changes
 # OpenVINO's ONNX reader splits a Conv/Gemm with a bias into '<name>/WithoutBiases' + an Add named '<name>'
 _BIAS_SPLIT = "/WithoutBiases"
 
@@ -48,12 +49,16 @@ def ov_names(model, onnx_nodes) -> list:
     return sorted({n for node in onnx_nodes for n in (node, node + _BIAS_SPLIT) if n in names})
 
 
-def quantize_openvino(onnx_path: Path, component: str, feeds: list, out_xml: Path, kept_float=()) -> Path:
+def quantize_openvino(onnx_path: Path, component: str, feeds: list, out_xml: Path, kept_float=(),
+                      linear: str = "matmul") -> Path:
     """NNCF INT8 of the part in `onnx_path` over the calibration `feeds` (one dict of input arrays per batch), the
-    ONNX nodes in `kept_float` left float; written as IR to `out_xml` (+ its .bin). Returns `out_xml`."""
+    ONNX nodes in `kept_float` left float; written as IR to `out_xml` (+ its .bin). Returns `out_xml`.
+    linear 'conv': the [batch, sequence, K] linear layers as 1x1 convolutions first (see openvino_linear.py)."""
     ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
     nncf = _nncf()
     model = ov.Core().read_model(str(onnx_path))
+    if linear == "conv":
+        linear_as_conv(model)
     ignored = ov_names(model, kept_float)
     rows = _rows(feeds)
     kwargs = {"subset_size": len(rows)}
@@ -87,18 +92,19 @@ class OpenVINOInt8:
 
 
 def quantize_parts(fp32: dict, feeds: dict, folder: Path, ranked: list | None = None,
-                   passes: Callable[[dict], tuple] | None = None, max_checks: int = 14) -> OpenVINOInt8:
+                   passes: Callable[[dict], tuple] | None = None, max_checks: int = 14,
+                   linear: str = "matmul") -> OpenVINOInt8:
     """NNCF INT8 of every part (fp32: component -> ONNX; feeds: component -> calibration batches) into `folder`.
     With `ranked` ([(component, node)], most sensitive first) and `passes(files) -> (ok, rule)` (the whole pipeline
     run from these IR files on OpenVINO, judged by the criterion), the fewest of the ranked layers kept float (NNCF's
     ignored scope) for the pipeline to pass, as the other targets' searches find theirs; a part whose kept layers did
-    not change is not quantized again."""
+    not change is not quantized again. linear: as in quantize_openvino."""
     made: dict = {}
 
     def part(comp: str, kept: tuple) -> Path:
         if (comp, kept) not in made:
             made[(comp, kept)] = quantize_openvino(fp32[comp], comp, feeds[comp],
-                                                   Path(folder) / f"{comp}.int8-ov.{len(made)}.xml", kept)
+                                                   Path(folder) / f"{comp}.int8-ov.{len(made)}.xml", kept, linear)
         return made[(comp, kept)]
 
     def files_for(extra: list) -> dict:

@@ -235,7 +235,8 @@ def cmd_calibrate(args) -> int:
     from fusionrt.calibration.criterion import Criterion
 
     report = calibrate_bundle(args.bundle, args.data, args.eval_data, args.method, args.samples, args.precision,
-                              Criterion(args.min_accuracy_ratio, args.alpha, args.min_agreement))
+                              Criterion(args.min_accuracy_ratio, args.alpha, args.min_agreement),
+                              openvino_linear=args.openvino_linear)
     print(fidelity_markdown(report))
     return 0
 

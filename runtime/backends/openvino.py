@@ -25,9 +25,21 @@ from fusionrt.runtime.execution import Executor, Result, Timings, host_results_o
 from fusionrt.runtime.optional import require
 from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
-__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model", "int8_source"]
+__all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model", "int8_source",
+           "int8_linear_form", "LINEAR_FORMS"]
 
 _HINT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+LINEAR_FORMS = ("matmul", "conv")  # the int8-ov IR's linear layers (see calibration/openvino_linear.py)
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) below the first VNNI level
+_NO_VNNI_LIMITS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
+
+
+def int8_linear_form(kind) -> str:
+    """The linear layers' form OpenVINO runs fast in INT8 on this CPU kind: 'conv' (1x1 convolutions) where its INT8
+    GEMM has no fast kernel (no VNNI, or oneDNN limited below it), else 'matmul'."""
+    if not kind.vnni or kind.isa_limit.upper() in _NO_VNNI_LIMITS:
+        return "conv"
+    return "matmul"
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,16 @@ def int8_source(manifest) -> tuple:
                 for c, comp in manifest.components.items()}
     judged = "int8-ov" in manifest.policies
     if set(flavours.values()) == {"int8-ov"}:
-        return "int8-ov", "NNCF's INT8 (OpenVINO IR) of every part" + ("" if judged else
+        from fusionrt.runtime.cpu import cpu_kind
+
+        # a bundle from before the choice was recorded has NNCF's MatMul form
+        linear, here = manifest.calibration.get("openvino_linear", "matmul"), int8_linear_form(cpu_kind())
+        form = {"conv": ", linear layers as 1x1 convolutions (fast without VNNI)",
+                "matmul": ", linear layers as MatMuls (fast with VNNI)"}.get(linear, "")
+        if linear and linear != here:
+            form += (f"; this CPU runs the '{here}' form faster: `fusionrt calibrate` here (or with --openvino-linear "
+                     f"{here}) writes it")
+        return "int8-ov", "NNCF's INT8 (OpenVINO IR) of every part" + form + ("" if judged else
                                                                      ", but no int8-ov policy: FP32 unless asked")
     if "int8-trt" in manifest.components[FUSION_HEAD].files:
         return "int8-trt", ("the bundle has no int8-ov flavour (NNCF's INT8, OpenVINO's fast path), so int8 parts run "
