@@ -21,7 +21,8 @@ from fusionrt.calibration.openvino_linear import linear_as_conv
 from fusionrt.runtime.manifest import TEXT_ENCODER
 from fusionrt.runtime.optional import is_available, require
 
-__all__ = ["RECIPE", "available", "ov_names", "quantize_openvino", "quantize_parts", "OpenVINOInt8", "weights_of"]
+__all__ = ["RECIPE", "available", "ir_of", "ov_names", "quantize_openvino", "quantize_parts", "OpenVINOInt8",
+           "weights_of"]
 
 RECIPE = 2  # bumped whenever what NNCF is asked to do changes
 # OpenVINO's ONNX reader splits a Conv/Gemm with a bias into '<name>/WithoutBiases' + an Add named '<name>'
@@ -76,6 +77,14 @@ def quantize_openvino(onnx_path: Path, component: str, feeds: list, out_xml: Pat
     return out_xml
 
 
+def ir_of(onnx_path: Path, out_xml: Path) -> Path:
+    """An INT8 Q/DQ ONNX file as OpenVINO IR (its reader turns each Q/DQ pair into a FakeQuantize, which the CPU
+    plugin fuses into INT8 kernels). Returns `out_xml`."""
+    ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
+    ov.save_model(ov.Core().read_model(str(onnx_path)), str(out_xml), compress_to_fp16=False)
+    return Path(out_xml)
+
+
 def _rows(feeds: list) -> list:
     """The calibration batches as one-row items: NNCF's statistics are per item."""
     return [{k: np.ascontiguousarray(v[i:i + 1]) for k, v in f.items()} for f in feeds
@@ -93,18 +102,21 @@ class OpenVINOInt8:
 
 def quantize_parts(fp32: dict, feeds: dict, folder: Path, ranked: list | None = None,
                    passes: Callable[[dict], tuple] | None = None, max_checks: int = 14,
-                   linear: str = "matmul") -> OpenVINOInt8:
+                   linear: str = "matmul", writers: dict | None = None) -> OpenVINOInt8:
     """NNCF INT8 of every part (fp32: component -> ONNX; feeds: component -> calibration batches) into `folder`.
     With `ranked` ([(component, node)], most sensitive first) and `passes(files) -> (ok, rule)` (the whole pipeline
     run from these IR files on OpenVINO, judged by the criterion), the fewest of the ranked layers kept float (NNCF's
     ignored scope) for the pipeline to pass, as the other targets' searches find theirs; a part whose kept layers did
-    not change is not quantized again. linear: as in quantize_openvino."""
+    not change is not quantized again. linear: as in quantize_openvino. writers: component -> `write(kept, out_xml)`
+    for a part whose IR comes from elsewhere than NNCF (an INT8 Q/DQ file of our own recipe, see `ir_of`)."""
     made: dict = {}
+    writers = writers or {}
 
     def part(comp: str, kept: tuple) -> Path:
         if (comp, kept) not in made:
-            made[(comp, kept)] = quantize_openvino(fp32[comp], comp, feeds[comp],
-                                                   Path(folder) / f"{comp}.int8-ov.{len(made)}.xml", kept, linear)
+            out = Path(folder) / f"{comp}.int8-ov.{len(made)}.xml"
+            made[(comp, kept)] = (writers[comp](kept, out) if comp in writers else
+                                  quantize_openvino(fp32[comp], comp, feeds[comp], out, kept, linear))
         return made[(comp, kept)]
 
     def files_for(extra: list) -> dict:

@@ -68,7 +68,9 @@ def int8_source(manifest) -> tuple:
         if linear and linear != here:
             form += (f"; this CPU runs the '{here}' form faster: `fusionrt calibrate` here (or with --openvino-linear "
                      f"{here}) writes it")
-        return "int8-ov", "NNCF's INT8 (OpenVINO IR) of every part" + form + ("" if judged else
+        sources = manifest.calibration.get("openvino_sources") or {c: "nncf" for c in manifest.components}
+        made = "; ".join(f"{c}: {'NNCF' if how == 'nncf' else 'the ' + how + ' recipe'}" for c, how in sources.items())
+        return "int8-ov", f"OpenVINO IR of every part ({made})" + form + ("" if judged else
                                                                      ", but no int8-ov policy: FP32 unless asked")
     if "int8-trt" in manifest.components[FUSION_HEAD].files:
         return "int8-trt", ("the bundle has no int8-ov flavour (NNCF's INT8, OpenVINO's fast path), so int8 parts run "

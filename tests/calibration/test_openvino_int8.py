@@ -99,3 +99,32 @@ def test_the_search_keeps_float_exactly_the_ranked_layers_it_needs(tiny_bundle, 
     assert [k for k, _, _ in result.search.trace] == [0, 1]
     image = core.read_model(str(result.files["image_encoder"]))
     assert not _runs_int8(image, convs[1]) and _runs_int8(image, convs[0])
+
+
+def test_the_image_encoder_and_head_ir_is_the_int8_cpu_recipe_and_the_text_nncfs(calibrated):
+    """OpenVINO's image encoder and head are the int8-cpu Q/DQ files as IR (our ranges, 7-bit weights, bias
+    correction: faithful where NNCF's default flipped samples); the text encoder, whose int8-cpu OpenVINO cannot read,
+    is NNCF's."""
+    import numpy as np
+    import openvino as ov
+
+    bundle = Bundle.open(calibrated[0])
+    m = bundle.manifest
+    assert m.calibration["openvino_sources"] == {"image_encoder": "int8-cpu", "text_encoder": "nncf",
+                                                 "fusion_head": "int8-cpu"}
+    core, rng = ov.Core(), np.random.default_rng(1)
+    for comp in ("image_encoder", "fusion_head"):
+        spec = m.components[comp]
+        feeds = {t.name: rng.standard_normal([2 if isinstance(d, str) else d for d in t.shape]).astype(np.float32)
+                 for t in spec.inputs}
+        ir, cpu = spec.files["int8-ov"], spec.files["int8-cpu"]
+        searched = {t: {k["node"] for k in calibrated[1]["kept_float"][t][comp] if "search" in k["why"]}
+                    for t in ("int8-cpu", "int8-ov")}
+        assert searched["int8-cpu"] == searched["int8-ov"], searched  # the tiny model: none needed either way
+        from_ir = core.compile_model(core.read_model(bundle.read(ir.path, ir.sha256), bundle.read(
+            ir.weights, ir.weights_sha256)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
+        from_onnx = core.compile_model(str(bundle.file(cpu.path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
+        np.testing.assert_array_equal(from_ir, from_onnx)
+    text = bundle.read(m.components["text_encoder"].files["int8-ov"].path)
+    assert b"nncf" in text.lower()  # NNCF writes its version into the IR's rt_info
+    assert b"nncf" not in bundle.read(m.components["image_encoder"].files["int8-ov"].path).lower()
