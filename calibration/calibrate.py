@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import shutil
 import tempfile
@@ -35,7 +34,8 @@ from fusionrt.calibration.fallback import quantizable_nodes, rank_layers, search
 from fusionrt.calibration.fidelity import fidelity_markdown
 from fusionrt.calibration.half import write_fp16, write_int8_fp16
 from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target, probe_rows
-from fusionrt.calibration import openvino_int8
+from fusionrt.calibration import openvino_int8, openvino_target
+from fusionrt.calibration.openvino_target import OV_TARGET
 from fusionrt.calibration.openvino_linear import LINEAR_FORMS, int8_linear_form
 from fusionrt.calibration.policy import choose_policy
 from fusionrt.calibration.quantize import RECIPE, collect_ranges, preprocess_for_quantization, quantize_component
@@ -46,37 +46,14 @@ from fusionrt.runtime.cpu import cpu_kind
 from fusionrt.runtime.errors import InputError
 from fusionrt.runtime.manifest import (COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER, Candidate, ModelFile, Policy,
                                        sha256_of)
-from fusionrt.runtime.optional import is_available
 from fusionrt.runtime.precision import format_precision, parse_precision
 from fusionrt.runtime.progress import progress
 
 __all__ = ["calibrate_bundle", "TARGETS", "Splits", "NoiseFloor"]
 
 TARGETS = ("int8-cpu", "int8-trt")  # the INT8 Q/DQ ONNX files written, one per target
-OV_TARGET = "int8-ov"  # judged on OpenVINO's kernels where openvino is installed: NNCF's IR files where nncf is too,
-# else the int8-trt Q/DQ files (what OpenVINO then runs)
 FP16_BASE = "int8-trt-fp16"  # the int8-trt graph on an FP16 base: what TensorRT computes, and what it is judged on
 RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured on
-# The parts whose int8-ov IR is the int8-cpu recipe's Q/DQ file read by OpenVINO rather than NNCF's: on the demo's
-# EfficientNet-Lite0 NNCF's INT8 flipped 16-18 of 382 held-out samples (its search kept 29 layers float) where the
-# int8-cpu recipe (asymmetric u8 activations, 7-bit weights, bias correction) flips 0 with 2 float, and OpenVINO runs
-# that file as fast (ResNet-50) or faster (EfficientNet-Lite0). The text encoder's int8-cpu is per-token INT8 in ONNX
-# Runtime's own operators, which OpenVINO does not read: its int8-ov is NNCF's.
-OV_FROM_INT8_CPU = (IMAGE_ENCODER, FUSION_HEAD)
-
-
-_OV_RUNS = {"nncf": "OpenVINO IR on OpenVINO's CPU kernels (static ranges, 7-bit weights): NNCF's INT8 of the text "
-                    "encoder, the int8-cpu recipe's Q/DQ of the image encoder and the head",
-            "conv": ", the text encoder's linear layers as 1x1 convolutions (OpenVINO's fast INT8 kernel without VNNI)",
-            "int8-trt": "the int8-trt Q/DQ files on OpenVINO's CPU kernels (nncf is not installed: pip install "
-                        "'fusionrt[openvino]' and calibrate again for NNCF's faster INT8)"}
-
-
-def _ov_runs(quantized) -> str:
-    """What the int8-ov target was judged on, in words (the report's measured_on)."""
-    return _OV_RUNS[quantized.openvino] + (_OV_RUNS["conv"] if quantized.openvino_linear == "conv" else "")
-
-
 @dataclass(frozen=True)
 class Splits:
     calibration: LabeledDataset
@@ -272,53 +249,14 @@ def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Eval
             if search is not None:
                 searches[target] = search
             rankings[target] = ranked
-        ranked = sorted([r for r in rankings["int8-cpu"] if r[0] in OV_FROM_INT8_CPU]
-                        + [r for r in rankings["int8-trt"] if r[0] not in OV_FROM_INT8_CPU], key=lambda r: -r[2])
-        openvino = _quantize_openvino(update, written, kept, searches, fp32, feeds, parts, ranked, selection,
-                                      noise, criterion, requested, tmp, linear)
+
+        def passes(files: dict) -> tuple:  # the whole pipeline from these files on OpenVINO, by the criterion
+            return judge(selection.pipeline(files, execution_for(OV_TARGET, "int8")), selection.outcome["accuracy"],
+                         noise.flips, criterion)
+
+        openvino = openvino_target.quantize(update, written, kept, searches, fp32, feeds, parts, rankings,
+                                            None if requested is not None else passes, tmp, linear)
     return Quantized(kept, searches, openvino, linear if openvino == "nncf" else "")
-
-
-def _quantize_openvino(update, written: dict, kept: dict, searches: dict, fp32: dict, feeds: dict, parts: dict,
-                       ranked: list,
-                       selection: Evaluator, noise: NoiseFloor, criterion: Criterion, requested, tmp: Path,
-                       linear: str) -> str:
-    """The int8-ov files (NNCF's IR, staged) where openvino and nncf are installed, its layers kept float found by
-    the same per-layer search run on OpenVINO over `ranked` (each part's layers ranked in the scheme its IR comes
-    from: int8-cpu's for OV_FROM_INT8_CPU, int8-trt's, symmetric like NNCF's, for the text); returns what the int8-ov
-    target runs (see Quantized.openvino)."""
-    if not is_available("openvino"):
-        return ""
-    if not openvino_int8.available():
-        return "int8-trt"
-    execution = execution_for(OV_TARGET, "int8")
-
-    def passes(files: dict) -> tuple:
-        return judge(selection.pipeline(files, execution), selection.outcome["accuracy"], noise.flips, criterion)
-
-    searching = requested is None
-    result = openvino_int8.quantize_parts(
-        fp32, feeds, tmp,
-        [(c, n) for c, n, _ in ranked] if searching else None, passes if searching else None, linear=linear,
-        writers={c: functools.partial(_int8_cpu_ir, parts[c]) for c in OV_FROM_INT8_CPU})
-    errors = {(c, n): (i, e) for i, (c, n, e) in enumerate(ranked)}
-    kept[OV_TARGET] = {c: [{"node": n, "why": f"per-layer search on OpenVINO: sensitivity rank {errors[(c, n)][0] + 1} "
-                                             f"of the model's {len(ranked)} layers (alone in INT8, logit error "
-                                             f"{errors[(c, n)][1]:.3g})"} for n in result.kept[c]]
-                       for c in COMPONENTS}
-    if result.search is not None:
-        searches[OV_TARGET] = result.search
-    for comp, xml in result.files.items():
-        staged_xml, staged_bin = update.stage(f"{comp}.int8.ov.xml", "bin")
-        shutil.copyfile(xml, staged_xml.path)
-        shutil.copyfile(openvino_int8.weights_of(xml), staged_bin.path)
-        written[(comp, OV_TARGET)] = staged_xml  # its .bin: the same stem (see BundleUpdate.stage)
-    return "nncf"
-
-
-def _int8_cpu_ir(part, kept: tuple, out_xml: Path) -> Path:
-    """The int8-cpu recipe's Q/DQ file of `part` with `kept` float too, as OpenVINO IR."""
-    return openvino_int8.ir_of(part.write("int8-cpu", out_xml.with_suffix(".onnx"), list(kept)), out_xml)
 
 
 def _ranked(target: str, parts: dict, m, fp32: dict, feeds: dict, tmp: Path) -> list:
@@ -389,7 +327,7 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
     report = {
         "calibration": {"method": method, "samples": len(splits.calibration), "data": str(data), "recipe": RECIPE,
                         **({"openvino_linear": quantized.openvino_linear,
-                            "openvino_sources": {c: "int8-cpu" if c in OV_FROM_INT8_CPU else "nncf" for c in COMPONENTS}}
+                            "openvino_sources": openvino_target.sources()}
                            if quantized.openvino == "nncf" else {})},
         "held_out": {"count": len(splits.selection) + len(splits.report), "selection": len(splits.selection),
                      "report": len(splits.report),
@@ -399,7 +337,8 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
         "measured_on": {"cpu": cpu, "targets": {t: f"{JUDGED_ON[t][0]} ({JUDGED_ON[t][1]})" for t in judged},
                         "int8-trt": "Q/DQ run as written on an FP16 base (exact integer arithmetic, FP16 between, as "
                                     "TensorRT computes it)",
-                        **({OV_TARGET: _ov_runs(quantized)} if quantized.openvino else {})},
+                        **({OV_TARGET: openvino_target.judged_on(quantized.openvino, quantized.openvino_linear)}
+                           if quantized.openvino else {})},
         "fp32": report_ev.outcome,
         "fp32_model_ms": {c: 1e3 * report_ev.seconds[c] for c in COMPONENTS},  # report split, this CPU
         "branches": cosines,
