@@ -3,8 +3,9 @@ read from a part's FP32 ONNX, saved as OpenVINO IR (.xml + .bin).
 
 OpenVINO runs the symmetric Q/DQ ONNX written for TensorRT, but on a CPU without AMX it runs BERT's Q/DQ MatMuls
 slower than its own FP32; NNCF's FakeQuantize graph is what its CPU plugin fuses into INT8 kernels on every x86 kind.
-The image encoder and the head take NNCF's default (performance) scheme; the text encoder `model_type=TRANSFORMER`
-(SmoothQuant, NNCF's float for the attention's Softmax and LayerNorm). The layers calibration's per-layer search
+A part takes NNCF's default (performance) scheme, a text encoder `model_type=TRANSFORMER` (SmoothQuant, NNCF's
+float for the attention's Softmax and LayerNorm); `ir_of` writes a Q/DQ file of our own recipe as IR instead (which
+parts take which: calibration/openvino_target.py). The layers calibration's per-layer search
 keeps float are NNCF's `ignored_scope`. Ranges are static (from the calibration batches), so an answer does not
 depend on its batch companions."""
 
@@ -58,9 +59,9 @@ def quantize_openvino(onnx_path: Path, component: str, feeds: list, out_xml: Pat
     ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
     nncf = _nncf()
     model = ov.Core().read_model(str(onnx_path))
-    if linear == "conv":
-        linear_as_conv(model)
     ignored = ov_names(model, kept_float)
+    if linear == "conv":
+        linear_as_conv(model, set(ignored))
     rows = _rows(feeds)
     kwargs = {"subset_size": len(rows)}
     if ignored:

@@ -28,19 +28,20 @@ _ELEMENTWISE = {"Add", "Subtract", "Multiply", "Divide", "Power", "Erf", "Tanh",
                 "Swish", "HSwish", "Clamp"}
 
 
-def linear_as_conv(model) -> int:
+def linear_as_conv(model, keep=()) -> int:
     """Rewrite, in place, each MatMul of a [batch, sequence, K] activation by a constant [K, N] weight (and the bias
     Add right after it) as Transpose -> 1x1 Convolution (+ bias) -> Transpose back. The Convolution takes the MatMul's
     name, so the per-layer search's kept-float names (NNCF's ignored scope) still find it. Layers that read one input
     share its transpose; an elementwise run from one layer to the next (the FFN's GELU) runs in the convolutions'
-    layout, so no transpose sits between them. Returns how many."""
+    layout, so no transpose sits between them. The MatMuls named in `keep` (those kept float: FP32 runs fastest as a
+    MatMul) stay as they are. Returns how many were rewritten."""
     from openvino import opset13 as ops
 
     order = {op.get_friendly_name(): i for i, op in enumerate(model.get_ordered_ops())}
     images, layouts = {}, {}  # input -> its [B, K, S, 1] image; a transpose back's name -> (it, the image it undid)
     count = 0
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "MatMul":
+        if op.get_type_name() != "MatMul" or op.get_friendly_name() in keep:
             continue
         x, w = op.input_value(0), op.input_value(1)
         rank = x.get_partial_shape().rank
