@@ -30,7 +30,8 @@ from fusionrt.bundling.staging import update_bundle
 from fusionrt.calibration.bias_correction import conv_input_means
 from fusionrt.calibration.criterion import Criterion, judge, noise_band
 from fusionrt.calibration.evaluation import ENCODERS, REFERENCE, Evaluator, bf16_round
-from fusionrt.calibration.fallback import quantizable_nodes, rank_layers, search_fallback, structural_float
+from fusionrt.calibration.fallback import (quantizable_nodes, rank_layers, search_fallback, searched_why,
+                                          structural_float)
 from fusionrt.calibration.fidelity import fidelity_markdown
 from fusionrt.calibration.half import write_fp16, write_int8_fp16
 from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target, probe_rows
@@ -54,6 +55,8 @@ __all__ = ["calibrate_bundle", "TARGETS", "Splits", "NoiseFloor"]
 TARGETS = ("int8-cpu", "int8-trt")  # the INT8 Q/DQ ONNX files written, one per target
 FP16_BASE = "int8-trt-fp16"  # the int8-trt graph on an FP16 base: what TensorRT computes, and what it is judged on
 RANKING_BATCHES = 4  # calibration batches the per-layer sensitivity is measured on
+
+
 @dataclass(frozen=True)
 class Splits:
     calibration: LabeledDataset
@@ -243,8 +246,7 @@ def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Eval
                     written[(comp, FP16_BASE)] = half = update.stage(f"{comp}.int8.trt.fp16.onnx")
                     write_int8_fp16(staged.path, half.path)
                 kept[target][comp] = [{"node": n, "why": why} for n, why in sorted(part.structural.items())] + [
-                    {"node": n, "why": f"per-layer search: sensitivity rank {i + 1} of the model's {len(ranked)} "
-                                       f"layers (alone in INT8, logit error {errors[(c, n)]:.3g})"}
+                    {"node": n, "why": searched_why(i + 1, len(ranked), errors[(c, n)])}
                     for i, (c, n) in enumerate(chosen) if c == comp]
             if search is not None:
                 searches[target] = search

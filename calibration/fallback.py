@@ -17,7 +17,8 @@ import numpy as np
 
 from fusionrt.runtime.optional import require
 
-__all__ = ["QUANTIZABLE", "quantizable_nodes", "structural_float", "rank_layers", "search_fallback", "Fallback"]
+__all__ = ["QUANTIZABLE", "quantizable_nodes", "structural_float", "rank_layers", "search_fallback", "Fallback",
+           "searched_why"]
 
 QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 
@@ -85,6 +86,12 @@ class Fallback:
     kept: list  # the ranked layers kept float (most sensitive first)
     passed: bool  # the component passed the criterion with them (False: the search ran out of re-checks)
     trace: list = field(default_factory=list)  # (k, passed, rule) per re-check, in order
+
+
+def searched_why(rank: int, total: int, error: float, where: str = "") -> str:
+    """Why the search kept a layer float, in words (the report's kept_float): its 1-based sensitivity rank."""
+    return (f"per-layer search{where}: sensitivity rank {rank} of the model's {total} layers (alone in INT8, logit "
+            f"error {error:.3g})")
 
 
 def search_fallback(ranked: list, passes: Callable[[list], tuple], max_checks: int = 10) -> Fallback:

@@ -37,10 +37,11 @@ def linear_as_conv(model, keep=()) -> int:
     MatMul) stay as they are. Returns how many were rewritten."""
     from openvino import opset13 as ops
 
-    order = {op.get_friendly_name(): i for i, op in enumerate(model.get_ordered_ops())}
+    ordered = model.get_ordered_ops()
+    order = {op.get_friendly_name(): i for i, op in enumerate(ordered)}
     images, layouts = {}, {}  # input -> its [B, K, S, 1] image; a transpose back's name -> (it, the image it undid)
     count = 0
-    for op in model.get_ordered_ops():
+    for op in ordered:
         if op.get_type_name() != "MatMul" or op.get_friendly_name() in keep:
             continue
         x, w = op.input_value(0), op.input_value(1)
@@ -101,7 +102,7 @@ def _in_conv_layout(x, matmul, layouts: dict, order: dict):
         return None
     readers = {i.get_node().get_friendly_name() for node in region.values() for i in node.output(0).get_target_inputs()}
     back = next(iter(sources))
-    if not readers <= set(region) | {matmul.get_friendly_name()} or len(x.get_node().outputs()) != 1:
+    if not readers <= set(region) | {matmul.get_friendly_name()}:
         return None
     if not {i.get_node().get_friendly_name() for i in layouts[back][0].get_target_inputs()} <= set(region):
         return None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from fusionrt.calibration import openvino_int8
+from fusionrt.calibration.fallback import searched_why
 from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER
 from fusionrt.runtime.optional import is_available
 
@@ -27,9 +28,9 @@ OV_FROM_INT8_CPU = (IMAGE_ENCODER, FUSION_HEAD)
 _JUDGED_ON = {
     "nncf": "OpenVINO IR on OpenVINO's CPU kernels (static ranges, 7-bit weights): NNCF's INT8 of the text encoder, "
             "the int8-cpu recipe's Q/DQ of the image encoder and the head",
-    "conv": ", the text encoder's linear layers as 1x1 convolutions (OpenVINO's fast INT8 kernel without VNNI)",
     "int8-trt": "the int8-trt Q/DQ files on OpenVINO's CPU kernels (nncf is not installed: pip install "
                 "'fusionrt[openvino]' and calibrate again for OpenVINO's own faster INT8)"}
+_CONV_FORM = ", the text encoder's linear layers as 1x1 convolutions (OpenVINO's fast INT8 kernel without VNNI)"
 
 
 def sources() -> dict:
@@ -39,7 +40,7 @@ def sources() -> dict:
 
 def judged_on(runs: str, linear: str) -> str:
     """What the int8-ov target was judged on, in words (the report's measured_on)."""
-    return _JUDGED_ON[runs] + (_JUDGED_ON["conv"] if linear == "conv" else "")
+    return _JUDGED_ON[runs] + (_CONV_FORM if linear == "conv" else "")
 
 
 def quantize(update, written: dict, kept: dict, searches: dict, fp32: dict, feeds: dict, parts: dict,
@@ -64,9 +65,8 @@ def quantize(update, written: dict, kept: dict, searches: dict, fp32: dict, feed
     errors = {(c, n): (i, e) for i, (c, n, e) in enumerate(ranked)}
     kept[OV_TARGET] = {c: ([{"node": n, "why": why} for n, why in sorted(parts[c].structural.items())]
                            if c in OV_FROM_INT8_CPU else [])
-                       + [{"node": n, "why": f"per-layer search on OpenVINO: sensitivity rank {errors[(c, n)][0] + 1} "
-                                             f"of the model's {len(ranked)} layers (alone in INT8, logit error "
-                                             f"{errors[(c, n)][1]:.3g})"} for n in result.kept[c]]
+                       + [{"node": n, "why": searched_why(errors[(c, n)][0] + 1, len(ranked), errors[(c, n)][1],
+                                                          " on OpenVINO")} for n in result.kept[c]]
                        for c in COMPONENTS}
     if result.search is not None:
         searches[OV_TARGET] = result.search

@@ -3,8 +3,8 @@
 OpenVINO reads the ONNX bytes directly (no conversion step, no torch). What each precision runs is the resolver's
 (`fusionrt.runtime.resolve`): fp32 with FP32 forced (OpenVINO's CPU default is BF16 where the CPU has it, which flips
 samples); fp16 the device's 16-bit float on the FP32 file (BF16 on a CPU that has it, FP16 on a GPU); int8 the
-`int8-ov` IR (.xml + .bin: NNCF's text encoder, the int8-cpu recipe's image encoder and head) where the bundle has it, else the int8-trt Q/DQ ONNX, its float parts in
-that 16-bit float. `calibrate` judges these on OpenVINO itself
+`int8-ov` IR (.xml + .bin: NNCF's text encoder, the int8-cpu recipe's image encoder and head) where the bundle has
+it, else the int8-trt Q/DQ ONNX, its float parts in that 16-bit float. `calibrate` judges these on OpenVINO itself
 (the `int8-ov` policy, where openvino is installed); a bundle calibrated without it runs FP32 here unless asked
 otherwise. Both branches run at once with OpenVINO's asynchronous infer requests (the image branch runs while the
 text branch runs on the caller's thread), then the head."""
