@@ -77,8 +77,8 @@ class Pipeline:
             (default: FUSIONRT_MAX_PIXELS, else `fusionrt.runtime.preprocess.MAX_PIXELS`).
         options: the backend's own, typed and checked (an unknown one is an InputError listing the valid ones):
             onnxruntime: device, providers, threads, spinning, allow_fallback, optimize, verify; openvino: device, threads,
-            precision_hint, performance_hint, verify; tensorrt and tensorrt_rtx: stream (your CUDA stream handle:
-            results land on it), cuda_graphs, device, verify.
+            precision_hint, performance_hint, pinning, verify; tensorrt and tensorrt_rtx: stream (your CUDA stream
+            handle: results land on it), cuda_graphs, device, verify.
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         chosen = select(bundle, backend, precision, concurrent, tune, options)

@@ -48,6 +48,12 @@ class OpenVINOOptions(BackendOptions):
     threads: int = 0  # inference threads per model; 0 = OpenVINO's choice
     precision_hint: Literal["f32", "bf16", "f16"] | None = None  # override every part's float (default: the resolver's)
     performance_hint: Literal["latency", "throughput"] = "latency"
+    # OpenVINO pins each compiled model's threads to cores. None: its choice when the branches run one after the
+    # other, off when they run at once (it pins both branches' threads to the same cores, which then take turns).
+    pinning: bool | None = None
+
+    def for_branches(self, concurrent: bool) -> "OpenVINOOptions":
+        return self if self.pinning is not None or not concurrent else dataclasses.replace(self, pinning=False)
 
 
 def int8_source(manifest) -> tuple:
@@ -85,15 +91,18 @@ def _ov():
 
 
 def compile_model(data, device: str = "CPU", hint: str = "f32", threads: int = 0,
-                  performance_hint: str = "latency", core=None):
+                  performance_hint: str = "latency", core=None, pinning: bool | None = None):
     """An OpenVINO compiled model from ONNX bytes, an IR's (graph, weights) bytes, or a path: the one place the
-    backend sets OpenVINO's hints. hint: INFERENCE_PRECISION_HINT (f32, bf16, f16), as the resolver names it."""
+    backend sets OpenVINO's hints. hint: INFERENCE_PRECISION_HINT (f32, bf16, f16), as the resolver names it;
+    pinning: ENABLE_CPU_PINNING on a CPU (None: OpenVINO's choice)."""
     core = core or _ov().Core()
     config = {"PERFORMANCE_HINT": performance_hint.upper()}
     if device in ("CPU", "GPU"):
         config["INFERENCE_PRECISION_HINT"] = hint
     if threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if pinning is not None and device == "CPU":
+        config["ENABLE_CPU_PINNING"] = bool(pinning)
     if isinstance(data, tuple):  # an IR's graph and weights, as bytes
         model = core.read_model(bytes(data[0]), bytes(data[1]))
     elif isinstance(data, (bytes, bytearray, memoryview)):
@@ -141,7 +150,7 @@ class OpenVINOBackend(Backend):
                                      f"{core.available_devices}. Pass device='CPU' (or 'AUTO').")
         try:
             compiled = compile_model(model, options.device, execution.hints["INFERENCE_PRECISION_HINT"],
-                                     options.threads, options.performance_hint, core)
+                                     options.threads, options.performance_hint, core, options.pinning)
         except RuntimeError as exc:
             raise BackendUnavailable(f"OpenVINO could not compile {component.name} for {options.device} ({exc}).") from exc
         return cls(compiled, component.inputs, component.outputs)
@@ -152,9 +161,10 @@ class OpenVINOBackend(Backend):
         return OpenVINOExecutor(backends, wiring) if concurrent else super().executor(backends, wiring, options, False)
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict:
-        request = self.request
-        request.infer(dict(feeds))
-        return {spec.name: np.array(request.get_tensor(spec.name).data, copy=True) for spec in self.output_specs}
+        # shared, not copied, both ways (half of a small model's call time): the caller waits, and the results are
+        # copied out before the request runs again
+        results = self.request.infer(dict(feeds), share_inputs=True, share_outputs=True)
+        return {spec.name: np.array(results[spec.name], copy=True) for spec in self.output_specs}
 
     def clone(self) -> "OpenVINOBackend":
         """The same compiled model (OpenVINO runs it from many requests at once) with requests of its own."""
@@ -181,7 +191,8 @@ class OpenVINOExecutor(Executor):
         self.image.check(image_feeds)
         start = time.perf_counter()
         request = self.image.request
-        request.start_async(image_feeds)  # returns at once; OpenVINO runs it on its own threads
+        # returns at once; OpenVINO runs it on its own threads, reading `pixels` (shared: held until the wait)
+        request.start_async(image_feeds, share_inputs=True)
         if text_features is None:
             text_start = time.perf_counter()
             text_features = self.text.infer(w.text_feeds(tokens))[w.text_output]

@@ -87,6 +87,42 @@ def test_a_bundle_without_nncfs_flavour_runs_the_qdq_files_and_info_says_why(cal
     assert json.loads(capsys.readouterr().out)["openvino_int8"]["flavour"] == "int8-ov"
 
 
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_concurrent_branches_are_not_pinned_to_the_same_cores(tiny_bundle, concurrent):
+    from fusionrt.runtime.backends.openvino import OpenVINOOptions
+
+    assert OpenVINOOptions(pinning=True).for_branches(True).pinning is True  # the user's choice stands
+    with Pipeline.load(tiny_bundle, backend="openvino", concurrent=concurrent) as pipe:
+        assert pipe.options.pinning is (False if concurrent else None)
+        pinned = {c: b.compiled.get_property("ENABLE_CPU_PINNING") for c, b in pipe.backends.items()}
+        if concurrent:  # what OpenVINO was told, not only what the options say
+            assert not any(pinned.values()), pinned
+    with Pipeline.load(tiny_bundle, backend="openvino", concurrent=concurrent, pinning=True) as pipe:
+        assert all(b.compiled.get_property("ENABLE_CPU_PINNING") for b in pipe.backends.values())
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_shared_inputs_and_outputs_leave_the_callers_arrays_alone(tiny_bundle, shape_data, concurrent):
+    """The backend lends OpenVINO the caller's arrays and reads its results in place: a result must survive the next
+    call, an input must not change, and a strided or read-only input gives the same answer as a contiguous one."""
+    images, texts = _data(shape_data[1])
+    with Pipeline.load(tiny_bundle, backend="openvino", concurrent=concurrent) as pipe:
+        pixels, tokens = pipe.prepare(images[:4], texts[:4])
+        kept = pixels.copy()
+        first = pipe.logits(pixels, tokens)
+        first_copy = first.copy()
+        other = pipe.logits(pixels[::-1].copy(), {k: v[::-1].copy() for k, v in tokens.items()})
+        assert not np.array_equal(other, first_copy)  # the second call computed something else ...
+        np.testing.assert_array_equal(first, first_copy)  # ... and left the first call's logits as they were
+        np.testing.assert_array_equal(pixels, kept)
+        wide = np.zeros(pixels.shape[:-1] + (2 * pixels.shape[-1],), pixels.dtype)
+        wide[..., ::2] = pixels
+        strided, frozen = wide[..., ::2], pixels.copy()
+        frozen.flags.writeable = False
+        np.testing.assert_array_equal(pipe.logits(strided, tokens), first)
+        np.testing.assert_array_equal(pipe.logits(frozen, tokens), first)
+
+
 def test_a_device_this_machine_lacks_is_refused(tiny_bundle):
     with pytest.raises(BackendUnavailable, match=r"OpenVINO device 'NPU' not found: this machine has \['CPU'"):
         Pipeline.load(tiny_bundle, backend="openvino", device="NPU")
