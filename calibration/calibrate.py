@@ -37,7 +37,7 @@ from fusionrt.calibration.half import write_fp16, write_int8_fp16
 from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target, probe_rows
 from fusionrt.calibration import openvino_int8, openvino_target
 from fusionrt.calibration.openvino_target import OV_TARGET
-from fusionrt.calibration.openvino_linear import LINEAR_FORMS, int8_linear_form
+from fusionrt.calibration.openvino_linear import LINEAR_FORMS
 from fusionrt.calibration.policy import choose_policy
 from fusionrt.calibration.quantize import RECIPE, collect_ranges, preprocess_for_quantization, quantize_component
 from fusionrt.calibration.reader import CalibrationSource, OrtReader, select_calibration, split_held_out
@@ -84,7 +84,8 @@ class Quantized:
     kept: dict  # target -> component -> [{"node", "why"}]: the layers each INT8 file keeps float
     searches: dict  # target -> Fallback: the search over the whole model's ranked layers
     openvino: str  # what the int8-ov target runs: "nncf" (its own IR files), "int8-trt" or "" (no openvino here)
-    openvino_linear: str = ""  # NNCF's IR: its linear layers as "matmul" or 1x1 "conv" (see openvino_linear.py)
+    openvino_linear: str = ""  # the int8-ov text's linear layers: "matmul", 1x1 "conv" (INT8 math) or "weights"
+    openvino_linear_ms: dict = dataclasses.field(default_factory=dict)  # form -> ms, where `auto` timed them
 
 
 def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile", samples: int = 128,
@@ -96,9 +97,10 @@ def calibrate_bundle(bundle_dir, data, eval_data=None, method: str = "percentile
     the pipeline in INT8 to pass `criterion` on the selection split; an explicit precision ('int8', 'image=int8,...') keeps only the structural layers float (the most
     INT8, the user's call) and still reports its fidelity.
 
-    openvino_linear: the int8-ov IR's linear layers as NNCF writes them ('matmul') or as 1x1 convolutions ('conv',
-    OpenVINO's fast INT8 kernel on a CPU without VNNI); 'auto' picks by this machine's CPU kind
-    (see calibration/openvino_linear.py)."""
+    openvino_linear: the int8-ov text encoder's linear layers in INT8 math as NNCF writes them ('matmul') or as 1x1
+    convolutions ('conv', OpenVINO's fast INT8 kernel on a CPU without VNNI), or INT8 weights with float math
+    ('weights', NNCF's weight compression); 'auto' searches this CPU kind's INT8-math form, then takes 'weights' where
+    they pass too and run the calibration texts faster here (calibration/openvino_target.py)."""
     if openvino_linear not in ("auto", *LINEAR_FORMS):
         raise InputError(f"calibrate: openvino_linear expected one of auto, {', '.join(LINEAR_FORMS)}; "
                          f"found {openvino_linear!r}.")
@@ -129,8 +131,7 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
              for name, ev in evaluators.items()}
     calib_feeds = list(progress(CalibrationSource(bundle, splits.calibration, batch_size), "calibration inputs"))
     quantized = _quantize(update, written, m, fp32, _component_feeds(m, fp32, calib_feeds), evaluators["selection"],
-                          noise["selection"], criterion, method, requested,
-                          int8_linear_form(cpu_kind()) if openvino_linear == "auto" else openvino_linear)
+                          noise["selection"], criterion, method, requested, openvino_linear)
     targets = TARGETS + ((OV_TARGET,) if quantized.openvino else ())
     available = {flavour for _, flavour in written} | {"fp32"}
     probe = probe_rows(evaluators["report"].feeds)
@@ -256,9 +257,10 @@ def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Eval
             return judge(selection.pipeline(files, execution_for(OV_TARGET, "int8")), selection.outcome["accuracy"],
                          noise.flips, criterion)
 
-        openvino = openvino_target.quantize(update, written, kept, searches, fp32, feeds, parts, rankings,
-                                            None if requested is not None else passes, tmp, linear)
-    return Quantized(kept, searches, openvino, linear if openvino == "nncf" else "")
+        openvino, form, timed = openvino_target.quantize(update, written, kept, searches, fp32, feeds, parts,
+                                                         rankings, None if requested is not None else passes, tmp,
+                                                         linear)
+    return Quantized(kept, searches, openvino, form, timed)
 
 
 def _ranked(target: str, parts: dict, m, fp32: dict, feeds: dict, tmp: Path) -> list:
@@ -329,6 +331,7 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
     report = {
         "calibration": {"method": method, "samples": len(splits.calibration), "data": str(data), "recipe": RECIPE,
                         **({"openvino_linear": quantized.openvino_linear,
+                            "openvino_linear_ms": quantized.openvino_linear_ms,
                             "openvino_sources": openvino_target.sources()}
                            if quantized.openvino == "nncf" else {})},
         "held_out": {"count": len(splits.selection) + len(splits.report), "selection": len(splits.selection),

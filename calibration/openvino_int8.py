@@ -7,7 +7,8 @@ A part takes NNCF's default (performance) scheme, a text encoder `model_type=TRA
 float for the attention's Softmax and LayerNorm); `ir_of` writes a Q/DQ file of our own recipe as IR instead (which
 parts take which: calibration/openvino_target.py). The layers calibration's per-layer search
 keeps float are NNCF's `ignored_scope`. Ranges are static (from the calibration batches), so an answer does not
-depend on its batch companions."""
+depend on its batch companions. `compress_openvino` writes a part's INT8 weights with float math instead (NNCF's
+weight compression), for where that runs faster than INT8 math."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from fusionrt.calibration.openvino_linear import linear_as_conv
 from fusionrt.runtime.manifest import TEXT_ENCODER
 from fusionrt.runtime.optional import is_available, require
 
-__all__ = ["RECIPE", "available", "ir_of", "ov_names", "quantize_openvino", "quantize_parts", "OpenVINOInt8",
-           "weights_of"]
+__all__ = ["RECIPE", "available", "ir_of", "ov_names", "quantize_openvino", "compress_openvino", "quantize_parts",
+           "OpenVINOInt8", "weights_of"]
 
-RECIPE = 2  # bumped whenever what NNCF is asked to do changes
+RECIPE = 3  # bumped whenever what NNCF is asked to do changes
 # OpenVINO's ONNX reader splits a Conv/Gemm with a bias into '<name>/WithoutBiases' + an Add named '<name>'
 _BIAS_SPLIT = "/WithoutBiases"
 
@@ -76,6 +77,20 @@ def quantize_openvino(onnx_path: Path, component: str, feeds: list, out_xml: Pat
     out_xml = Path(out_xml)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)  # FP32 constants: the float parts stay exact
     return out_xml
+
+
+def compress_openvino(onnx_path: Path, out_xml: Path) -> Path:
+    """The part in `onnx_path` with NNCF's INT8 weight compression (INT8_ASYM, per output channel): INT8 weights,
+    float math. Where INT8 math gains nothing (short sequences on a CPU without VNNI) a quarter of the weight bytes
+    is what is faster. OpenVINO's CPU plugin would quantize these layers' activations on the fly (its dynamic
+    quantization, on CPUs with fast INT8 math only), which changes answers between CPU kinds: the IR turns it off in
+    its own runtime options, so every CPU computes what calibration judged. Returns `out_xml`."""
+    ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
+    nncf = _nncf()
+    model = nncf.compress_weights(ov.Core().read_model(str(onnx_path)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    model.set_rt_info("0", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
+    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+    return Path(out_xml)
 
 
 def ir_of(onnx_path: Path, out_xml: Path) -> Path:

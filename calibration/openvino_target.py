@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import functools
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from fusionrt.calibration import openvino_int8
 from fusionrt.calibration.fallback import searched_why
-from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER
+from fusionrt.runtime.backends.openvino import WEIGHTS, int8_linear_form
+from fusionrt.runtime.cpu import cpu_kind
+from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 from fusionrt.runtime.optional import is_available
 
-__all__ = ["OV_TARGET", "OV_FROM_INT8_CPU", "quantize", "sources", "judged_on"]
+__all__ = ["OV_TARGET", "OV_FROM_INT8_CPU", "quantize", "pick_form", "time_forms", "sources", "judged_on"]
 
 OV_TARGET = "int8-ov"  # judged on OpenVINO's kernels where openvino is installed: its IR files where nncf is too,
 # else the int8-trt Q/DQ files (what OpenVINO then runs)
@@ -30,7 +35,9 @@ _JUDGED_ON = {
             "the int8-cpu recipe's Q/DQ of the image encoder and the head",
     "int8-trt": "the int8-trt Q/DQ files on OpenVINO's CPU kernels (nncf is not installed: pip install "
                 "'fusionrt[openvino]' and calibrate again for OpenVINO's own faster INT8)"}
-_CONV_FORM = ", the text encoder's linear layers as 1x1 convolutions (OpenVINO's fast INT8 kernel without VNNI)"
+_FORMS = {"conv": ", the text encoder's linear layers as 1x1 convolutions (OpenVINO's fast INT8 kernel without VNNI)",
+          WEIGHTS: ", the text encoder's weights INT8 with float math (NNCF's weight compression: faster on this CPU "
+                   "than INT8 math on the calibration texts)"}
 
 
 def sources() -> dict:
@@ -40,42 +47,88 @@ def sources() -> dict:
 
 def judged_on(runs: str, linear: str) -> str:
     """What the int8-ov target was judged on, in words (the report's measured_on)."""
-    return _JUDGED_ON[runs] + (_CONV_FORM if linear == "conv" else "")
+    return _JUDGED_ON[runs] + _FORMS.get(linear, "")
 
 
 def quantize(update, written: dict, kept: dict, searches: dict, fp32: dict, feeds: dict, parts: dict,
-             rankings: dict, passes: Callable[[dict], tuple] | None, tmp: Path, linear: str) -> str:
-    """The int8-ov files, staged, where openvino and nncf are installed; returns what the target runs: 'nncf' (these
-    IR files), 'int8-trt' (openvino without nncf) or '' (no openvino).
+             rankings: dict, passes: Callable[[dict], tuple] | None, tmp: Path, linear: str) -> tuple:
+    """The int8-ov files, staged, where openvino and nncf are installed. Returns (runs, form, timed): what the target
+    runs, 'nncf' (these IR files), 'int8-trt' (openvino without nncf) or '' (no openvino); the text encoder's linear
+    layers' form (LINEAR_FORMS; '' unless 'nncf'); and form -> ms of the text forms timed here ({} if none was).
 
     parts: component -> calibrate's prepared part (its `write(target, out, kept)` writes our recipe's Q/DQ);
     rankings: target -> [(component, layer, logit error)]; passes(files) -> (ok, rule): None when the precision was
     the user's (no search). Each part's layers are ranked in the scheme its IR comes from (int8-cpu's for
     OV_FROM_INT8_CPU, int8-trt's, symmetric like NNCF's, for the text) and the search keeps the fewest of them float
-    for the whole pipeline on OpenVINO to pass."""
+    for the whole pipeline on OpenVINO to pass. linear 'auto': the INT8-math form of this CPU kind
+    (`int8_linear_form`) is searched, then the text's INT8 weights with float math ('weights') take its place where
+    they pass too and run faster here on the calibration texts (`time_forms`, `pick_form`)."""
     if not is_available("openvino"):
-        return ""
+        return "", "", {}
     if not openvino_int8.available():
-        return "int8-trt"
+        return "int8-trt", "", {}
+    form = int8_linear_form(cpu_kind()) if linear == "auto" else linear
     ranked = sorted([r for r in rankings.get("int8-cpu", []) if r[0] in OV_FROM_INT8_CPU]
                     + [r for r in rankings.get("int8-trt", []) if r[0] not in OV_FROM_INT8_CPU], key=lambda r: -r[2])
+    writers = {c: functools.partial(_int8_cpu_ir, parts[c]) for c in OV_FROM_INT8_CPU}
+    if form == WEIGHTS:  # nothing of the text's to keep float: its math is float
+        ranked = [r for r in ranked if r[0] != TEXT_ENCODER]
+        writers[TEXT_ENCODER] = lambda kept_float, out: openvino_int8.compress_openvino(fp32[TEXT_ENCODER], out)
     result = openvino_int8.quantize_parts(
-        fp32, feeds, tmp, [(c, n) for c, n, _ in ranked] if passes else None, passes, linear=linear,
-        writers={c: functools.partial(_int8_cpu_ir, parts[c]) for c in OV_FROM_INT8_CPU})
+        fp32, feeds, tmp, [(c, n) for c, n, _ in ranked] if passes else None, passes, linear=form, writers=writers)
+    files, text_kept, timed = dict(result.files), result.kept[TEXT_ENCODER], {}
+    if linear == "auto" and form != WEIGHTS:
+        weights = openvino_int8.compress_openvino(fp32[TEXT_ENCODER], tmp / f"{TEXT_ENCODER}.int8-ov.weights.xml")
+        with_weights = {**files, TEXT_ENCODER: weights}
+        if passes is None or passes(with_weights)[0]:
+            timed = time_forms({form: files[TEXT_ENCODER], WEIGHTS: weights}, feeds[TEXT_ENCODER])
+            if pick_form(timed) == WEIGHTS:
+                files, text_kept, form = with_weights, [], WEIGHTS
     errors = {(c, n): (i, e) for i, (c, n, e) in enumerate(ranked)}
+    searched = {**result.kept, TEXT_ENCODER: text_kept}
     kept[OV_TARGET] = {c: ([{"node": n, "why": why} for n, why in sorted(parts[c].structural.items())]
                            if c in OV_FROM_INT8_CPU else [])
                        + [{"node": n, "why": searched_why(errors[(c, n)][0] + 1, len(ranked), errors[(c, n)][1],
-                                                          " on OpenVINO")} for n in result.kept[c]]
+                                                          " on OpenVINO")} for n in searched[c]]
                        for c in COMPONENTS}
     if result.search is not None:
         searches[OV_TARGET] = result.search
-    for comp, xml in result.files.items():
+    for comp, xml in files.items():
         staged_xml, staged_bin = update.stage(f"{comp}.int8.ov.xml", "bin")
         shutil.copyfile(xml, staged_xml.path)
         shutil.copyfile(openvino_int8.weights_of(xml), staged_bin.path)
         written[(comp, OV_TARGET)] = staged_xml  # its .bin: the same stem (see BundleUpdate.stage)
-    return "nncf"
+    return "nncf", form, {f: round(t * 1e3, 3) for f, t in timed.items()}
+
+
+def pick_form(seconds: dict) -> str:
+    """The fastest form of `seconds` (form -> time); 'weights' (INT8 math saves more work on longer texts and
+    other CPUs) only when more than 5 % faster than the best INT8-math form."""
+    best = min((f for f in seconds if f != WEIGHTS), key=seconds.get)
+    return WEIGHTS if WEIGHTS in seconds and seconds[WEIGHTS] < 0.95 * seconds[best] else best
+
+
+def time_forms(files: dict, feeds: list, rounds: int = 3, seconds: float = 0.25) -> dict:
+    """form -> seconds of its IR on this CPU (FP32 float, as OpenVINO runs int8-ov): the median call on one row plus
+    the median on the first whole calibration batch, the forms interleaved over `rounds`, the rounds' median."""
+    from fusionrt.runtime.backends.openvino import compile_model
+
+    shapes = [{k: np.ascontiguousarray(v[:1]) for k, v in feeds[0].items()}, dict(feeds[0])]
+    requests = {f: compile_model(xml, "CPU", "f32").create_infer_request() for f, xml in files.items()}
+    per_round = {f: [] for f in files}
+    for _ in range(rounds):
+        for f, request in requests.items():
+            total = 0.0
+            for feed in shapes:
+                request.infer(feed)  # warm
+                took, end = [], time.perf_counter() + seconds
+                while time.perf_counter() < end or len(took) < 3:
+                    start = time.perf_counter()
+                    request.infer(feed)
+                    took.append(time.perf_counter() - start)
+                total += float(np.median(took))
+            per_round[f].append(total)
+    return {f: float(np.median(t)) for f, t in per_round.items()}
 
 
 def _int8_cpu_ir(part, kept: tuple, out_xml: Path) -> Path:

@@ -140,9 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["percentile", "entropy", "minmax"], default="percentile")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--precision", default="auto", help="auto | int8 | image=int8,text=int8,head=fp32")
-    p.add_argument("--openvino-linear", choices=["auto", "conv", "matmul"], default="auto",
-                   help="the int8-ov IR's linear layers: conv (1x1 convolutions, OpenVINO's fast INT8 kernel on a CPU "
-                        "without VNNI), matmul (NNCF's form, fast with VNNI); auto: by this machine's CPU")
+    p.add_argument("--openvino-linear", choices=["auto", "conv", "matmul", "weights"], default="auto",
+                   help="the int8-ov text encoder's linear layers: conv (INT8 math as 1x1 convolutions, OpenVINO's "
+                        "fast INT8 kernel on a CPU without VNNI), matmul (NNCF's form, fast with VNNI), weights (INT8 "
+                        "weights, float math); auto: this CPU's INT8-math form, or weights where they pass too and "
+                        "run the calibration texts faster here")
     p.add_argument("--min-accuracy-ratio", type=float, default=CRITERION.min_accuracy_ratio,
                    help="INT8 accuracy at least this share of FP32's (MLPerf's 99%% rule)")
     p.add_argument("--alpha", type=float, default=CRITERION.alpha,

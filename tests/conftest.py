@@ -136,16 +136,21 @@ def tiny_bundle(tmp_path_factory, trained_checkpoint, shape_data):
 
 @pytest.fixture(scope="session")
 def calibrated(tiny_bundle, tmp_path_factory):
-    """A copy of the tiny bundle, calibrated: (bundle, report, train.csv, test.csv)."""
+    """A copy of the tiny bundle, calibrated: (bundle, report, train.csv, test.csv). The int8-ov text encoder in
+    this CPU kind's INT8-math form, so every machine tests NNCF's INT8 (`auto` may take INT8 weights instead where
+    they time faster: tests/calibration/test_openvino_weights.py)."""
     import shutil
 
     from fusionrt.calibration.calibrate import calibrate_bundle
+    from fusionrt.runtime.backends.openvino import int8_linear_form
+    from fusionrt.runtime.cpu import cpu_kind
 
     folder = tmp_path_factory.mktemp("calib")
     train, test = write_shape_dataset(folder / "data", per_class=28, seed=5)
     bundle = folder / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    report = calibrate_bundle(bundle, train, test, method="minmax", samples=16)
+    report = calibrate_bundle(bundle, train, test, method="minmax", samples=16,
+                              openvino_linear=int8_linear_form(cpu_kind()))
     return bundle, report, train, test
 
 

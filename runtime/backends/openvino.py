@@ -26,17 +26,20 @@ from fusionrt.runtime.optional import require
 from fusionrt.runtime.manifest import FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 __all__ = ["OpenVINOBackend", "OpenVINOOptions", "OpenVINOExecutor", "compile_model", "int8_source",
-           "int8_linear_form", "LINEAR_FORMS"]
+           "int8_linear_form", "LINEAR_FORMS", "WEIGHTS"]
 
 _HINT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
-LINEAR_FORMS = ("matmul", "conv")  # the int8-ov IR's linear layers (see calibration/openvino_linear.py)
+# the int8-ov text encoder's linear layers: INT8 math as NNCF writes them, or as 1x1 convolutions (see
+# calibration/openvino_linear.py); or INT8 weights with float math, where that is faster (calibration measures it)
+WEIGHTS = "weights"
+LINEAR_FORMS = ("matmul", "conv", WEIGHTS)
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) below the first VNNI level
 _NO_VNNI_LIMITS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
 
 
 def int8_linear_form(kind) -> str:
-    """The linear layers' form OpenVINO runs fast in INT8 on this CPU kind: 'conv' (1x1 convolutions) where its INT8
-    GEMM has no fast kernel (no VNNI, or oneDNN limited below it), else 'matmul'."""
+    """The linear layers' form OpenVINO runs fast in INT8 math on this CPU kind: 'conv' (1x1 convolutions) where its
+    INT8 GEMM has no fast kernel (no VNNI, or oneDNN limited below it), else 'matmul'."""
     if not kind.vnni or kind.isa_limit.upper() in _NO_VNNI_LIMITS:
         return "conv"
     return "matmul"
@@ -70,8 +73,10 @@ def int8_source(manifest) -> tuple:
         # a bundle from before the choice was recorded has NNCF's MatMul form
         linear, here = manifest.calibration.get("openvino_linear", "matmul"), int8_linear_form(cpu_kind())
         form = {"conv": ", linear layers as 1x1 convolutions (fast without VNNI)",
-                "matmul": ", linear layers as MatMuls (fast with VNNI)"}.get(linear, "")
-        if linear and linear != here:
+                "matmul": ", linear layers as MatMuls (fast with VNNI)",
+                WEIGHTS: ", the text encoder's weights INT8 with float math (faster than INT8 math on the calibrating "
+                         "CPU at the calibration texts' lengths" + _timed(manifest.calibration) + ")"}.get(linear, "")
+        if linear and linear not in (here, WEIGHTS):  # 'weights' was measured, not read off the CPU kind
             form += (f"; this CPU runs the '{here}' form faster: `fusionrt calibrate` here (or with --openvino-linear "
                      f"{here}) writes it")
         sources = manifest.calibration.get("openvino_sources") or {c: "nncf" for c in manifest.components}
@@ -84,6 +89,12 @@ def int8_source(manifest) -> tuple:
                             "and run `fusionrt calibrate` again to write it") + (
             "" if judged else "; no int8-ov policy either: FP32 unless asked")
     return "", "the bundle is not calibrated: OpenVINO runs FP32 (run `fusionrt calibrate` for INT8)"
+
+
+def _timed(calibration: dict) -> str:
+    """'; text encoder per call: weights 2.5 ms, conv 3.4 ms' where calibration timed the forms."""
+    timed = calibration.get("openvino_linear_ms") or {}
+    return ("; text encoder per call: " + ", ".join(f"{f} {ms:.2f} ms" for f, ms in timed.items())) if timed else ""
 
 
 def _ov():

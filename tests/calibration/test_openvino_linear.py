@@ -104,6 +104,6 @@ def test_an_unknown_form_is_refused_before_the_bundle_is_touched(tiny_bundle):
     from fusionrt.runtime.errors import InputError
 
     before = (tiny_bundle / "manifest.json").read_bytes()
-    with pytest.raises(InputError, match="openvino_linear expected one of auto, matmul, conv; found 'gemm'"):
+    with pytest.raises(InputError, match="openvino_linear expected one of auto, matmul, conv, weights; found 'gemm'"):
         calibrate_bundle(tiny_bundle, "unused.csv", openvino_linear="gemm")
     assert (tiny_bundle / "manifest.json").read_bytes() == before
