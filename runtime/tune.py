@@ -11,7 +11,9 @@ backend) with the least model time. FP32 is always a candidate: it is the refere
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -33,8 +35,9 @@ from fusionrt.runtime.tokenize import TextTokenizer
 
 __all__ = ["Choice", "Measured", "tune", "candidates", "judged_elsewhere", "TUNE_VERSION"]
 
-TUNE_VERSION = 1  # bumped when what is measured changes: older cache entries are measured again
-TIME_PER_SHAPE_S = 0.1  # timed per part, precision and batch (at least MIN_CALLS calls)
+TUNE_VERSION = 2  # bumped when what is measured changes: older cache entries are measured again
+ROUNDS = 3  # rounds every backend's parts are timed in, in turn (see _measure)
+TIME_PER_SHAPE_S = 0.05  # timed per part, precision and batch in each round (at least MIN_CALLS calls)
 MIN_CALLS = 3
 LARGE_BATCH = 8  # the second batch size timed (capped by the bundle's profile)
 PROBE_ROWS = 4  # rows the batch-invariance check runs alone and batched
@@ -122,33 +125,38 @@ def tune(bundle, backends: Sequence, asked: Mapping[str, str] | None = None, for
     precision to measure (an explicit precision: only the backend is chosen). force: measure again."""
     from fusionrt.runtime.backends import backend_class
 
-    started, rows, all_cached = time.perf_counter(), [], True
+    started, rows = time.perf_counter(), []
     path = _cache_file(bundle)
     cache = _read_cache(path)
+    plans = []  # (name, backend class, options, its configurations, its cache entry, parts to measure)
     for name, options in backends:
         backend_cls = backend_class(name)
         configs = candidates(bundle.manifest, backend_cls.target(options), asked)
-        key = _entry_key(name, options)
-        entry = {} if force else dict(cache.get(key, {}))
+        entry = {} if force else dict(cache.get(_entry_key(name, options), {}))
         needed = {(c, p[c]) for p, _ in configs for c in COMPONENTS}
         missing = sorted(n for n in needed if _part_key(backend_cls, options, bundle, *n) not in entry)
-        if missing:
-            all_cached = False
-            if say:
-                say(f"tuning {name} on this machine: {len(missing)} part/precision pairs")
-            entry.update(_measure(bundle, backend_cls, options, missing))
-            cache[key] = entry
+        plans.append((name, backend_cls, options, configs, entry, missing))
+    measuring = [plan for plan in plans if plan[5]]
+    if measuring:  # every backend's parts timed together, in turns: see _measure
+        if say:
+            say("tuning on this machine: " + ", ".join(f"{name} {len(missing)} part/precision pairs"
+                                                       for name, _, _, _, _, missing in measuring))
+        for (name, _, options, _, entry, _), found in zip(measuring, _measure(
+                bundle, [(backend_cls, options, missing) for _, backend_cls, options, _, _, missing in measuring])):
+            entry.update(found)
+            cache[_entry_key(name, options)] = entry
+        _write_cache(path, cache)
+    for name, backend_cls, options, configs, entry, _ in plans:
         for precision, why in configs:
             parts = [entry[_part_key(backend_cls, options, bundle, c, precision[c])] for c in COMPONENTS]
             ms = {int(b): sum(p["ms"][b] for p in parts) for b in parts[0]["ms"]}
             ok = all(p["invariant"] for p in parts)
             rows.append(Measured(name, precision, ms, ok, why or ("" if ok else "batch-dependent on this machine")))
-    if not all_cached:
-        _write_cache(path, cache)
     rows.sort(key=lambda m: (bool(m.excluded), m.score))
     best = rows[0]
-    return Choice(best.backend, dict(best.precision), _why(best, rows), tuple(rows), all_cached,
-                  0.0 if all_cached else time.perf_counter() - started, str(path))
+    cached = not measuring
+    return Choice(best.backend, dict(best.precision), _why(best, rows), tuple(rows), cached,
+                  0.0 if cached else time.perf_counter() - started, str(path))
 
 
 def _why(best: Measured, rows: list) -> str:
@@ -168,25 +176,43 @@ def _part_key(backend_cls, options, bundle, component: str, precision: str) -> s
     return f"{component}|{execution.flavour}|{execution.float_precision}|{sorted(execution.hints.items())}"
 
 
-def _measure(bundle, backend_cls, options, parts: list) -> dict:
-    """{part key: {"ms": {batch: ms}, "invariant": bool, "deviation": float}} for each (component, precision)."""
+def _measure(bundle, jobs: list) -> list:
+    """For each job (backend class, options, [(component, precision)]): {part key: {"ms": {batch: ms}, "invariant":
+    bool, "deviation": float}}. Every part of every backend is opened and checked for batch invariance first, then
+    timed in ROUNDS rounds, the parts in turn (each round starting at another), each part's time the median of its
+    rounds: a slow moment of a shared machine then lands on every backend, not on whichever was timed in it."""
     m = bundle.manifest
     batches = sorted({max(1, m.profile.batch[0]), min(LARGE_BATCH, m.profile.batch[2])})
     tokenizer = TextTokenizer(bundle.read(m.tokenizer.file, m.tokenizer.sha256), m.tokenizer.max_seq_len)
-    out = {}
-    for component, precision in parts:
-        key = _part_key(backend_cls, options, bundle, component, precision)
-        if key in out:
-            continue
-        with backend_cls.open(bundle, component, precision, options) as backend:
-            name = backend.output_specs[0].name
-            run = lambda feeds: backend.infer(feeds)[name]  # noqa: E731 - the part as the pipeline calls it
-            ms = {b: _time(run, _feeds(m, component, b, tokenizer, timing=True)) for b in batches}
-            deviation = relative_deviation(run, _feeds(m, component, PROBE_ROWS, tokenizer, timing=False),
-                                           m.tokenizer.max_seq_len)
-        out[key] = {"ms": {str(b): v for b, v in ms.items()}, "invariant": invariant(deviation),
-                    "deviation": deviation}
-    return {k: {**v, "ms": {int(b): t for b, t in v["ms"].items()}} for k, v in out.items()}
+    feeds = {b: {c: _feeds(m, c, b, tokenizer, timing=True) for c in COMPONENTS} for b in batches}
+    results, runs = [{} for _ in jobs], []
+    with contextlib.ExitStack() as opened:
+        for out, (backend_cls, options, parts) in zip(results, jobs):
+            for component, precision in parts:
+                key = _part_key(backend_cls, options, bundle, component, precision)
+                if key in out:
+                    continue
+                backend = opened.enter_context(backend_cls.open(bundle, component, precision, options))
+                name = backend.output_specs[0].name
+                run = functools.partial(_output, backend, name)  # the part as the pipeline calls it
+                deviation = relative_deviation(run, _feeds(m, component, PROBE_ROWS, tokenizer, timing=False),
+                                               m.tokenizer.max_seq_len)
+                out[key] = {"ms": {}, "invariant": invariant(deviation), "deviation": deviation}
+                runs.append((out[key]["ms"], component, run))
+        times = [{b: [] for b in batches} for _ in runs]
+        for r in range(ROUNDS):
+            order = list(range(len(runs)))
+            for i in order[r % len(runs):] + order[:r % len(runs)]:
+                _, component, run = runs[i]
+                for b in batches:
+                    times[i][b].append(_time(run, feeds[b][component]))
+    for (ms, _, _), timed in zip(runs, times):
+        ms.update({b: float(np.median(t)) for b, t in timed.items()})
+    return results
+
+
+def _output(backend, name: str, feeds: dict):
+    return backend.infer(feeds)[name]
 
 
 def _time(run, feeds: dict) -> float:
