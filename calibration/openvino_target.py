@@ -13,7 +13,7 @@ import numpy as np
 
 from fusionrt.calibration import openvino_int8
 from fusionrt.calibration.fallback import searched_why
-from fusionrt.runtime.backends.openvino import WEIGHTS, int8_linear_form
+from fusionrt.runtime.backends.openvino import WEIGHTS, compile_model, int8_linear_form
 from fusionrt.runtime.cpu import cpu_kind
 from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 from fusionrt.runtime.optional import is_available
@@ -110,14 +110,13 @@ def pick_form(seconds: dict) -> str:
 
 def time_forms(files: dict, feeds: list, rounds: int = 3, seconds: float = 0.25) -> dict:
     """form -> seconds of its IR on this CPU (FP32 float, as OpenVINO runs int8-ov): the median call on one row plus
-    the median on the first whole calibration batch, the forms interleaved over `rounds`, the rounds' median."""
-    from fusionrt.runtime.backends.openvino import compile_model
-
+    the median on the first whole calibration batch, the forms in turns over `rounds` (each round starting at
+    another), the rounds' median."""
     shapes = [{k: np.ascontiguousarray(v[:1]) for k, v in feeds[0].items()}, dict(feeds[0])]
-    requests = {f: compile_model(xml, "CPU", "f32").create_infer_request() for f, xml in files.items()}
+    requests = [(f, compile_model(xml, "CPU", "f32").create_infer_request()) for f, xml in files.items()]
     per_round = {f: [] for f in files}
-    for _ in range(rounds):
-        for f, request in requests.items():
+    for r in range(rounds):
+        for f, request in requests[r % len(requests):] + requests[:r % len(requests)]:
             total = 0.0
             for feed in shapes:
                 request.infer(feed)  # warm
