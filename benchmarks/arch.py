@@ -87,13 +87,20 @@ def _synthetic_dataset(folder: Path, classes: int, seed: int) -> Path:
     return folder / "data.csv"
 
 
-def _ov_recipe() -> str:
-    """The int8-ov recipe in the cache key: NNCF's, and the linear layers' form this CPU kind gets (0: no nncf)."""
-    from fusionrt.calibration import openvino_int8
+def _ov_form() -> str:
+    """The text encoder's int8-ov form the reference bundle is calibrated with: INT8 math in this CPU kind's form
+    (the bench measures INT8's speed at its --seq, not at the synthetic texts' lengths `auto` would time)."""
     from fusionrt.runtime.backends.openvino import int8_linear_form
     from fusionrt.runtime.cpu import cpu_kind
 
-    return f"{openvino_int8.RECIPE}{int8_linear_form(cpu_kind())}" if openvino_int8.available() else "0"
+    return int8_linear_form(cpu_kind())
+
+
+def _ov_recipe() -> str:
+    """The int8-ov recipe in the cache key: NNCF's, and the linear layers' form (0: no nncf)."""
+    from fusionrt.calibration import openvino_int8
+
+    return f"{openvino_int8.RECIPE}{_ov_form()}" if openvino_int8.available() else "0"
 
 
 def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=print) -> tuple:
@@ -126,12 +133,7 @@ def reference_bundle(name: str, cache: Path | None = None, seed: int = 0, say=pr
                   ["a car stops at the light", "a person crosses the road at night in the rain"],
                   Profile(seq=(1, 128, 512)), overwrite=True)
     say(f"calibrating {name} on {SYNTHETIC_SAMPLES} synthetic samples (speed-only INT8)")
-    from fusionrt.runtime.backends.openvino import int8_linear_form
-    from fusionrt.runtime.cpu import cpu_kind
-
-    # INT8 math in this CPU kind's form: the bench measures INT8's speed at its --seq, not the synthetic texts'
-    calibrate_bundle(bundle_dir, data, samples=32, method="minmax", precision="int8",
-                     openvino_linear=int8_linear_form(cpu_kind()))
+    calibrate_bundle(bundle_dir, data, samples=32, method="minmax", precision="int8", openvino_linear=_ov_form())
     bundle = Bundle.open(bundle_dir)
     calibration = {**bundle.manifest.calibration, "speed_only": True,
                    "why": "synthetic calibration data: INT8 speed is real, its accuracy is not measured"}

@@ -19,6 +19,7 @@ from fusionrt.runtime.precision import format_precision
 from fusionrt.runtime.preprocess import preprocess_batch
 from fusionrt.runtime.progress import progress
 from fusionrt.runtime.tokenize import TextTokenizer
+from fusionrt.runtime.tune import in_turns
 
 __all__ = ["bench", "prepared_inputs", "longest_text", "add_speedups", "time_calls", "ROUNDS"]
 
@@ -127,8 +128,7 @@ def bench(bundle, images, texts, backends=("onnxruntime",), precisions=("fp32", 
                 pixels, tokens, prepare_ms = inputs[batch]
                 rows.append(_Row(runner, pixels, tokens, {**fields, "prepare_ms": prepare_ms}))
         for r in progress(range(rounds), f"bench ({len(rows)} rows, {rounds} rounds)", total=rounds):
-            shift = r % len(rows)
-            for row in rows[shift:] + rows[:shift]:
+            for row in in_turns(rows, r):
                 row.run_round(duration_s / rounds, warmup=3 if r == 0 else 1)
     finally:
         for runner in runners:

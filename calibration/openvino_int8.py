@@ -40,6 +40,10 @@ def _nncf():
     return require("nncf", "OpenVINO INT8 calibration (the int8-ov flavour)")
 
 
+def _ov():
+    return require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
+
+
 def weights_of(xml: Path) -> Path:
     """The .bin beside an IR's .xml."""
     return Path(xml).with_suffix(".bin")
@@ -57,7 +61,7 @@ def quantize_openvino(onnx_path: Path, component: str, feeds: list, out_xml: Pat
     """NNCF INT8 of the part in `onnx_path` over the calibration `feeds` (one dict of input arrays per batch), the
     ONNX nodes in `kept_float` left float; written as IR to `out_xml` (+ its .bin). Returns `out_xml`.
     linear 'conv': the [batch, sequence, K] linear layers as 1x1 convolutions first (see openvino_linear.py)."""
-    ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
+    ov = _ov()
     nncf = _nncf()
     model = ov.Core().read_model(str(onnx_path))
     ignored = ov_names(model, kept_float)
@@ -85,7 +89,7 @@ def compress_openvino(onnx_path: Path, out_xml: Path) -> Path:
     is what is faster. OpenVINO's CPU plugin would quantize these layers' activations on the fly (its dynamic
     quantization, on CPUs with fast INT8 math only), which changes answers between CPU kinds: the IR turns it off in
     its own runtime options, so every CPU computes what calibration judged. Returns `out_xml`."""
-    ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
+    ov = _ov()
     nncf = _nncf()
     model = nncf.compress_weights(ov.Core().read_model(str(onnx_path)), mode=nncf.CompressWeightsMode.INT8_ASYM)
     model.set_rt_info("0", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
@@ -96,7 +100,7 @@ def compress_openvino(onnx_path: Path, out_xml: Path) -> Path:
 def ir_of(onnx_path: Path, out_xml: Path) -> Path:
     """An INT8 Q/DQ ONNX file as OpenVINO IR (its reader turns each Q/DQ pair into a FakeQuantize, which the CPU
     plugin fuses into INT8 kernels). Returns `out_xml`."""
-    ov = require("openvino", "OpenVINO INT8 calibration (the int8-ov flavour)")
+    ov = _ov()
     ov.save_model(ov.Core().read_model(str(onnx_path)), str(out_xml), compress_to_fp16=False)
     return Path(out_xml)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +16,7 @@ from fusionrt.runtime.backends.openvino import WEIGHTS, compile_model, int8_line
 from fusionrt.runtime.cpu import cpu_kind
 from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 from fusionrt.runtime.optional import is_available
+from fusionrt.runtime.tune import in_turns, median_ms
 
 __all__ = ["OV_TARGET", "OV_FROM_INT8_CPU", "quantize", "pick_form", "time_forms", "sources", "judged_on"]
 
@@ -98,35 +98,25 @@ def quantize(update, written: dict, kept: dict, searches: dict, fp32: dict, feed
         shutil.copyfile(xml, staged_xml.path)
         shutil.copyfile(openvino_int8.weights_of(xml), staged_bin.path)
         written[(comp, OV_TARGET)] = staged_xml  # its .bin: the same stem (see BundleUpdate.stage)
-    return "nncf", form, {f: round(t * 1e3, 3) for f, t in timed.items()}
+    return "nncf", form, {f: round(ms, 3) for f, ms in timed.items()}
 
 
-def pick_form(seconds: dict) -> str:
-    """The fastest form of `seconds` (form -> time); 'weights' (INT8 math saves more work on longer texts and
-    other CPUs) only when more than 5 % faster than the best INT8-math form."""
-    best = min((f for f in seconds if f != WEIGHTS), key=seconds.get)
-    return WEIGHTS if WEIGHTS in seconds and seconds[WEIGHTS] < 0.95 * seconds[best] else best
+def pick_form(ms: dict) -> str:
+    """The fastest form of `ms` (form -> time); 'weights' (INT8 math saves more work on longer texts and other CPUs)
+    only when more than 5 % faster than the best INT8-math form."""
+    best = min((f for f in ms if f != WEIGHTS), key=ms.get)
+    return WEIGHTS if WEIGHTS in ms and ms[WEIGHTS] < 0.95 * ms[best] else best
 
 
 def time_forms(files: dict, feeds: list, rounds: int = 3, seconds: float = 0.25) -> dict:
-    """form -> seconds of its IR on this CPU (FP32 float, as OpenVINO runs int8-ov): the median call on one row plus
-    the median on the first whole calibration batch, the forms in turns over `rounds` (each round starting at
-    another), the rounds' median."""
+    """form -> ms of its IR on this CPU (FP32 float, as OpenVINO runs int8-ov): the median call on one row plus the
+    median on the first whole calibration batch, the forms timed in turns over `rounds`, the rounds' median."""
     shapes = [{k: np.ascontiguousarray(v[:1]) for k, v in feeds[0].items()}, dict(feeds[0])]
     requests = [(f, compile_model(xml, "CPU", "f32").create_infer_request()) for f, xml in files.items()]
     per_round = {f: [] for f in files}
     for r in range(rounds):
-        for f, request in requests[r % len(requests):] + requests[:r % len(requests)]:
-            total = 0.0
-            for feed in shapes:
-                request.infer(feed)  # warm
-                took, end = [], time.perf_counter() + seconds
-                while time.perf_counter() < end or len(took) < 3:
-                    start = time.perf_counter()
-                    request.infer(feed)
-                    took.append(time.perf_counter() - start)
-                total += float(np.median(took))
-            per_round[f].append(total)
+        for f, request in in_turns(requests, r):
+            per_round[f].append(sum(median_ms(request.infer, feed, seconds) for feed in shapes))
     return {f: float(np.median(t)) for f, t in per_round.items()}
 
 

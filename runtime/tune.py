@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from fusionrt.runtime.optional import installed_versions
 from fusionrt.runtime.precision import format_precision
 from fusionrt.runtime.tokenize import TextTokenizer
 
-__all__ = ["Choice", "Measured", "tune", "candidates", "judged_elsewhere", "TUNE_VERSION"]
+__all__ = ["Choice", "Measured", "tune", "candidates", "judged_elsewhere", "in_turns", "median_ms", "TUNE_VERSION"]
 
 TUNE_VERSION = 2  # bumped when what is measured changes: older cache entries are measured again
 ROUNDS = 3  # rounds every backend's parts are timed in, in turn (see _measure)
@@ -128,35 +128,46 @@ def tune(bundle, backends: Sequence, asked: Mapping[str, str] | None = None, for
     started, rows = time.perf_counter(), []
     path = _cache_file(bundle)
     cache = _read_cache(path)
-    plans = []  # (name, backend class, options, its configurations, its cache entry, parts to measure)
+    plans = []
     for name, options in backends:
         backend_cls = backend_class(name)
         configs = candidates(bundle.manifest, backend_cls.target(options), asked)
         entry = {} if force else dict(cache.get(_entry_key(name, options), {}))
         needed = {(c, p[c]) for p, _ in configs for c in COMPONENTS}
         missing = sorted(n for n in needed if _part_key(backend_cls, options, bundle, *n) not in entry)
-        plans.append((name, backend_cls, options, configs, entry, missing))
-    measuring = [plan for plan in plans if plan[5]]
+        plans.append(_Plan(name, backend_cls, options, configs, entry, missing))
+    measuring = [plan for plan in plans if plan.missing]
     if measuring:  # every backend's parts timed together, in turns: see _measure
         if say:
-            say("tuning on this machine: " + ", ".join(f"{name} {len(missing)} part/precision pairs"
-                                                       for name, _, _, _, _, missing in measuring))
-        for (name, _, options, _, entry, _), found in zip(measuring, _measure(
-                bundle, [(backend_cls, options, missing) for _, backend_cls, options, _, _, missing in measuring])):
-            entry.update(found)
-            cache[_entry_key(name, options)] = entry
+            say("tuning on this machine: " + ", ".join(f"{p.name} {len(p.missing)} part/precision pairs"
+                                                       for p in measuring))
+        for plan, found in zip(measuring, _measure(bundle, [(p.cls, p.options, p.missing) for p in measuring])):
+            plan.entry.update(found)
+            cache[_entry_key(plan.name, plan.options)] = plan.entry
         _write_cache(path, cache)
-    for name, backend_cls, options, configs, entry, _ in plans:
-        for precision, why in configs:
-            parts = [entry[_part_key(backend_cls, options, bundle, c, precision[c])] for c in COMPONENTS]
+    for plan in plans:
+        for precision, why in plan.configs:
+            parts = [plan.entry[_part_key(plan.cls, plan.options, bundle, c, precision[c])] for c in COMPONENTS]
             ms = {int(b): sum(p["ms"][b] for p in parts) for b in parts[0]["ms"]}
             ok = all(p["invariant"] for p in parts)
-            rows.append(Measured(name, precision, ms, ok, why or ("" if ok else "batch-dependent on this machine")))
+            rows.append(Measured(plan.name, precision, ms, ok,
+                                 why or ("" if ok else "batch-dependent on this machine")))
     rows.sort(key=lambda m: (bool(m.excluded), m.score))
     best = rows[0]
     cached = not measuring
     return Choice(best.backend, dict(best.precision), _why(best, rows), tuple(rows), cached,
                   0.0 if cached else time.perf_counter() - started, str(path))
+
+
+class _Plan(NamedTuple):
+    """One backend's part of a tuning: its configurations, its cache entry, and the parts still to measure."""
+
+    name: str
+    cls: type
+    options: object
+    configs: list
+    entry: dict
+    missing: list
 
 
 def _why(best: Measured, rows: list) -> str:
@@ -201,11 +212,10 @@ def _measure(bundle, jobs: list) -> list:
                 runs.append((out[key]["ms"], component, run))
         times = [{b: [] for b in batches} for _ in runs]
         for r in range(ROUNDS):
-            order = list(range(len(runs)))
-            for i in order[r % len(runs):] + order[:r % len(runs)]:
+            for i in in_turns(range(len(runs)), r):
                 _, component, run = runs[i]
                 for b in batches:
-                    times[i][b].append(_time(run, feeds[b][component]))
+                    times[i][b].append(median_ms(run, feeds[b][component]))
     for (ms, _, _), timed in zip(runs, times):
         ms.update({b: float(np.median(t)) for b, t in timed.items()})
     return results
@@ -215,10 +225,18 @@ def _output(backend, name: str, feeds: dict):
     return backend.infer(feeds)[name]
 
 
-def _time(run, feeds: dict) -> float:
-    """Median milliseconds per call after one warm-up call: at least MIN_CALLS calls, TIME_PER_SHAPE_S at most beyond."""
+def in_turns(items: Sequence, round_index: int) -> list:
+    """`items` in the order of round `round_index` when they are timed in turns: each round starts one further along,
+    so none is always timed first (right after whatever ran before) or last."""
+    shift = round_index % len(items) if len(items) else 0
+    return list(items[shift:]) + list(items[:shift])
+
+
+def median_ms(run, feeds, seconds: float = TIME_PER_SHAPE_S) -> float:
+    """Median milliseconds per `run(feeds)` after one warm-up call: at least MIN_CALLS calls, `seconds` at most
+    beyond."""
     run(feeds)
-    times, end = [], time.perf_counter() + TIME_PER_SHAPE_S
+    times, end = [], time.perf_counter() + seconds
     while len(times) < MIN_CALLS or time.perf_counter() < end:
         start = time.perf_counter()
         run(feeds)

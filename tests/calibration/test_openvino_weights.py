@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fusionrt.calibration.openvino_target import pick_form
+from fusionrt.data.dataset import LabeledDataset
 from fusionrt.runtime.backends.openvino import LINEAR_FORMS, int8_linear_form, int8_source
 from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.cpu import cpu_kind
@@ -64,12 +65,8 @@ def test_the_weights_form_is_float_math_on_int8_weights_the_same_on_every_cpu(ca
     assert "weights INT8 with float math" in int8_source(m)[1]
     assert "this CPU runs" not in int8_source(m)[1]  # a measured choice, not one read off the CPU kind
     assert "int8-ov" in m.policies
-    images, texts = [], []
-    from fusionrt.data.dataset import LabeledDataset
-
-    for s in LabeledDataset.read(calibrated[3]):
-        images.append(s.image)
-        texts.append(s.text)
+    held_out = LabeledDataset.read(calibrated[3])
+    images, texts = [s.image for s in held_out], [s.text for s in held_out]
     with Pipeline.load(bundle.root, backend="openvino", precision="fp32") as ref, \
             Pipeline.load(bundle.root, backend="openvino", precision="image=fp32,text=int8,head=fp32") as int8:
         tokens = ref.prepare(images, texts)

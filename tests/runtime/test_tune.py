@@ -117,7 +117,7 @@ def test_every_backends_parts_are_timed_in_turns_so_a_slow_moment_hits_none_alon
         timed.append((run.args[0].name, id(run)))
         return 100.0 if len(timed) <= 5 else 1.0  # the machine is busy for the first five timings
 
-    monkeypatch.setattr(tuning, "_time", fake_time)
+    monkeypatch.setattr(tuning, "median_ms", fake_time)
     both = ORT + [("openvino", OpenVINOOptions().for_branches(True))]
     choice = tuning.tune(bundle, both, force=True)
     assert all(m.ms == {1: 3.0, 8: 3.0} for m in choice.measured)  # three parts, 1 ms each: no slow round counted
