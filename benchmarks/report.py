@@ -31,8 +31,11 @@ def machine_info() -> dict:
     from fusionrt.runtime.cpu import cpu_kind
 
     kind = cpu_kind()
+    onednn = kind.for_onednn()  # what OpenVINO's kernels may use, under ONEDNN_MAX_CPU_ISA
     return {"cpu": kind.label, "cpu_kind": kind.to_dict(), "cores": kind.cores, "vnni": bool(kind.vnni),
-            "amx": bool(kind.amx), "bf16": bool(kind.bf16), "gpus": _gpus(), "packages": installed_versions(PACKAGES)}
+            "amx": bool(kind.amx), "bf16": bool(kind.bf16),
+            "openvino_uses": {n: bool(getattr(onednn, n)) for n in ("avx512", "vnni", "bf16", "amx")},
+            "gpus": _gpus(), "packages": installed_versions(PACKAGES)}
 
 
 def _label(r: dict) -> str:

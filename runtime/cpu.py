@@ -3,6 +3,7 @@ kernels on AMX, AVX-512 VNNI and AVX2-only machines, so every figure and every t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -15,6 +16,14 @@ __all__ = ["CpuKind", "cpu_kind", "cpu_info"]
 # /proc/cpuinfo flag -> what it means to the kernels
 _FLAGS = {"avx2": ("avx2",), "avx512": ("avx512f",), "vnni": ("avx512_vnni", "avx_vnni"),
           "bf16": ("avx512_bf16", "amx_bf16"), "amx": ("amx_int8", "amx_tile")}
+# oneDNN's ISA levels (ONEDNN_MAX_CPU_ISA) as its bit masks (dnnl_cpu_isa_t): under a limit it uses an ISA only where
+# the limit's mask holds the ISA's; AVX512_CORE (0x27) holds no VNNI. An unknown value oneDNN ignores: no limit.
+_ONEDNN_MASKS = {"SSE41": 0x1, "AVX": 0x3, "AVX2": 0x7, "AVX2_VNNI": 0xf, "AVX2_VNNI_2": 0x1f, "AVX512_CORE": 0x27,
+                 "AVX512_CORE_VNNI": 0x67, "AVX512_CORE_BF16": 0xe7, "AVX10_1_512": 0x1ef, "AVX512_CORE_FP16": 0x1ef,
+                 "AVX10_1_512_AMX": 0xfef, "AVX512_CORE_AMX": 0xfef, "AVX10_1_512_AMX_FP16": 0x1fef,
+                 "AVX512_CORE_AMX_FP16": 0x1fef}
+# the ISA masks a flag of ours needs one of (VNNI: AVX2's or AVX-512's)
+_NEEDS = {"avx2": (0x7,), "avx512": (0x27,), "vnni": (0xf, 0x67), "bf16": (0xe7,), "amx": (0xfef,)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,21 @@ class CpuKind:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "label": self.label}
+
+    @classmethod
+    def from_dict(cls, d) -> "CpuKind":
+        """The kind `to_dict` wrote (a manifest's measured_on); a field it lacks is unknown (None), the limit none."""
+        return cls(d.get("vendor", ""), d.get("model", ""), d.get("cores", 0),
+                   *(d.get(n) for n in _FLAGS), isa_limit=d.get("isa_limit") or "")
+
+    def for_onednn(self) -> "CpuKind":
+        """This kind as oneDNN, OpenVINO's CPU kernels, sees it: the flags its ISA limit leaves on (an AMX Xeon under
+        ONEDNN_MAX_CPU_ISA=AVX2: no AVX-512, VNNI, BF16 or AMX), which decide OpenVINO's INT8 kernels and its float."""
+        mask = _ONEDNN_MASKS.get(self.isa_limit.upper())
+        if mask is None:
+            return self
+        return dataclasses.replace(self, **{n: any(need & mask == need for need in needs)
+                                            for n, needs in _NEEDS.items() if getattr(self, n)})
 
 
 @functools.lru_cache(maxsize=1)

@@ -90,7 +90,7 @@ def _openvino(precision: str, device: str, has, bf16, strongly_typed) -> tuple:
         if bf16 is None:
             from fusionrt.runtime.cpu import cpu_kind
 
-            bf16 = bool(cpu_kind().bf16)
+            bf16 = bool(cpu_kind().for_onednn().bf16)  # under ONEDNN_MAX_CPU_ISA too
         half = "bf16" if bf16 else "fp32"  # OpenVINO's 16-bit float on a CPU is BF16, where the CPU has it
     else:
         half = "fp16"

@@ -20,6 +20,7 @@ from typing import Literal, Mapping
 import numpy as np
 
 from fusionrt.runtime.backends.base import Backend, BackendOptions
+from fusionrt.runtime.cpu import cpu_kind
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.execution import Executor, Result, Timings, host_results_only
 from fusionrt.runtime.optional import require
@@ -33,14 +34,12 @@ _HINT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 # calibration/openvino_linear.py); or INT8 weights with float math, where that is faster (calibration measures it)
 WEIGHTS = "weights"
 LINEAR_FORMS = ("matmul", "conv", WEIGHTS)
-# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) below the first VNNI level
-_NO_VNNI_LIMITS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
 
 
 def int8_linear_form(kind) -> str:
     """The linear layers' form OpenVINO runs fast in INT8 math on this CPU kind: 'conv' (1x1 convolutions) where its
     INT8 GEMM has no fast kernel (no VNNI, or oneDNN limited below it), else 'matmul'."""
-    if not kind.vnni or kind.isa_limit.upper() in _NO_VNNI_LIMITS:
+    if not kind.for_onednn().vnni:
         return "conv"
     return "matmul"
 
@@ -68,8 +67,6 @@ def int8_source(manifest) -> tuple:
                 for c, comp in manifest.components.items()}
     judged = "int8-ov" in manifest.policies
     if set(flavours.values()) == {"int8-ov"}:
-        from fusionrt.runtime.cpu import cpu_kind
-
         # a bundle from before the choice was recorded has NNCF's MatMul form
         linear, here = manifest.calibration.get("openvino_linear", "matmul"), int8_linear_form(cpu_kind())
         form = {"conv": ", linear layers as 1x1 convolutions (fast without VNNI)",
@@ -123,6 +120,18 @@ def compile_model(data, device: str = "CPU", hint: str = "f32", threads: int = 0
     return core.compile_model(model, device, config)
 
 
+def _check_float(compiled, name: str, asked: str, device: str) -> None:
+    """OpenVINO's CPU plugin takes a float it cannot run as FP32, silently: what runs would then not be what the
+    precision names (and calibration judged), so a CPU part that would run another float than asked is refused."""
+    if device != "CPU":
+        return
+    ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    if ran != asked:
+        raise BackendUnavailable(
+            f"OpenVINO would run {name} in {ran}, not the {asked} asked: this CPU ({cpu_kind().label}) has no {asked} "
+            f"kernels for OpenVINO. Ask for precision='fp32' (or OpenVINOOptions(precision_hint='f32')).")
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     Options = OpenVINOOptions
@@ -164,6 +173,7 @@ class OpenVINOBackend(Backend):
                                      options.threads, options.performance_hint, core, options.pinning)
         except RuntimeError as exc:
             raise BackendUnavailable(f"OpenVINO could not compile {component.name} for {options.device} ({exc}).") from exc
+        _check_float(compiled, component.name, execution.hints["INFERENCE_PRECISION_HINT"], options.device)
         return cls(compiled, component.inputs, component.outputs)
 
     @classmethod

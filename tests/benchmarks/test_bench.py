@@ -142,6 +142,8 @@ def test_arch_is_built_once_cached_and_labelled_speed_only(tmp_path, capsys):
     rows = data["rows"]
     assert {r["backend"] for r in rows} == {"torch", "onnxruntime"} and data["source"] == {"arch": "resnet18+bert-tiny"}
     assert {"cpu", "cores", "vnni", "gpus", "packages"} <= set(data["machine"])
+    from fusionrt.runtime.cpu import cpu_kind  # and what OpenVINO's kernels may use of it (ONEDNN_MAX_CPU_ISA)
+    assert data["machine"]["openvino_uses"]["vnni"] == bool(cpu_kind().for_onednn().vnni)
     assert "| torch fp32 | 1 | 16 | sequential |" in (tmp_path / "out" / "bench.md").read_text()
     assert (tmp_path / "out" / "bench.png").read_bytes().startswith(PNG)
     assert "vs torch fp32" in capsys.readouterr().out

@@ -123,6 +123,42 @@ def test_shared_inputs_and_outputs_leave_the_callers_arrays_alone(tiny_bundle, s
         np.testing.assert_array_equal(pipe.logits(frozen, tokens), first)
 
 
+def _takes(bundle, hint: str) -> str:
+    """The float OpenVINO's CPU plugin takes for `hint` here (it takes one it cannot run as f32)."""
+    from fusionrt.runtime.backends.openvino import compile_model
+    from fusionrt.runtime.bundle import Bundle
+
+    opened = Bundle.open(bundle)
+    head = opened.file(opened.manifest.components["fusion_head"].files["fp32"].path)
+    return compile_model(head, "CPU", hint).get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def test_the_resolvers_cpu_float_is_the_one_openvino_runs(tiny_bundle):
+    """The resolver names OpenVINO's 16-bit float from the CPU's flags (under ONEDNN_MAX_CPU_ISA): OpenVINO itself must
+    run that float, or what calibration judged as 'bf16' would be FP32 here (and unjudged BF16 elsewhere)."""
+    from fusionrt.runtime.resolve import resolve
+
+    hint = resolve("openvino", "fp16", "CPU").hints["INFERENCE_PRECISION_HINT"]
+    assert _takes(tiny_bundle, hint) == hint
+    with Pipeline.load(tiny_bundle, backend="openvino", precision="fp16", tune=False) as pipe:
+        assert {b.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+                for b in pipe.backends.values()} == {hint}
+
+
+@pytest.mark.parametrize("hint", ["bf16", "f16"])
+def test_a_float_openvino_would_swap_for_fp32_is_refused(tiny_bundle, hint):
+    """OpenVINO runs a float the CPU lacks as FP32 without a word: asked for one, the backend refuses and says what
+    to ask for; where the CPU has it, that float is what runs."""
+    if _takes(tiny_bundle, hint) != hint:
+        with pytest.raises(BackendUnavailable, match=f"OpenVINO would run .* in f32, not the {hint} asked: this CPU "
+                                                     r".* precision='fp32'"):
+            Pipeline.load(tiny_bundle, backend="openvino", precision_hint=hint, tune=False)
+    else:
+        with Pipeline.load(tiny_bundle, backend="openvino", precision_hint=hint, tune=False) as pipe:
+            assert {b.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+                    for b in pipe.backends.values()} == {hint}
+
+
 def test_a_device_this_machine_lacks_is_refused(tiny_bundle):
     with pytest.raises(BackendUnavailable, match=r"OpenVINO device 'NPU' not found: this machine has \['CPU'"):
         Pipeline.load(tiny_bundle, backend="openvino", device="NPU")
