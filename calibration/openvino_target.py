@@ -80,10 +80,13 @@ def quantize(update, written: dict, kept: dict, searches: dict, fp32: dict, feed
     if linear == "auto" and form != WEIGHTS:
         weights = openvino_int8.compress_openvino(fp32[TEXT_ENCODER], tmp / f"{TEXT_ENCODER}.int8-ov.weights.xml")
         with_weights = {**files, TEXT_ENCODER: weights}
-        if passes is None or passes(with_weights)[0]:
+        verdict = passes(with_weights) if passes else None
+        if verdict is None or verdict[0]:
             timed = time_forms({form: files[TEXT_ENCODER], WEIGHTS: weights}, feeds[TEXT_ENCODER])
             if pick_form(timed) == WEIGHTS:
                 files, text_kept, form = with_weights, [], WEIGHTS
+        if result.search is not None:  # the trace ends with what was judged last: the weights text in its place
+            result.search.trace.append(_weights_step(result.kept, verdict, timed, form))
     errors = {(c, n): (i, e) for i, (c, n, e) in enumerate(ranked)}
     searched = {**result.kept, TEXT_ENCODER: text_kept}
     kept[OV_TARGET] = {c: ([{"node": n, "why": why} for n, why in sorted(parts[c].structural.items())]
@@ -99,6 +102,17 @@ def quantize(update, written: dict, kept: dict, searches: dict, fp32: dict, feed
         shutil.copyfile(openvino_int8.weights_of(xml), staged_bin.path)
         written[(comp, OV_TARGET)] = staged_xml  # its .bin: the same stem (see BundleUpdate.stage)
     return "nncf", form, {f: round(ms, 3) for f, ms in timed.items()}
+
+
+def _weights_step(kept: dict, verdict: tuple, timed: dict, form: str) -> tuple:
+    """The search trace's last step, (kept, passed, rule): the searched image encoder and head with the weights
+    text, whose layers all stay INT8 (its math is float); whether it passed, and which form was taken and why."""
+    others = sum(len(v) for c, v in kept.items() if c != TEXT_ENCODER)
+    times = ", ".join(f"{f} {ms:.2f} ms" for f, ms in timed.items())
+    taken = (f"taken: {times} on the calibration texts" if form == WEIGHTS else
+             f"not taken: {times} (weights only where more than 5 % faster)" if timed else "not taken")
+    return (others, verdict[0], f"the text encoder's INT8 weights with float math in place of its searched INT8 math "
+                                f"(its kept-float layers dropped): {verdict[1]}; {taken}")
 
 
 def pick_form(ms: dict) -> str:

@@ -88,5 +88,11 @@ def test_auto_takes_the_form_it_timed_faster_and_says_so(calibrated, tmp_path):
     else:
         assert c["openvino_linear"] == math_form
     assert _is_weights_form(_text_ir(bundle)) == (c["openvino_linear"] == "weights")
+    last = report["fallback_search"]["int8-ov"][-1]  # the search's trace ends with the weights text judged
+    assert "INT8 weights with float math" in last["rule"] and last["passed"] == bool(timed)
+    assert ("; taken: " in last["rule"]) == (c["openvino_linear"] == "weights")
+    searched_elsewhere = [e for part, kept in report["kept_float"]["int8-ov"].items() if part != "text_encoder"
+                          for e in kept if e["why"].startswith("per-layer search")]
+    assert last["kept"] == len(searched_elsewhere)  # the image encoder's and head's, as searched
     if c["openvino_linear"] == "weights":
         assert f"weights {timed['weights']:.2f} ms" in int8_source(bundle.manifest)[1]
