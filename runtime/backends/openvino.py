@@ -129,7 +129,7 @@ def _check_float(compiled, name: str, asked: str, device: str) -> None:
     if ran != asked:
         raise BackendUnavailable(
             f"OpenVINO would run {name} in {ran}, not the {asked} asked: this CPU ({cpu_kind().label}) has no {asked} "
-            f"kernels for OpenVINO. Ask for precision='fp32' (or OpenVINOOptions(precision_hint='f32')).")
+            f"kernels for OpenVINO. Pass precision_hint='f32' (INT8 parts stay INT8, their float f32) or precision='fp32'.")
 
 
 class OpenVINOBackend(Backend):

@@ -151,12 +151,46 @@ def test_a_float_openvino_would_swap_for_fp32_is_refused(tiny_bundle, hint):
     to ask for; where the CPU has it, that float is what runs."""
     if _takes(tiny_bundle, hint) != hint:
         with pytest.raises(BackendUnavailable, match=f"OpenVINO would run .* in f32, not the {hint} asked: this CPU "
-                                                     r".* precision='fp32'"):
+                                                     r".* precision_hint='f32'"):
             Pipeline.load(tiny_bundle, backend="openvino", precision_hint=hint, tune=False)
     else:
         with Pipeline.load(tiny_bundle, backend="openvino", precision_hint=hint, tune=False) as pipe:
             assert {b.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
                     for b in pipe.backends.values()} == {hint}
+
+
+def test_openvino_honours_the_onednn_isa_limit_the_cpu_kind_models(tiny_bundle):
+    """CpuKind.for_onednn assumes OpenVINO's math kernels obey ONEDNN_MAX_CPU_ISA (read once, at first use: a fresh
+    process): under SSE41 no convolution may run AVX2 or AVX-512, and the kind says the same. (OpenVINO 2026.4's
+    Reduce and MVN kernels still report AVX2 under SSE41: not the INT8 or float math the limit is for.)"""
+    import os
+    import subprocess
+    import sys
+
+    from fusionrt.runtime.bundle import Bundle
+
+    opened = Bundle.open(tiny_bundle)
+    image = opened.file(opened.manifest.components["image_encoder"].files["fp32"].path)
+    code = ("import sys, numpy as np, openvino as ov; from fusionrt.runtime.cpu import cpu_kind; core = ov.Core();"
+            "m = core.read_model(sys.argv[1]); c = core.compile_model(m, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'});"
+            "shape = [1 if d.is_dynamic else d.get_length() for d in m.input(0).get_partial_shape()];"
+            "c.create_infer_request().infer({0: np.zeros(shape, np.float32)});"  # dynamic shapes: kernels picked now
+            "info = [op.get_rt_info() for op in c.get_runtime_model().get_ops()];"
+            "kinds = {i['primitiveType'].astype(str) for i in info if i['layerType'].astype(str) == 'Convolution'};"
+            "print(cpu_kind().for_onednn().avx2, ' '.join(sorted(kinds)))")
+
+    def kernels(limit):
+        env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+        env.update({"ONEDNN_MAX_CPU_ISA": limit} if limit else {})
+        out = subprocess.run([sys.executable, "-c", code, str(image)], env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] == "True", out[1:]
+
+    avx2, free = kernels("")
+    limited_avx2, limited = kernels("SSE41")
+    assert limited and not limited_avx2 and not any("avx2" in k or "avx512" in k for k in limited), limited
+    if avx2:  # the limit took effect: the same convolutions ran AVX2 (or AVX-512) kernels without it
+        assert any("avx2" in k or "avx512" in k for k in free), free
 
 
 def test_a_device_this_machine_lacks_is_refused(tiny_bundle):
