@@ -202,8 +202,11 @@ def cmd_info(args) -> int:
         "files_checked": len(checked),
     }
     from fusionrt.runtime.backends.openvino import int8_source
+    from fusionrt.runtime.resolve import resolve
 
     summary["openvino_int8"] = dict(zip(("flavour", "why"), int8_source(m)))
+    # the float under OpenVINO's INT8 and its fp16 on this CPU (BF16 only where its kernels may use it)
+    summary["openvino_int8"]["cpu_float"] = resolve("openvino", "int8", "CPU").float_precision
     if args.json:
         _dump(summary)
         return 0
@@ -218,7 +221,9 @@ def cmd_info(args) -> int:
     print(f"profile    batch {list(m.profile.batch)}  seq {list(m.profile.seq)}")
     print(f"backend    auto here: {auto.backend} {_precision_text(auto.precision)}  ({auto.backend_reason})")
     print(f"cpu        {cpu_kind().label}")
-    print(f"openvino   int8 from {summary['openvino_int8']['flavour'] or 'none'}: {summary['openvino_int8']['why']}")
+    ov_int8 = summary["openvino_int8"]
+    print(f"openvino   int8 from {ov_int8['flavour'] or 'none'}: {ov_int8['why']}; float under it and fp16 on this "
+          f"CPU: {ov_int8['cpu_float']}")
     for name, comp in summary["components"].items():
         ins = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in comp["inputs"])
         outs = ", ".join(f"{t['name']}{t['shape']}" for t in comp["outputs"])

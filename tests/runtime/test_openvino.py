@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fusionrt.data.dataset import LabeledDataset
+from fusionrt.runtime.cpu import cpu_kind
 from fusionrt.runtime.errors import BackendUnavailable
 from fusionrt.runtime.pipeline import Pipeline
 from fusionrt.bundling import save_manifest
@@ -84,7 +85,12 @@ def test_a_bundle_without_nncfs_flavour_runs_the_qdq_files_and_info_says_why(cal
     info = json.loads(capsys.readouterr().out)["openvino_int8"]
     assert info["flavour"] == "int8-trt" and "no int8-ov flavour" in info["why"] and "fusionrt[openvino]" in info["why"]
     assert main(["info", str(calibrated[0]), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["openvino_int8"]["flavour"] == "int8-ov"
+    shown = json.loads(capsys.readouterr().out)["openvino_int8"]
+    assert shown["flavour"] == "int8-ov"
+    from fusionrt.runtime.resolve import resolve  # and the float OpenVINO runs under it here
+
+    assert shown["cpu_float"] == resolve("openvino", "fp16", "CPU").float_precision == (
+        "bf16" if cpu_kind().for_onednn().bf16 else "fp32")
 
 
 @pytest.mark.parametrize("concurrent", [True, False])
