@@ -61,8 +61,8 @@ class CpuKind:
     @classmethod
     def from_dict(cls, d) -> "CpuKind":
         """The kind `to_dict` wrote (a manifest's measured_on); a field it lacks is unknown (None), the limit none."""
-        return cls(d.get("vendor", ""), d.get("model", ""), d.get("cores", 0),
-                   *(d.get(n) for n in _FLAGS), isa_limit=d.get("isa_limit") or "")
+        return cls(d.get("vendor", ""), d.get("model", ""), d.get("cores", 0), isa_limit=d.get("isa_limit") or "",
+                   **{n: d.get(n) for n in _FLAGS})
 
     def for_onednn(self) -> "CpuKind":
         """This kind as oneDNN, OpenVINO's CPU kernels, sees it: the flags its ISA limit leaves on (an AMX Xeon under
@@ -72,6 +72,13 @@ class CpuKind:
             return self
         return dataclasses.replace(self, **{n: any(need & mask == need for need in needs)
                                             for n, needs in _NEEDS.items() if getattr(self, n)})
+
+    def same_kernels(self, other: "CpuKind") -> bool:
+        """OpenVINO's kernels are alike on both kinds: each flag oneDNN may use, under each one's ISA limit, is the same
+        where both kinds know it."""
+        mine, theirs = self.for_onednn(), other.for_onednn()
+        return all(getattr(mine, n) == getattr(theirs, n) for n in _FLAGS
+                   if getattr(mine, n) is not None and getattr(theirs, n) is not None)
 
 
 @functools.lru_cache(maxsize=1)

@@ -112,12 +112,11 @@ def judged_elsewhere(policy) -> str:
     the CPU's kernels (not `portable`) holds for CPUs of the kind that judged it."""
     if getattr(policy, "portable", True) or not getattr(policy, "measured_on", None):
         return ""
-    # the flags oneDNN uses, under each side's ONEDNN_MAX_CPU_ISA: a policy judged with AVX2 kernels on an AMX Xeon
-    # does not hold there without the limit
-    here, measured = cpu_kind().for_onednn(), CpuKind.from_dict(policy.measured_on).for_onednn()
-    same = all(getattr(measured, k) == getattr(here, k) for k in ("avx2", "avx512", "vnni", "bf16", "amx")
-               if getattr(measured, k) is not None and getattr(here, k) is not None)
-    return "" if same else f"INT8 judged on another kind of CPU ({policy.measured_on.get('label', '?')})"
+    # under each side's ONEDNN_MAX_CPU_ISA: a policy judged with AVX2 kernels on an AMX Xeon does not hold there
+    # without the limit
+    if CpuKind.from_dict(policy.measured_on).same_kernels(cpu_kind()):
+        return ""
+    return f"INT8 judged on another kind of CPU ({policy.measured_on.get('label', '?')})"
 
 
 def tune(bundle, backends: Sequence, asked: Mapping[str, str] | None = None, force: bool = False,
