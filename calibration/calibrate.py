@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ from fusionrt.calibration.fallback import (quantizable_nodes, rank_layers, searc
                                           structural_float)
 from fusionrt.calibration.fidelity import fidelity_markdown
 from fusionrt.calibration.half import write_fp16, write_int8_fp16
+from fusionrt.calibration.int8_float import int8_floats, pick_int8_float
 from fusionrt.calibration.judge import JUDGED_ON, execution_for, judge_target, probe_rows
 from fusionrt.calibration import openvino_int8, openvino_target
 from fusionrt.calibration.openvino_target import OV_TARGET
@@ -135,17 +137,16 @@ def _calibrate(update, data, eval_data, method: str, samples: int, precision: st
     targets = TARGETS + ((OV_TARGET,) if quantized.openvino else ())
     available = {flavour for _, flavour in written} | {"fp32"}
     probe = probe_rows(evaluators["report"].feeds)
-    judged, cosines = {}, {}
-    for target in progress(targets, "judging every configuration", total=len(targets)):
-        judged[target], cosines[target] = judge_target(target, files, evaluators, probe,
-                                                       {k: v.flips for k, v in noise.items()}, criterion,
-                                                       m.tokenizer.max_seq_len, available)
     kept = {OV_TARGET: quantized.kept["int8-trt"], **quantized.kept}  # without nncf, OpenVINO runs int8-trt's files
-    policies, chosen = {}, {}
-    for target in targets:
-        policies[target], chosen[target] = _policy(target, judged[target], kept[target], requested,
-                                                   evaluators["report"])
-    report = _report(data, eval_data, method, splits, criterion, noise, evaluators, judged, cosines, quantized,
+    cosines, policies, chosen, rows = {}, {}, {}, []
+    for target in progress(targets, "judging every configuration", total=len(targets)):
+        judge_one = functools.partial(judge_target, target, files, evaluators, probe,
+                                      {k: v.flips for k, v in noise.items()}, criterion, m.tokenizer.max_seq_len,
+                                      available)
+        policies[target], chosen[target], cosines[target], judged_rows = _judged_policy(
+            target, judge_one, kept[target], requested, evaluators["report"])
+        rows += judged_rows
+    report = _report(data, eval_data, method, splits, criterion, noise, evaluators, rows, cosines, quantized,
                      kept, policies, chosen)
     update.stage("reports/fidelity.json").path.write_text(json.dumps(report, indent=2) + "\n")
     update.stage("reports/fidelity.md").path.write_text(fidelity_markdown(report))
@@ -254,8 +255,9 @@ def _quantize(update, written: dict, m, fp32: dict, feeds: dict, selection: Eval
             rankings[target] = ranked
 
         def passes(files: dict) -> tuple:  # the whole pipeline from these files on OpenVINO, by the criterion
-            return judge(selection.pipeline(files, execution_for(OV_TARGET, "int8")), selection.outcome["accuracy"],
-                         noise.flips, criterion)
+            # INT8 over FP32: the search finds the INT8 error; the float under it is judged after (int8_float.py)
+            return judge(selection.pipeline(files, execution_for(OV_TARGET, "int8", int8_float="fp32")),
+                         selection.outcome["accuracy"], noise.flips, criterion)
 
         openvino, form, timed = openvino_target.quantize(update, written, kept, searches, fp32, feeds, parts,
                                                          rankings, None if requested is not None else passes, tmp,
@@ -305,6 +307,24 @@ def _search(target: str, parts: dict, ranked: list, selection: Evaluator, noise:
     return search_fallback([(comp, node) for comp, node, _ in ranked], passes, max_checks=14)
 
 
+def _judged_policy(target: str, judge_one, kept: dict, requested, report: Evaluator) -> tuple:
+    """(Policy, the Judged it chose or None, cosines, the report's rows) of `target`, judged by
+    judge_one(int8_float, cache). int8-ov is judged under each float its INT8 parts may run over on this CPU, and the
+    policy says which it keeps, and why (int8_float.py)."""
+    cache, by_float, rows = {}, {}, []
+    for int8_float in int8_floats() if target == OV_TARGET else (None,):
+        results, cosines = judge_one(int8_float, cache)
+        by_float[int8_float] = (results, cosines, *_policy(target, results, kept, requested, report))
+        rows += [{**j.row(target), **({"int8_float": int8_float} if int8_float else {})} for j in results]
+    if target != OV_TARGET:
+        _, cosines, policy, chosen = by_float[None]
+        return policy, chosen, cosines, rows
+    int8_float, why = pick_int8_float({f: v[3] for f, v in by_float.items()}, {f: v[0] for f, v in by_float.items()})
+    _, cosines, policy, chosen = by_float[int8_float]
+    policy = dataclasses.replace(policy, int8_float=int8_float, reason=f"{policy.reason}; {why}")
+    return policy, chosen, cosines, rows
+
+
 def _policy(target: str, judged: list, kept: dict, requested, report: Evaluator) -> tuple:
     """(Policy, the Judged it chose or None)."""
     if requested is not None:
@@ -325,7 +345,7 @@ def _policy(target: str, judged: list, kept: dict, requested, report: Evaluator)
 
 
 def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, noise: dict, evaluators: dict,
-            judged: dict, cosines: dict, quantized: Quantized, kept: dict, policies: dict, chosen: dict) -> dict:
+            rows: list, cosines: dict, quantized: Quantized, kept: dict, policies: dict, chosen: dict) -> dict:
     report_ev = evaluators["report"]
     cpu = cpu_kind().to_dict()
     report = {
@@ -339,7 +359,7 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
                      "data": str(eval_data or f"{data} (samples not used for calibration)")},
         "criterion": dataclasses.asdict(criterion),
         "noise_floor": {name: n.to_dict() for name, n in noise.items()},
-        "measured_on": {"cpu": cpu, "targets": {t: f"{JUDGED_ON[t][0]} ({JUDGED_ON[t][1]})" for t in judged},
+        "measured_on": {"cpu": cpu, "targets": {t: f"{JUDGED_ON[t][0]} ({JUDGED_ON[t][1]})" for t in policies},
                         "int8-trt": "Q/DQ run as written on an FP16 base (exact integer arithmetic, FP16 between, as "
                                     "TensorRT computes it)",
                         **({OV_TARGET: openvino_target.judged_on(quantized.openvino, quantized.openvino_linear)}
@@ -347,11 +367,12 @@ def _report(data, eval_data, method: str, splits: Splits, criterion: Criterion, 
         "fp32": report_ev.outcome,
         "fp32_model_ms": {c: 1e3 * report_ev.seconds[c] for c in COMPONENTS},  # report split, this CPU
         "branches": cosines,
-        "end_to_end": [j.row(t) for t, rows in judged.items() for j in rows],
+        "end_to_end": rows,
         "kept_float": kept,
         "fallback_search": {t: [{"kept": k, "passed": ok, "rule": rule} for k, ok, rule in s.trace]
                             for t, s in quantized.searches.items()},
         "policy": {t: {"chosen": format_precision(p.precision), "reason": p.reason,
+                       **({"int8_float": p.int8_float} if p.int8_float else {}),
                        "candidates": [format_precision(c.precision) for c in p.candidates]}
                    for t, p in policies.items()},
     }

@@ -67,7 +67,8 @@ def fidelity_markdown(report: dict) -> str:
     for row in (r for r in report["end_to_end"] if _shown(r["config"], report["policy"][r["target"]]["chosen"])):
         p = f"{row['mcnemar_p']:.3g}" if "mcnemar_p" in row else "-"
         invariant = "yes" if row["batch_invariant"] else f"no ({row['batch_deviation']:.2g})"
-        lines.append(f"| {row['config']} | {row['target']} | {100 * row['top1_agreement']:.2f} % | {row.get('flips', '-')} "
+        target = row["target"] + (" (INT8 over BF16)" if row.get("int8_float") == "bf16" else "")
+        lines.append(f"| {row['config']} | {target} | {100 * row['top1_agreement']:.2f} % | {row.get('flips', '-')} "
                      f"| {p} | {row['max_abs_dprob']:.4f} | {100 * row['accuracy']:.2f} % | {100 * row['macro_f1']:.2f} % "
                      f"| {invariant} | {row['selection']['rule']} | {row.get('rule', '')} |")
     kept = report.get("kept_float", {})

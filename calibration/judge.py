@@ -25,10 +25,11 @@ PROBE_ROWS = 8  # report rows the batch-invariance check runs alone and batched
 TIMED = ("int8-cpu", "int8-ov")  # the targets that run on this machine, so whose speed is measured, not estimated
 
 
-def execution_for(target: str, precision: str, available=None) -> Execution:
-    """How `target` runs a part at `precision`; available: the flavours written (None: every flavour)."""
+def execution_for(target: str, precision: str, available=None, int8_float: str | None = None) -> Execution:
+    """How `target` runs a part at `precision`; available: the flavours written (None: every flavour); int8_float:
+    the float under int8-ov's INT8 parts (the resolver's; None: the CPU's own)."""
     backend, device = JUDGED_ON[target]
-    return resolve(backend, precision, device, available=available)
+    return resolve(backend, precision, device, available=available, int8_float=int8_float)
 
 
 @dataclass
@@ -85,18 +86,20 @@ class _Parts:
 
 
 def judge_target(target: str, files, evaluators: dict, probe: dict, noise: dict, criterion: Criterion,
-                 max_seq_len: int, available=None) -> tuple:
+                 max_seq_len: int, available=None, int8_float: str | None = None, cache: dict | None = None) -> tuple:
     """([Judged] for every configuration, {encoder: cosine stats of its INT8 vs FP32 on the report split}).
     files(component, flavour) -> path; evaluators: {"selection", "report"} -> Evaluator; probe: a batch of report
-    rows (feeds); noise: split -> noise-floor flips; available: the flavours written (the resolver's fallbacks)."""
-    parts = _encode(target, files, evaluators, probe, max_seq_len, available)
+    rows (feeds); noise: split -> noise-floor flips; available: the flavours written (the resolver's fallbacks);
+    int8_float: the float under int8-ov's INT8 parts; cache: shared by judgements of one target (see _encode)."""
+    parts = _encode(target, files, evaluators, probe, max_seq_len, available, int8_float,
+                    {} if cache is None else cache)
     report = evaluators["report"]
     cosines = {c: cosine_stats(report.fp32[c], parts.features["report"][(c, "int8")]) for c in ENCODERS}
     results = []
     head_spec = report.manifest.components[FUSION_HEAD]
-    same = _aliases(target, available)
+    same = _aliases(target, available, int8_float)
     for head_precision in (p for p in PRECISIONS if p not in same):
-        execution = execution_for(target, head_precision, available)
+        execution = execution_for(target, head_precision, available, int8_float)
         with open_part(head_spec, files(FUSION_HEAD, execution.flavour), execution) as head:
             head_seconds = _head_seconds(head, report, parts) if target in TIMED else None
             for config in combinations(ENCODERS, tuple(p for p in PRECISIONS if p not in same)):
@@ -107,38 +110,39 @@ def judge_target(target: str, files, evaluators: dict, probe: dict, noise: dict,
     return results, cosines
 
 
-def _aliases(target: str, available) -> dict:
+def _aliases(target: str, available, int8_float) -> dict:
     """Precisions that compute exactly what an earlier one does on this target (fp16 on ONNX Runtime's CPU is its FP32
     file in FP32; on OpenVINO without BF16 too): judged once, under the earlier name, the one that says what runs."""
-    keys = {p: execution_for(target, p, available).key for p in PRECISIONS}
+    keys = {p: execution_for(target, p, available, int8_float).key for p in PRECISIONS}
     return {p: q for i, p in enumerate(PRECISIONS) for q in PRECISIONS[:i] if keys[q] == keys[p] and p != q}
 
 
-def _encode(target: str, files, evaluators: dict, probe: dict, max_seq_len: int, available) -> _Parts:
-    parts, done = _Parts(features={split: {} for split in evaluators}), {}
+def _encode(target: str, files, evaluators: dict, probe: dict, max_seq_len: int, available, int8_float,
+            cache: dict) -> _Parts:
+    """Each encoder at each precision; cache: (component, Execution.key) -> what it computed, shared by the judgements
+    of one target under each float under INT8 (its fp32 and fp16 parts are the same computation)."""
+    parts = _Parts(features={split: {} for split in evaluators})
     manifest = evaluators["report"].manifest
     for component in ENCODERS:
         spec = manifest.components[component]
         names = {s.name for s in spec.inputs}
         for precision in PRECISIONS:
-            execution = execution_for(target, precision, available)
-            if (component, execution.key) in done:  # resolves like another precision: the same computation
-                other = done[(component, execution.key)]
-                for split in evaluators:
-                    parts.features[split][(component, precision)] = parts.features[split][(component, other)]
-                parts.probe[(component, precision)] = parts.probe[(component, other)]
-                parts.seconds[(component, precision)] = parts.seconds[(component, other)]
-                continue
-            done[(component, execution.key)] = precision
-            with open_part(spec, files(component, execution.flavour), execution) as backend:
-                run = _runner(backend, spec, names)
-                for split, evaluator in evaluators.items():
-                    seconds = {}
-                    parts.features[split][(component, precision)] = _timed(run, evaluator.feeds, seconds)
-                    if split == "report":
-                        parts.seconds[(component, precision)] = seconds["s"]
-                parts.probe[(component, precision)] = _probe(run, {k: v for k, v in probe.items() if k in names},
-                                                             max_seq_len)
+            execution = execution_for(target, precision, available, int8_float)
+            key = (component, execution.key)  # a precision that resolves like another is that computation
+            if key not in cache:
+                with open_part(spec, files(component, execution.flavour), execution) as backend:
+                    run, features, seconds = _runner(backend, spec, names), {}, {}
+                    for split, evaluator in evaluators.items():
+                        features[split] = _timed(run, evaluator.feeds, seconds)
+                        if split == "report":
+                            report_seconds = seconds["s"]
+                    probed = _probe(run, {k: v for k, v in probe.items() if k in names}, max_seq_len)
+                cache[key] = (features, probed, report_seconds)
+            features, probed, report_seconds = cache[key]
+            for split in evaluators:
+                parts.features[split][(component, precision)] = features[split]
+            parts.probe[(component, precision)] = probed
+            parts.seconds[(component, precision)] = report_seconds
     return parts
 
 

@@ -205,8 +205,11 @@ def cmd_info(args) -> int:
     from fusionrt.runtime.resolve import resolve
 
     summary["openvino_int8"] = dict(zip(("flavour", "why"), int8_source(m)))
-    # the float under OpenVINO's INT8 and its fp16 on this CPU (BF16 only where its kernels may use it)
-    summary["openvino_int8"]["cpu_float"] = resolve("openvino", "int8", "CPU").float_precision
+    # OpenVINO's 16-bit float on this CPU (fp16's; BF16 only where its kernels may use it), and the float under its
+    # INT8 parts here, as the int8-ov policy was judged
+    summary["openvino_int8"]["cpu_float"] = resolve("openvino", "fp16", "CPU").float_precision
+    summary["openvino_int8"]["int8_float"] = resolve("openvino", "int8", "CPU",
+                                                     int8_float=m.int8_float_for("int8-ov")).float_precision
     if args.json:
         _dump(summary)
         return 0
@@ -222,8 +225,8 @@ def cmd_info(args) -> int:
     print(f"backend    auto here: {auto.backend} {_precision_text(auto.precision)}  ({auto.backend_reason})")
     print(f"cpu        {cpu_kind().label}")
     ov_int8 = summary["openvino_int8"]
-    print(f"openvino   int8 from {ov_int8['flavour'] or 'none'}: {ov_int8['why']}; float under it and fp16 on this "
-          f"CPU: {ov_int8['cpu_float']}")
+    print(f"openvino   int8 from {ov_int8['flavour'] or 'none'}: {ov_int8['why']}; on this CPU the float under it "
+          f"{ov_int8['int8_float']}, fp16 {ov_int8['cpu_float']}")
     for name, comp in summary["components"].items():
         ins = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in comp["inputs"])
         outs = ", ".join(f"{t['name']}{t['shape']}" for t in comp["outputs"])

@@ -346,6 +346,9 @@ class Policy:
     # False: it depends on the kernels of the CPU kind it was judged on (`measured_on`, a CpuKind as a dict)
     portable: bool = True
     measured_on: Mapping[str, Any] = field(default_factory=dict)
+    # int8-ov: the float under its INT8 parts on a CPU, as judged: 'fp32', 'bf16' (the CPU's BF16, where it has it)
+    # or '' (a bundle from before the choice was recorded: the CPU's own 16-bit float)
+    int8_float: str = ""
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str, calibration: Mapping | None = None) -> "Policy":
@@ -359,13 +362,21 @@ class Policy:
         return cls(_precision_map(_need(d, "precision", where, dict), f"{where}.precision"), str(d.get("reason", "")),
                    {c: tuple(v) for c, v in kept.items()},
                    tuple(Candidate.from_dict(c, f"{where}.candidates") for c in d.get("candidates", [])),
-                   bool(d.get("portable", where.endswith("int8-trt"))), dict(d.get("measured_on", old_kind)))
+                   bool(d.get("portable", where.endswith("int8-trt"))), dict(d.get("measured_on", old_kind)),
+                   _int8_float(d.get("int8_float", ""), where))
 
     def to_dict(self) -> dict:
         return {"precision": dict(self.precision), "reason": self.reason,
                 "kept_float": {c: [dict(e) for e in v] for c, v in self.kept_float.items()},
                 "candidates": [c.to_dict() for c in self.candidates], "portable": self.portable,
-                "measured_on": dict(self.measured_on)}
+                "measured_on": dict(self.measured_on), **({"int8_float": self.int8_float} if self.int8_float else {})}
+
+
+def _int8_float(value, where: str) -> str:
+    if value not in ("", "fp32", "bf16"):
+        raise BundleError(f"manifest: {where}.int8_float expected 'fp32' or 'bf16', found {value!r:.40}. Run "
+                          "`fusionrt calibrate` again.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -502,6 +513,12 @@ class Manifest:
         judged (a policy judged on other arithmetic is never borrowed)."""
         policy = self.policies.get(target)
         return dict(policy.precision) if policy else {c: "fp32" for c in COMPONENTS}
+
+    def int8_float_for(self, target: str) -> str | None:
+        """The float under `target`'s INT8 parts as its policy was judged ('fp32', 'bf16'), for the resolver's
+        `int8_float`; None where the policy does not say (the CPU's own 16-bit float)."""
+        policy = self.policies.get(target)
+        return (policy.int8_float or None) if policy else None
 
     def reason_for(self, target: str) -> str:
         policy = self.policies.get(target)

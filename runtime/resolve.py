@@ -17,10 +17,11 @@ from typing import Mapping
 from fusionrt.runtime.errors import BackendUnavailable, InputError
 from fusionrt.runtime.manifest import FLAVOURS
 
-__all__ = ["Execution", "resolve", "target_of", "TARGETS", "PRECISIONS", "DEVICES"]
+__all__ = ["Execution", "resolve", "target_of", "TARGETS", "PRECISIONS", "DEVICES", "INT8_FLOATS"]
 
 TARGETS = ("int8-cpu", "int8-trt", "int8-ov")
 PRECISIONS = ("fp32", "fp16", "int8")
+INT8_FLOATS = (None, "fp32", "bf16")  # the float under OpenVINO's INT8 parts a policy names (None: the CPU's own)
 # the devices each backend resolves for (what its options call them)
 DEVICES = {"onnxruntime": ("cpu", "cuda", "tensorrt"), "openvino": ("CPU", "GPU", "NPU", "AUTO"),
            "tensorrt": ("gpu",), "tensorrt_rtx": ("gpu",)}
@@ -48,14 +49,18 @@ def target_of(backend: str, device: str | None = None) -> str:
 
 
 def resolve(backend: str, precision: str, device: str | None = None, *, bf16: bool | None = None,
-            strongly_typed: bool = True, available=None) -> Execution:
+            strongly_typed: bool = True, available=None, int8_float: str | None = None) -> Execution:
     """What `backend` on `device` runs for a part at `precision`.
 
     bf16: the CPU has BF16 (OpenVINO's CPU float then is BF16; None: read this machine's); strongly_typed: TensorRT 11
     and TensorRT-RTX (the ONNX's types rule) rather than 10.x (builder flags pick precisions); available: the part's
-    file flavours, where a fallback depends on them (None: assume every flavour)."""
+    file flavours, where a fallback depends on them (None: assume every flavour); int8_float: the float under
+    OpenVINO's INT8 parts on a CPU as its int8-ov policy was judged (`Policy.int8_float`): 'fp32' keeps FP32 there
+    where the CPU has BF16; 'bf16' or None: the CPU's own 16-bit float (BF16 where it has it, else FP32)."""
     if precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {PRECISIONS}, found '{precision}'.")
+    if int8_float not in INT8_FLOATS:
+        raise InputError(f"int8_float: expected one of {INT8_FLOATS}, found {int8_float!r}.")
     if backend not in DEVICES:
         raise BackendUnavailable(f"unknown backend '{backend}': expected one of {sorted(DEVICES)}.")
     device = device or DEVICES[backend][0]
@@ -63,8 +68,11 @@ def resolve(backend: str, precision: str, device: str | None = None, *, bf16: bo
         raise BackendUnavailable(f"backend {backend}: device '{device}' unknown, expected one of {DEVICES[backend]}.")
     available = FLAVOURS if available is None else tuple(available)
     has = available.__contains__
-    rule = {"onnxruntime": _onnxruntime, "openvino": _openvino}.get(backend, _tensorrt)
-    target, flavour, float_precision, hints = rule(precision, device, has, bf16, strongly_typed)
+    if backend == "openvino":
+        target, flavour, float_precision, hints = _openvino(precision, device, has, bf16, int8_float)
+    else:
+        rule = _onnxruntime if backend == "onnxruntime" else _tensorrt
+        target, flavour, float_precision, hints = rule(precision, device, has, bf16, strongly_typed)
     return Execution(backend, device, precision, target, flavour, float_precision, hints)
 
 
@@ -85,13 +93,15 @@ def _onnxruntime(precision: str, device: str, has, bf16, strongly_typed) -> tupl
     return "int8-trt", flavour, "fp32" if precision == "fp32" or flavour == "int8-trt" else "fp16", {}
 
 
-def _openvino(precision: str, device: str, has, bf16, strongly_typed) -> tuple:
+def _openvino(precision: str, device: str, has, bf16, int8_float) -> tuple:
     if device == "CPU":
         if bf16 is None:
             from fusionrt.runtime.cpu import cpu_kind
 
             bf16 = bool(cpu_kind().for_onednn().bf16)  # under ONEDNN_MAX_CPU_ISA too
         half = "bf16" if bf16 else "fp32"  # OpenVINO's 16-bit float on a CPU is BF16, where the CPU has it
+        if precision == "int8" and int8_float == "fp32":  # the policy judged BF16 under INT8 and kept FP32
+            half = "fp32"
     else:
         half = "fp16"
     float_precision = "fp32" if precision == "fp32" else half

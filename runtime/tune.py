@@ -183,7 +183,7 @@ def _why(best: Measured, rows: list) -> str:
 
 def _part_key(backend_cls, options, bundle, component: str, precision: str) -> str:
     """What a part at a precision computes on this backend: two precisions that resolve alike are measured once."""
-    execution = backend_cls.execution(precision, options, bundle.manifest.components[component].files)
+    execution = backend_cls.execution_in(bundle, component, precision, options)
     return f"{component}|{execution.flavour}|{execution.float_precision}|{sorted(execution.hints.items())}"
 
 

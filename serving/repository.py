@@ -76,10 +76,12 @@ class RepositoryOptions:
         device = self.device or ("gpu" if self.platform == "tensorrt" else "cpu")
         return "KIND_GPU" if device == "gpu" else "KIND_CPU"
 
-    def execution(self, precision: str, available=None):
-        """What an instance of this platform computes for a part at `precision` (`fusionrt.runtime.resolve`)."""
+    def execution(self, precision: str, available=None, int8_float=None):
+        """What an instance of this platform computes for a part at `precision` (`fusionrt.runtime.resolve`);
+        int8_float: the float under INT8 parts its policy names (`Manifest.int8_float_for`)."""
         backend, cpu, gpu = _RUNS_AS[self.platform]
-        return resolve(backend, precision, gpu if self.instance_kind == "KIND_GPU" else cpu, available=available)
+        return resolve(backend, precision, gpu if self.instance_kind == "KIND_GPU" else cpu, available=available,
+                       int8_float=int8_float)
 
 
 def write_repository(bundle, out, options: RepositoryOptions = RepositoryOptions(), overwrite: bool = False) -> dict:
@@ -161,7 +163,8 @@ def _component_files(bundle, comp, precision: str, options: RepositoryOptions, e
     if platform == "tensorrt":
         shutil.copyfile(bundle.file(engines[comp.name].path, engines[comp.name].sha256), folder / "model.plan")
         return {"platform": "tensorrt_plan"}
-    execution = options.execution(precision, comp.files)
+    target = options.execution("int8").target
+    execution = options.execution(precision, comp.files, bundle.manifest.int8_float_for(target))
     flavour = _flavour(comp, precision, execution)
     record = comp.files[flavour]
     if record.weights:  # an OpenVINO IR (int8-ov): Triton's OpenVINO backend reads model.xml with model.bin beside it

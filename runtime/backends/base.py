@@ -54,10 +54,19 @@ class Backend:
         return None
 
     @classmethod
-    def execution(cls, precision: str, options: BackendOptions, available=None) -> Execution:
+    def execution(cls, precision: str, options: BackendOptions, available=None, int8_float=None) -> Execution:
         """What a part at `precision` runs with these options: the file, the arithmetic and the policy target, from the
-        one resolver. `available`: the part's file flavours."""
-        return resolve(cls.name, precision, cls.device_of(options), available=available)
+        one resolver. `available`: the part's file flavours; int8_float: the float under INT8 parts the policy
+        names (`Manifest.int8_float_for`)."""
+        return resolve(cls.name, precision, cls.device_of(options), available=available, int8_float=int8_float)
+
+    @classmethod
+    def execution_in(cls, bundle, component: str, precision: str, options: BackendOptions) -> Execution:
+        """What `component` of `bundle` at `precision` runs with these options: its files, and its policy's float
+        under INT8 parts (what calibration judged)."""
+        m = bundle.manifest
+        return cls.execution(precision, options, m.components[component].files,
+                             m.int8_float_for(cls.target(options)))
 
     @classmethod
     def target(cls, options: BackendOptions) -> str:
@@ -69,7 +78,7 @@ class Backend:
         """One bundle component at `precision` ('fp32' | 'fp16' | 'int8'), ready to run: the file the resolver names,
         read once and checked against its sha256, then `load`ed."""
         comp = bundle.manifest.components[component]
-        execution = cls.execution(precision, options, comp.files)
+        execution = cls.execution_in(bundle, component, precision, options)
         if execution.flavour not in comp.files:
             raise BackendUnavailable(
                 f"{component}: {cls.name} runs {precision} from the bundle's {execution.flavour} model, which it lacks "

@@ -154,8 +154,8 @@ class OpenVINOBackend(Backend):
         return options.device
 
     @classmethod
-    def execution(cls, precision: str, options: OpenVINOOptions, available=None):
-        execution = super().execution(precision, options, available)
+    def execution(cls, precision: str, options: OpenVINOOptions, available=None, int8_float=None):
+        execution = super().execution(precision, options, available, int8_float)
         if options.precision_hint is None:
             return execution
         # the user's override: the float it names, with its hint (judged or not, as asked)

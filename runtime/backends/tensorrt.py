@@ -171,8 +171,9 @@ class TensorRTBackend(Backend):
         return "gpu"
 
     @classmethod
-    def execution(cls, precision: str, options: TensorRTOptions, available=None):
-        """What an engine at `precision` was built from and computes (the installed TensorRT's typing decides)."""
+    def execution(cls, precision: str, options: TensorRTOptions, available=None, int8_float=None):
+        """What an engine at `precision` was built from and computes (the installed TensorRT's typing decides;
+        int8_float is OpenVINO's)."""
         from fusionrt.runtime.resolve import resolve
 
         return resolve(cls.name, precision, "gpu", strongly_typed=load_api(cls.product).strongly_typed,

@@ -100,6 +100,25 @@ def test_policy_per_target_round_trips_and_is_never_borrowed(tiny_bundle):
         Manifest.from_dict(broken)
 
 
+def test_the_float_under_int8_ov_parts_round_trips_and_a_bad_one_is_refused(tiny_bundle):
+    import dataclasses
+
+    from fusionrt.runtime.manifest import Policy
+
+    manifest = Manifest.read(tiny_bundle)
+    int8 = {c: "int8" for c in manifest.components}
+    edited = dataclasses.replace(manifest, policies={"int8-ov": Policy(int8, "judged", int8_float="fp32")})
+    again = Manifest.from_dict(json.loads(json.dumps(edited.to_dict())))
+    assert again == edited and again.int8_float_for("int8-ov") == "fp32"
+    assert again.int8_float_for("int8-cpu") is None  # no policy: the resolver's default
+    older = edited.to_dict()
+    del older["policies"]["int8-ov"]["int8_float"]  # calibrated before the float was judged apart
+    assert Manifest.from_dict(older).int8_float_for("int8-ov") is None
+    older["policies"]["int8-ov"]["int8_float"] = "f32"
+    with pytest.raises(BundleError, match=r"int8_float expected 'fp32' or 'bf16', found 'f32'"):
+        Manifest.from_dict(older)
+
+
 def test_a_policy_written_before_portability_holds_for_its_kind_of_cpu(tiny_bundle):
     """Bundles calibrated with 8-bit int8-cpu weights (whose sums saturate without VNNI) record the CPU that judged
     them; read back, their CPU policies say they are not portable."""

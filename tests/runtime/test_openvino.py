@@ -91,6 +91,8 @@ def test_a_bundle_without_nncfs_flavour_runs_the_qdq_files_and_info_says_why(cal
 
     assert shown["cpu_float"] == resolve("openvino", "fp16", "CPU").float_precision == (
         "bf16" if cpu_kind().for_onednn().bf16 else "fp32")
+    policy = Bundle.open(calibrated[0]).manifest.policies["int8-ov"]  # under INT8: the float its policy judged
+    assert shown["int8_float"] == ("bf16" if policy.int8_float == "bf16" and shown["cpu_float"] == "bf16" else "fp32")
 
 
 @pytest.mark.parametrize("concurrent", [True, False])

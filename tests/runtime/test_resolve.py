@@ -73,3 +73,49 @@ def test_every_consumer_reads_the_resolver(calibrated, tmp_path):
 
     v10 = TrtApi("tensorrt", object(), Version("10.9"))
     assert v10.onnx_flavour("int8", files) == resolve("tensorrt", "int8", strongly_typed=False).flavour
+
+
+def test_an_int8_ov_policy_keeps_fp32_under_its_int8_parts_where_it_says_so():
+    kept = resolve("openvino", "int8", "CPU", bf16=True, int8_float="fp32")
+    assert kept.float_precision == "fp32" and kept.hints == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert kept.key != resolve("openvino", "int8", "CPU", bf16=True).key  # judged apart from BF16 under INT8
+    assert resolve("openvino", "int8", "CPU", bf16=True, int8_float="bf16").float_precision == "bf16"
+    assert resolve("openvino", "int8", "CPU", bf16=False, int8_float="bf16").float_precision == "fp32"  # no BF16 here
+    assert resolve("openvino", "fp16", "CPU", bf16=True, int8_float="fp32").float_precision == "bf16"  # fp16 is fp16
+    assert resolve("openvino", "int8", "GPU", int8_float="fp32").float_precision == "fp16"  # a CPU policy's float
+    with pytest.raises(InputError, match="int8_float: expected one of"):
+        resolve("openvino", "int8", "CPU", int8_float="f32")
+
+
+@pytest.mark.parametrize("int8_float, hint", [("fp32", "f32"), ("bf16", "bf16"), ("", "bf16")])
+def test_every_consumer_runs_the_float_under_int8_the_policy_names(calibrated, tmp_path, monkeypatch, int8_float,
+                                                                    hint):
+    """On a CPU with BF16: the embedded OpenVINO backend, the tuner's part keys and `fusionrt triton` all run the
+    float under INT8 parts that the int8-ov policy was judged with (a policy from before it was recorded: BF16)."""
+    import json
+    import shutil
+
+    from fusionrt.runtime import cpu
+    from fusionrt.runtime.backends.openvino import OpenVINOBackend, OpenVINOOptions
+    from fusionrt.runtime.bundle import Bundle
+    from fusionrt.runtime.tune import _part_key
+    from fusionrt.serving.repository import RepositoryOptions, write_repository
+
+    monkeypatch.setattr(cpu, "cpu_kind", lambda: cpu.CpuKind("GenuineIntel", "Xeon", 2, True, True, True, True, True))
+    folder = tmp_path / "bundle"
+    shutil.copytree(calibrated[0], folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["policies"]["int8-ov"].pop("int8_float", None)
+    if int8_float:
+        manifest["policies"]["int8-ov"]["int8_float"] = int8_float
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    bundle = Bundle.open(folder)
+    assert bundle.manifest.int8_float_for("int8-ov") == (int8_float or None)
+    execution = OpenVINOBackend.execution_in(bundle, "text_encoder", "int8", OpenVINOOptions())
+    assert execution.hints == {"INFERENCE_PRECISION_HINT": hint}
+    assert f"'{hint}'" in _part_key(OpenVINOBackend, OpenVINOOptions(), bundle, "text_encoder", "int8")
+    write_repository(bundle, tmp_path / "repo", RepositoryOptions(platform="openvino", precision="int8"))
+    config = (tmp_path / "repo" / "text_encoder" / "config.pbtxt").read_text()
+    assert f'string_value: "{hint}"' in config
+    fp16 = OpenVINOBackend.execution_in(bundle, "text_encoder", "fp16", OpenVINOOptions())
+    assert fp16.hints == {"INFERENCE_PRECISION_HINT": "bf16"}  # the policy's float is the one under INT8 only
