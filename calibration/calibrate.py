@@ -311,18 +311,17 @@ def _judged_policy(target: str, judge_one, kept: dict, requested, report: Evalua
     """(Policy, the Judged it chose or None, cosines, the report's rows) of `target`, judged by
     judge_one(int8_float, cache). int8-ov is judged under each float its INT8 parts may run over on this CPU, and the
     policy says which it keeps, and why (int8_float.py)."""
-    cache, by_float, rows = {}, {}, []
+    cache, judged, chosen, policies, cosines, rows = {}, {}, {}, {}, {}, []
     for int8_float in int8_floats() if target == OV_TARGET else (None,):
-        results, cosines = judge_one(int8_float, cache)
-        by_float[int8_float] = (results, cosines, *_policy(target, results, kept, requested, report))
-        rows += [{**j.row(target), **({"int8_float": int8_float} if int8_float else {})} for j in results]
+        judged[int8_float], cosines[int8_float] = judge_one(int8_float, cache)
+        policies[int8_float], chosen[int8_float] = _policy(target, judged[int8_float], kept, requested, report)
+        rows += [{**j.row(target), **({"int8_float": int8_float} if int8_float else {})} for j in judged[int8_float]]
     if target != OV_TARGET:
-        _, cosines, policy, chosen = by_float[None]
-        return policy, chosen, cosines, rows
-    int8_float, why = pick_int8_float({f: v[3] for f, v in by_float.items()}, {f: v[0] for f, v in by_float.items()})
-    _, cosines, policy, chosen = by_float[int8_float]
-    policy = dataclasses.replace(policy, int8_float=int8_float, reason=f"{policy.reason}; {why}")
-    return policy, chosen, cosines, rows
+        return policies[None], chosen[None], cosines[None], rows
+    int8_float, why = pick_int8_float(chosen, judged)
+    policy = dataclasses.replace(policies[int8_float], int8_float=int8_float,
+                                 reason=f"{policies[int8_float].reason}; {why}")
+    return policy, chosen[int8_float], cosines[int8_float], rows
 
 
 def _policy(target: str, judged: list, kept: dict, requested, report: Evaluator) -> tuple:

@@ -23,14 +23,15 @@ def int8_floats() -> tuple:
 
 def pick_int8_float(chosen: dict, judged: dict) -> tuple:
     """(float, why): 'bf16' where the configuration chosen with BF16 under the INT8 parts passed and ran more than
-    5 % faster than the one chosen with FP32 under them (both timed here), else 'fp32'. chosen: float -> the Judged its policy chose
-    (None where nothing passed); judged: float -> every Judged under it."""
+    5 % faster than the one chosen with FP32 under them (both timed here), else 'fp32'. chosen: float -> the Judged
+    its policy chose (None where nothing passed); judged: float -> every Judged under it."""
     mine = chosen.get("fp32")
     if "bf16" not in chosen:
         return "fp32", ("FP32 under the INT8 parts: this CPU has no BF16 kernels for OpenVINO, so FP32 is what was "
                         "judged, and what runs on CPUs that have them")
     other = chosen["bf16"]
-    if other is not None and other.passed and _has_int8(other) and (mine is None or other.seconds < MARGIN * mine.seconds):
+    faster = mine is None or other is not None and other.seconds < MARGIN * mine.seconds
+    if other is not None and other.passed and _has_int8(other) and faster:
         against = f" against {_name(mine)}'s {_ms(mine)} with FP32 under them" if mine is not None else (
             "; nothing passed with FP32 under them")
         return "bf16", f"BF16 under the INT8 parts: {_name(other)} passed with it and ran {_ms(other)}{against}"
@@ -42,9 +43,10 @@ def pick_int8_float(chosen: dict, judged: dict) -> tuple:
         outcome = getattr(twin, split)
         return "fp32", (f"FP32 under the INT8 parts: with BF16 under them {_name(twin)} flipped {outcome['flips']} of "
                         f"{outcome.get('n', '?')} {split} samples ({outcome['rule']}), so they keep FP32")
-    faster = f": {_name(other)} {_ms(other)}" if other is not None else ""
-    return "fp32", (f"FP32 under the INT8 parts: BF16 under them passed but was not more than 5 % faster here{faster} against "
-                    f"{_name(mine)} {_ms(mine)}")
+    theirs = f": {_name(other)} {_ms(other)}" if other is not None else ""
+    margin = f"{(1 - MARGIN) * 100:.0f} %"
+    return "fp32", (f"FP32 under the INT8 parts: BF16 under them passed but was not more than {margin} faster "
+                    f"here{theirs} against {_name(mine)} {_ms(mine)}")
 
 
 def _has_int8(judged) -> bool:

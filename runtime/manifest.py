@@ -49,6 +49,7 @@ BATCH_PROFILE = (1, 8, 32)  # the default optimization profile's batch (min, opt
 # kernels are fast on U8S8, TensorRT needs symmetric S8S8 with float biases.
 # int8-trt-fp16: the Q/DQ graph on FP16; int8-ov: NNCF's INT8 for OpenVINO, an IR (.xml + .bin)
 FLAVOURS = ("fp32", "fp16", "int8-cpu", "int8-trt", "int8-trt-fp16", "int8-ov")
+INT8_FLOATS = ("fp32", "bf16")  # the floats under int8-ov's INT8 parts a policy may name (Policy.int8_float)
 # policies per target: ONNX Runtime's CPU kernels, TensorRT's Q/DQ arithmetic, OpenVINO's kernels (measured there)
 INT8_TARGETS = ("int8-cpu", "int8-trt", "int8-ov")
 FP32_POLICY_REASON = "no calibrated policy for this target: FP32 (run `fusionrt calibrate` where it runs)"
@@ -373,7 +374,7 @@ class Policy:
 
 
 def _int8_float(value, where: str) -> str:
-    if value not in ("", "fp32", "bf16"):
+    if value not in ("", *INT8_FLOATS):
         raise BundleError(f"manifest: {where}.int8_float expected 'fp32' or 'bf16', found {value!r:.40}. Run "
                           "`fusionrt calibrate` again.")
     return value

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from fusionrt.runtime.errors import BackendUnavailable, InputError
-from fusionrt.runtime.manifest import FLAVOURS
+from fusionrt.runtime.manifest import FLAVOURS, INT8_FLOATS
 
-__all__ = ["Execution", "resolve", "target_of", "TARGETS", "PRECISIONS", "DEVICES", "INT8_FLOATS"]
+__all__ = ["Execution", "resolve", "target_of", "TARGETS", "PRECISIONS", "DEVICES"]
 
 TARGETS = ("int8-cpu", "int8-trt", "int8-ov")
 PRECISIONS = ("fp32", "fp16", "int8")
-INT8_FLOATS = (None, "fp32", "bf16")  # the float under OpenVINO's INT8 parts a policy names (None: the CPU's own)
 # the devices each backend resolves for (what its options call them)
 DEVICES = {"onnxruntime": ("cpu", "cuda", "tensorrt"), "openvino": ("CPU", "GPU", "NPU", "AUTO"),
            "tensorrt": ("gpu",), "tensorrt_rtx": ("gpu",)}
@@ -59,8 +58,8 @@ def resolve(backend: str, precision: str, device: str | None = None, *, bf16: bo
     where the CPU has BF16; 'bf16' or None: the CPU's own 16-bit float (BF16 where it has it, else FP32)."""
     if precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {PRECISIONS}, found '{precision}'.")
-    if int8_float not in INT8_FLOATS:
-        raise InputError(f"int8_float: expected one of {INT8_FLOATS}, found {int8_float!r}.")
+    if int8_float not in (None, *INT8_FLOATS):
+        raise InputError(f"int8_float: expected None or one of {INT8_FLOATS}, found {int8_float!r}.")
     if backend not in DEVICES:
         raise BackendUnavailable(f"unknown backend '{backend}': expected one of {sorted(DEVICES)}.")
     device = device or DEVICES[backend][0]

@@ -83,7 +83,7 @@ def test_an_int8_ov_policy_keeps_fp32_under_its_int8_parts_where_it_says_so():
     assert resolve("openvino", "int8", "CPU", bf16=False, int8_float="bf16").float_precision == "fp32"  # no BF16 here
     assert resolve("openvino", "fp16", "CPU", bf16=True, int8_float="fp32").float_precision == "bf16"  # fp16 is fp16
     assert resolve("openvino", "int8", "GPU", int8_float="fp32").float_precision == "fp16"  # a CPU policy's float
-    with pytest.raises(InputError, match="int8_float: expected one of"):
+    with pytest.raises(InputError, match="int8_float: expected None or one of"):
         resolve("openvino", "int8", "CPU", int8_float="f32")
 
 
