@@ -315,7 +315,9 @@ def _judged_policy(target: str, judge_one, kept: dict, requested, report: Evalua
     for int8_float in int8_floats() if target == OV_TARGET else (None,):
         judged[int8_float], cosines[int8_float] = judge_one(int8_float, cache)
         policies[int8_float], chosen[int8_float] = _policy(target, judged[int8_float], kept, requested, report)
-        rows += [{**j.row(target), **({"int8_float": int8_float} if int8_float else {})} for j in judged[int8_float]]
+        # a configuration without an INT8 part computes the same under every float: its row is written once
+        rows += [{**j.row(target), **({"int8_float": int8_float} if int8_float else {})} for j in judged[int8_float]
+                 if int8_float in (None, "fp32") or "int8" in j.precision]
     if target != OV_TARGET:
         return policies[None], chosen[None], cosines[None], rows
     int8_float, why = pick_int8_float(chosen, judged)
