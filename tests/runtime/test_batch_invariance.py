@@ -5,8 +5,9 @@ check on the demo bundle (fusionrt.benchmarks.invariance)."""
 
 import pytest
 
-from fusionrt.benchmarks.invariance import pipeline_deviation
+from fusionrt.benchmarks.invariance import calibration_found, failed, pipeline_deviation
 from fusionrt.data.dataset import LabeledDataset
+from fusionrt.runtime.bundle import Bundle
 from fusionrt.runtime.pipeline import Pipeline
 
 CPU_PRECISIONS = [("onnxruntime", p) for p in ("fp32", "fp16", "int8")] + [("openvino", p) for p in ("fp32", "fp16",
@@ -21,7 +22,21 @@ def test_a_rows_logits_do_not_depend_on_its_batch_or_padding(calibrated, backend
         tokens = pipe.tokenizer([s.text + " seen at night on a wet road" * (i == 0) for i, s in enumerate(samples)])
         assert tokens["attention_mask"].sum(1).min() < tokens["input_ids"].shape[1]  # the rows do get padding
         found = pipeline_deviation(pipe, [s.image for s in samples], [s.text for s in samples])
+        measured = calibration_found(pipe)
+    if measured is False:  # e.g. OpenVINO's BF16 on AMX: calibration measured so, and no policy or `auto` runs it
+        pytest.skip(f"calibration measured {pipe.precision} on {backend} batch-dependent on this CPU ({found})")
     assert found["batch"] <= found["tolerance"] and found["padding"] <= found["tolerance"], found
+
+
+def test_only_a_batch_dependence_calibration_did_not_measure_fails_the_check(calibrated):
+    with Pipeline.load(calibrated[0], backend="onnxruntime", precision="fp32") as pipe:
+        assert calibration_found(pipe) is None  # FP32 is the reference: never judged
+    policy = Bundle.open(calibrated[0]).manifest.policies["int8-cpu"]
+    with Pipeline.load(calibrated[0], backend="onnxruntime", precision=dict(policy.precision)) as pipe:
+        assert calibration_found(pipe) is policy.candidates[0].batch_invariant  # the int8-cpu policy's own choice
+    rows = [{"invariant": True, "expected": True}, {"invariant": False, "expected": False},
+            {"invariant": False, "expected": True}]
+    assert failed(rows) == [rows[2]]
 
 
 def test_dynamic_per_tensor_int8_is_what_this_guards_against(calibrated, tmp_path):
