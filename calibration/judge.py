@@ -12,7 +12,7 @@ import numpy as np
 from fusionrt.calibration.criterion import Criterion, judge
 from fusionrt.calibration.evaluation import ENCODERS, open_part
 from fusionrt.calibration.fidelity import combinations, cosine_stats
-from fusionrt.runtime.invariance import BATCH_TOLERANCE, EXTRA_PADDING, row_alone, with_padding
+from fusionrt.runtime.invariance import BATCH_TOLERANCE, PADDINGS, row_alone, with_padding
 from fusionrt.runtime.resolve import PRECISIONS, Execution, resolve
 from fusionrt.runtime.manifest import COMPONENTS, FUSION_HEAD, IMAGE_ENCODER, TEXT_ENCODER
 from fusionrt.runtime.precision import format_precision
@@ -81,7 +81,7 @@ class _Parts:
     """Each encoder at each precision: features per split, probe outputs, seconds."""
 
     features: dict = field(default_factory=dict)  # split -> {(component, precision): features}
-    probe: dict = field(default_factory=dict)  # (component, precision) -> {"batch", "alone", "padded"}
+    probe: dict = field(default_factory=dict)  # (component, precision) -> {"batch", "alone", "padded": [...]}
     seconds: dict = field(default_factory=dict)  # (component, precision) -> seconds on the report split
 
 
@@ -159,11 +159,12 @@ def _timed(run, feeds: list, seconds: dict) -> np.ndarray:
 
 
 def _probe(run, feeds: dict, max_seq_len: int) -> dict:
-    """The probe rows in their batch, each alone (without its batch's padding), and (text) with more padding."""
+    """The probe rows in their batch, each alone (without its batch's padding), and (text) with each of PADDINGS more
+    padding ("padded": one output per padding; the batch itself where there is no text)."""
     n = len(next(iter(feeds.values())))
-    padded = with_padding(feeds, EXTRA_PADDING, max_seq_len)
+    padded = [p for p in (with_padding(feeds, extra, max_seq_len) for extra in PADDINGS) if p is not None]
     return {"batch": run(feeds), "alone": np.concatenate([run(row_alone(feeds, i)) for i in range(n)]),
-            "padded": run(padded) if padded is not None else run(feeds)}
+            "padded": [run(p) for p in padded] or [run(feeds)]}
 
 
 def _head_seconds(head, report, parts: _Parts) -> float:
@@ -187,10 +188,10 @@ def _judge_one(key: tuple, head, parts: _Parts, evaluators: dict, probe: dict, n
     pi, pt = parts.probe[(IMAGE_ENCODER, image)], parts.probe[(TEXT_ENCODER, text)]
     feed = evaluators["report"].head_feed
     batch = head.infer(feed(pi["batch"], pt["batch"]))[logits_name]
-    padded = head.infer(feed(pi["batch"], pt["padded"]))[logits_name]
+    padded = [head.infer(feed(pi["batch"], p))[logits_name] for p in pt["padded"]]
     alone = np.concatenate([head.infer(feed(pi["alone"][i:i + 1], pt["alone"][i:i + 1]))[logits_name]
                             for i in range(len(batch))])
-    deviation = float(max(np.abs(batch - alone).max(), np.abs(padded - alone).max()))
+    deviation = float(max(np.abs(batch - alone).max(), *(np.abs(p - alone).max() for p in padded)))
     scale = max(float(np.abs(alone).max()), 1e-30)
     seconds = None if head_seconds is None else head_seconds + sum(
         parts.seconds[(c, p)] for c, p in zip(ENCODERS, key[:2]))

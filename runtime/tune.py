@@ -35,7 +35,7 @@ from fusionrt.runtime.tokenize import TextTokenizer
 
 __all__ = ["Choice", "Measured", "tune", "candidates", "judged_elsewhere", "in_turns", "median_ms", "TUNE_VERSION"]
 
-TUNE_VERSION = 2  # bumped when what is measured changes: older cache entries are measured again
+TUNE_VERSION = 3  # bumped when what is measured changes: older cache entries are measured again
 ROUNDS = 3  # rounds every backend's parts are timed in, in turn (see _measure)
 TIME_PER_SHAPE_S = 0.05  # timed per part, precision and batch in each round (at least MIN_CALLS calls)
 MIN_CALLS = 3
