@@ -40,12 +40,11 @@ def kernels(bundle: Bundle, precision: str = "int8", batch: int = 1, seq: int = 
     """{component: {"file", "hint", "layers": {layer type: {kernel name: count}}}} for the bundle's parts at
     `precision` on OpenVINO's CPU plugin, as the backend resolves them (the policy's float under INT8)."""
     ov = require("openvino", "the kernel listing")
-    options, out = OpenVINOOptions(), {}
+    options, out, core = OpenVINOOptions(), {}, ov.Core()
+    core.set_property("CPU", {"PERF_COUNT": True})  # one Core profiles every part
     for name in COMPONENTS:
         execution = OpenVINOBackend.execution_in(bundle, name, precision, options)
         record = bundle.manifest.components[name].files[execution.flavour]
-        core = ov.Core()
-        core.set_property("CPU", {"PERF_COUNT": True})
         hint = execution.hints["INFERENCE_PRECISION_HINT"]
         path = bundle.file(record.path, record.sha256)
         if record.weights:  # an IR: read from its .xml, with its checked .bin beside it

@@ -17,8 +17,9 @@ __all__ = ["BATCH_TOLERANCE", "EXTRA_PADDING", "PADDINGS", "row_alone", "with_pa
 # moved the demo's text features by 2e-1.
 BATCH_TOLERANCE = 1e-4
 EXTRA_PADDING = 16  # tokens of padding added to a batch beyond its longest text
-# and each of these: kernels that block the sequence (OpenVINO's BF16 on an AMX Xeon) round differently only at some
-# lengths, which one padding can miss (the demo's MiniLM in BF16 moved 4e-3 at +2 tokens, not at +16 in another batch)
+# and each of these: kernels that block the sequence (OpenVINO's BF16 on an AMX Xeon) round differently at some
+# lengths only, which one padding can miss (the demo's INT8-weights MiniLM over BF16: calibration's +16 probe found it
+# invariant, the loading machine's tuning, with other texts, did not)
 PADDINGS = (1, 2, 3, 5, 7, EXTRA_PADDING)
 
 
